@@ -1,0 +1,103 @@
+"""Files: the cache directory, atomic writes, and safetensors + JSON artifacts (never pickle)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class GlassworkError(Exception):
+    """An error a user can act on: the message names the file, the field and what was expected."""
+
+
+def home() -> Path:
+    """The cache directory: $GLASSWORK_HOME, default ~/.cache/glasswork."""
+    path = Path(os.environ.get("GLASSWORK_HOME") or Path.home() / ".cache" / "glasswork")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise GlassworkError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GlassworkError(f"{path}: {what} is not valid JSON ({e})") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (contiguous copies, so views are fine)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_tensors(path: str | Path, what: str = "safetensors file") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.exists():
+        raise GlassworkError(f"{path}: {what} not found")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types on truncated / corrupt files
+        raise GlassworkError(f"{path}: {what} is corrupt or truncated ({e})") from None
+
+
+def require_keys(obj: dict, keys: list[str], path: str | Path, what: str) -> None:
+    """Raise a GlassworkError naming the first missing field."""
+    for key in keys:
+        if key not in obj:
+            raise GlassworkError(f"{path}: {what} has no field '{key}' (expected fields: {', '.join(keys)})")
