@@ -1,0 +1,1 @@
+"""Feature index: one-pass statistics, SQLite index, labels and scoring, terminal pages, Neuronpedia export."""
