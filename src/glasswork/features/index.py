@@ -63,3 +63,359 @@ CREATE TRIGGER labels_au AFTER UPDATE ON labels BEGIN
   INSERT INTO labels_fts(labels_fts, rowid, label) VALUES ('delete', old.rowid, old.label);
   INSERT INTO labels_fts(rowid, label) VALUES (new.rowid, new.label); END;
 """
+
+import json
+import os
+import sqlite3
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ..io import GlassworkError
+from ..progress import progress
+from .stats import FeatureStats, StatsConfig, decoder_neighbors, logit_effects
+
+INDEX_NAME = "features.sqlite"
+
+
+def index_path(where: str | os.PathLike) -> Path:
+    """DICT folder -> DICT/features.sqlite; a .sqlite path stays as it is."""
+    where = Path(where)
+    return where if where.suffix in (".sqlite", ".db") else where / INDEX_NAME
+
+
+# ---------------------------------------------------------------------------------------------------- build
+
+def check_match(model, dictionary) -> None:
+    """A dictionary trained on another model or hook size cannot be read on this one: say which field differs."""
+    cfg = dictionary.cfg
+    if cfg.kind == "clt":
+        raise GlassworkError("feature index: cross-layer transcoders are not indexed yet; index one SparseCoder")
+    if cfg.d_in != model.d_model:
+        raise GlassworkError(f"dictionary config d_in = {cfg.d_in}, but model '{model.name}' has d_model = "
+                             f"{model.d_model} at hook '{cfg.hook_in}': this dictionary was not trained on this model")
+    if cfg.model and model.name and Path(str(cfg.model)).name != Path(str(model.name)).name:
+        raise GlassworkError(f"dictionary config model = '{cfg.model}', but the model given is '{model.name}': "
+                             f"pass the model it was trained on")
+    if not cfg.hook_in:
+        raise GlassworkError("dictionary config has no hook_in: the index needs to know where to read activations")
+    from ..hooks import canonical
+    canonical(model, cfg.hook_in)  # raises a GlassworkError for an unknown hook point
+
+
+def contexts_from_texts(model, texts: list[str], ctx_len: int, n_contexts: int | None = None) -> torch.Tensor:
+    """Token contexts [n, ctx_len]: each text tokenized, concatenated, cut into BOS + (ctx_len - 1) tokens."""
+    stream: list[int] = []
+    for text in texts:
+        stream += model.tokenize(text, bos=False)[0].tolist()
+        if n_contexts and len(stream) >= n_contexts * (ctx_len - 1):
+            break
+    n = len(stream) // (ctx_len - 1)
+    if n_contexts:
+        n = min(n, n_contexts)
+    if n == 0:
+        raise GlassworkError(f"the texts hold {len(stream)} tokens: too few for one context of {ctx_len} tokens")
+    body = torch.tensor(stream[:n * (ctx_len - 1)]).view(n, ctx_len - 1)
+    return torch.cat([torch.full((n, 1), model.bos_token_id), body], dim=1)
+
+
+def default_contexts(model, n_contexts: int, ctx_len: int) -> torch.Tensor:
+    """Contexts from glasswork's default corpus."""
+    try:
+        from ..data import corpus
+    except ImportError as e:
+        raise GlassworkError("no contexts given and the default corpus (glasswork.data.corpus) is not available: "
+                             "pass contexts= (token ids) or texts=") from e
+    return corpus.contexts(model, n_contexts=n_contexts, ctx_len=ctx_len)
+
+
+@torch.no_grad()
+def build_index(model, dictionary, contexts: torch.Tensor | None = None, *, texts: list[str] | None = None,
+                path: str | os.PathLike | None = None, n_contexts: int = 512, ctx_len: int = 64, batch_size: int = 16,
+                cfg: StatsConfig | None = None, skip_bos: bool = True) -> Path:
+    """Compute every feature's statistics in one pass over `contexts` ([n, ctx_len] token ids; or `texts`; default:
+    the default corpus) and write the index to `path` (default DICT/features.sqlite). Returns the path.
+
+    `dictionary` is a SparseCoder or a dictionary folder; `model` a Model, a name, or None (the dictionary's model)."""
+    from .. import load_dictionary, load_model
+    from ..hooks import capture
+    cfg = cfg or StatsConfig()
+    folder = None
+    if not hasattr(dictionary, "cfg"):
+        folder = Path(dictionary)
+        dictionary = load_dictionary(folder)
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = load_model(model or dictionary.cfg.model or None)
+    check_match(model, dictionary)
+    if path is None:
+        if folder is None:
+            raise GlassworkError("build_index: pass path= (or the dictionary as a folder, to write DICT/features.sqlite)")
+        path = folder / INDEX_NAME
+    path = Path(path)
+    if contexts is None:
+        contexts = contexts_from_texts(model, texts, ctx_len, n_contexts) if texts else \
+            default_contexts(model, n_contexts, ctx_len)
+    contexts = contexts.long().cpu()
+    n, S = contexts.shape
+    hook = dictionary.cfg.hook_in
+    stats = FeatureStats(dictionary.d_sae, S, model.vocab_size, cfg)
+    t0 = time.time()
+    with progress(f"indexing {dictionary.d_sae} features", total=n * S, unit="tokens") as bar:
+        for lo in range(0, n, batch_size):
+            ids = contexts[lo:lo + batch_size]
+            _, cache = capture(model, ids.to(model.device), [hook])
+            acts = dictionary.encode(cache[hook].to(dictionary.W_enc.dtype)).cpu()  # [B, S, F]
+            if skip_bos:  # the BOS position is an attention sink with outlier activations: not a feature example
+                acts[ids == model.bos_token_id] = 0
+            stats.update(acts, ids)
+            bar.advance(ids.numel())
+    result = stats.finish()
+    W_dec = dictionary.W_dec.detach()
+    W_U = model.W_U.detach()
+    logits = logit_effects(W_dec, W_U, cfg.n_logits) if W_dec.shape[1] == W_U.shape[0] else None
+    neighbors = decoder_neighbors(W_dec, cfg.n_neighbors)
+    meta = {"schema_version": SCHEMA_VERSION, "complete": True, "model": model.name,
+            "dictionary": str(folder.resolve()) if folder else "", "hook": hook, "kind": dictionary.cfg.kind,
+            "d_sae": dictionary.d_sae, "d_in": dictionary.cfg.d_in, "n_contexts": n, "ctx_len": S,
+            "n_tokens": stats.n_tokens, "hist_edges": result["hist_edges"].tolist(), "top_k": cfg.top_k,
+            "n_quantiles": cfg.n_quantiles, "skip_bos": skip_bos, "stats_seconds": round(time.time() - t0, 2),
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    _write_atomic(path, meta, result, logits, neighbors, contexts, model)
+    return path
+
+
+def _decoder(model):
+    tok = model.tokenizer
+    if tok is None:
+        return lambda ids: [f"<{i}>" for i in ids], lambda ids: " ".join(f"<{i}>" for i in ids)
+    return (lambda ids: [tok.decode([i]) for i in ids]), (lambda ids: tok.decode(ids))
+
+
+def _sparse_acts(acts: torch.Tensor) -> list[str]:
+    """acts [R, S] -> one JSON [[pos, value], ...] per row, for the firing tokens only."""
+    rows, pos = acts.nonzero(as_tuple=True)
+    vals = acts[rows, pos].float().tolist()
+    counts = torch.bincount(rows, minlength=acts.shape[0]).tolist()
+    out, i = [], 0
+    pos = pos.tolist()
+    for c in counts:
+        out.append(json.dumps([[p, float(f"{v:.4g}")] for p, v in zip(pos[i:i + c], vals[i:i + c])]))
+        i += c
+    return out
+
+
+def _example_rows(kind: str, slots: dict, quantile: torch.Tensor | None = None) -> tuple[list[tuple], set[int]]:
+    """Rows for the examples table from kept slots [F, K, ...]; only filled slots (and, but for 'zero', firing ones)."""
+    F, K = slots["ctx"].shape
+    ok = (slots["ctx"] >= 0) & (slots["key"] > float("-inf"))
+    if kind != "zero":
+        ok &= slots["val"] > 0
+    # rank inside each feature's kept list: top and zero keep topk order; quantile samples are sorted by activation
+    order = slots["val"].argsort(dim=1, descending=True) if kind == "quantile" else torch.arange(K).expand(F, K)
+    f_idx, k_idx = ok.gather(1, order).nonzero(as_tuple=True)
+    k_idx = order[f_idx, k_idx]
+    ctx, pos, val = (slots[x][f_idx, k_idx].tolist() for x in ("ctx", "pos", "val"))
+    acts = _sparse_acts(slots["acts"][f_idx, k_idx]) if "acts" in slots else ["[]"] * len(ctx)
+    q = quantile[f_idx, k_idx].tolist() if quantile is not None else [None] * len(ctx)
+    rank_in_f = torch.arange(len(f_idx)) - torch.searchsorted(f_idx, f_idx)
+    rows = list(zip(f_idx.tolist(), [kind] * len(ctx), rank_in_f.tolist(), ctx, pos,
+                    val, acts, q))
+    return rows, set(ctx)
+
+
+def _write_atomic(path: Path, meta: dict, r: dict, logits, neighbors, contexts: torch.Tensor, model) -> None:
+    """Write the whole index into a temp file beside `path`, then rename it into place (never a half-written index)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.building*"):
+        stale.unlink()  # left by a killed build
+    tmp = path.parent / f".{path.name}.{os.getpid()}.building"
+    decode_each, decode_all = _decoder(model)
+    try:
+        db = sqlite3.connect(tmp)
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        db.executescript(SCHEMA)
+        examples, used = [], set()
+        for kind, slots, q in (("top", r["top"], None), ("quantile", r["sample"], r["sample"]["quantile"]),
+                               ("zero", r["zero"], None)):
+            rows, ctxs = _example_rows(kind, slots, q)
+            examples += rows
+            used |= ctxs
+        db.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?)", examples)
+        used = sorted(used)
+        ctx_tokens = contexts[used].tolist() if used else []
+        db.executemany("INSERT INTO contexts VALUES (?,?,?)",
+                       [(c, json.dumps(t), decode_all(t[1:] if meta["skip_bos"] else t))
+                        for c, t in zip(used, ctx_tokens)])
+        db.execute("INSERT INTO contexts_fts(contexts_fts) VALUES ('rebuild')")
+
+        vocab_ids = {t for ts in ctx_tokens for t in ts}
+        tf, tt, tc, tm = (x.tolist() for x in r["top_tokens"])
+        vocab_ids |= set(tt)
+        if logits is not None:
+            tv, ti, bv, bi = logits
+            vocab_ids |= set(ti.flatten().tolist()) | set(bi.flatten().tolist())
+        vocab_ids = sorted(vocab_ids)
+        strs = dict(zip(vocab_ids, decode_each(vocab_ids)))
+        db.executemany("INSERT INTO vocab VALUES (?,?)", list(strs.items()))
+        db.executemany("INSERT INTO feature_tokens VALUES (?,?,?,?)",
+                       [(f, t, c, round(m, 5)) for f, t, c, m in zip(tf, tt, tc, tm)])
+
+        F = meta["d_sae"]
+        per_f = lambda: [[] for _ in range(F)]  # noqa: E731
+        top_tokens, cofiring = per_f(), per_f()
+        for f, t, c, m in zip(tf, tt, tc, tm):
+            top_tokens[f].append([t, strs[t], c, round(m, 4)])
+        n_fired = r["n_fired"].tolist()
+        for a, b, c in zip(*(x.tolist() for x in r["cofiring"])):
+            cofiring[a].append([b, c, round(c / max(n_fired[a], 1), 4)])
+
+        def pairs(ids, vals, with_str=False):
+            ids, vals = ids.tolist(), vals.tolist()
+            if with_str:
+                return [json.dumps([[i, strs[i], round(v, 4)] for i, v in zip(ri, rv)]) for ri, rv in zip(ids, vals)]
+            return [json.dumps([[i, round(v, 4)] for i, v in zip(ri, rv)]) for ri, rv in zip(ids, vals)]
+
+        empty = ["[]"] * F
+        top_l, bot_l = (pairs(ti, tv, True), pairs(bi, bv, True)) if logits is not None else (empty, empty)
+        neigh = pairs(neighbors[1], neighbors[0])
+        hist = [json.dumps(h) for h in r["hist"].tolist()]
+        db.executemany("INSERT INTO features VALUES (?,?,?,?,?,?,?,?,?,?,?)", zip(
+            range(F), n_fired, r["freq"].tolist(), r["max_act"].tolist(), r["mean_act"].tolist(), hist, top_l, bot_l,
+            neigh, [json.dumps(c) for c in cofiring], [json.dumps(t) for t in top_tokens]))
+        meta["complete"] = True
+        db.executemany("INSERT INTO meta VALUES (?,?)", [(k, json.dumps(v)) for k, v in meta.items()])
+        db.commit()
+        db.execute("PRAGMA journal_mode=WAL")  # persistent: readers (web app) and label writers can share the file
+        db.close()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        for leftover in path.parent.glob(f"{tmp.name}*"):
+            leftover.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------- read
+
+class FeatureIndex:
+    """A finished feature index: `FeatureIndex(path_or_dict_folder)`; `.feature(id)`, `.search(text)`,
+    `.by_token(token)`, `.labels()`, `.set_label(...)`."""
+
+    def __init__(self, where: str | os.PathLike):
+        self.path = index_path(where)
+        if not self.path.exists():
+            raise GlassworkError(f"{self.path}: no feature index here (build one with `glasswork features build`)")
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self.meta = {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+        except sqlite3.DatabaseError as e:
+            raise GlassworkError(f"{self.path}: not a glasswork feature index ({e})") from None
+        if not self.meta.get("complete"):
+            raise GlassworkError(f"{self.path}: feature index is incomplete (meta.complete is not true); rebuild it")
+        if self.meta.get("schema_version") != SCHEMA_VERSION:
+            raise GlassworkError(f"{self.path}: index schema_version {self.meta.get('schema_version')}, this glasswork "
+                                 f"reads {SCHEMA_VERSION}; rebuild it")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.d_sae: int = self.meta["d_sae"]
+
+    def __repr__(self) -> str:
+        return f"FeatureIndex({str(self.path)!r}, d_sae={self.d_sae}, model={self.meta['model']!r})"
+
+    def close(self) -> None:
+        self.db.close()
+
+    def check_id(self, feature: int) -> int:
+        if not isinstance(feature, int) or not 0 <= feature < self.d_sae:
+            raise GlassworkError(f"{self.path}: feature id {feature} is out of range (expected 0..{self.d_sae - 1})")
+        return feature
+
+    def strs(self, token_ids: list[int]) -> list[str]:
+        found = dict(self.db.execute(f"SELECT token_id, str FROM vocab WHERE token_id IN "
+                                     f"({','.join('?' * len(token_ids))})", token_ids)) if token_ids else {}
+        return [found.get(t, f"<{t}>") for t in token_ids]
+
+    def examples(self, feature: int, kind: str = "top") -> list[dict]:
+        """Examples of `kind` ('top', 'quantile', 'zero'): dicts with ctx, pos, act, quantile, token_ids, tokens,
+        acts (one value per token of the context)."""
+        rows = self.db.execute("SELECT e.ctx, e.pos, e.act, e.acts, e.quantile, c.tokens FROM examples e JOIN contexts "
+                               "c ON c.ctx = e.ctx WHERE e.feature = ? AND e.kind = ? ORDER BY e.rank",
+                               (self.check_id(feature), kind)).fetchall()
+        out = []
+        for ctx, pos, act, acts, q, tokens in rows:
+            ids = json.loads(tokens)
+            dense = [0.0] * len(ids)
+            for p, v in json.loads(acts):
+                dense[p] = v
+            out.append({"ctx": ctx, "pos": pos, "act": act, "quantile": q, "token_ids": ids, "tokens": self.strs(ids),
+                        "acts": dense})
+        return out
+
+    def feature(self, feature: int, with_examples: bool = True) -> dict:
+        """Everything the index knows about one feature (the data of a feature page)."""
+        row = self.db.execute("SELECT * FROM features WHERE feature = ?", (self.check_id(feature),)).fetchone()
+        names = [d[0] for d in self.db.execute("SELECT * FROM features LIMIT 0").description]
+        rec = dict(zip(names, row))
+        for key in ("hist", "top_logits", "bottom_logits", "neighbors", "cofiring", "top_tokens"):
+            rec[key] = json.loads(rec[key])
+        rec["labels"] = self.labels_of(feature)
+        if with_examples:
+            for kind in ("top", "quantile", "zero"):
+                rec[kind] = self.examples(feature, kind)
+        return rec
+
+    def labels_of(self, feature: int) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM labels WHERE feature = ? ORDER BY explainer", (feature,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def labels(self, explainer: str | None = None) -> dict[int, str]:
+        """{feature: label}: of one explainer, or the best-scoring label of any explainer."""
+        if explainer:
+            rows = self.db.execute("SELECT feature, label FROM labels WHERE explainer = ? AND label IS NOT NULL",
+                                   (explainer,))
+        else:
+            rows = self.db.execute("SELECT feature, label FROM labels WHERE label IS NOT NULL "
+                                   "ORDER BY COALESCE(detection, -1) ASC")
+        return dict(rows.fetchall())
+
+    def set_label(self, feature: int, explainer: str, label: str | None, error: str | None = None,
+                  scores: dict | None = None) -> None:
+        s = scores or {}
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO labels VALUES (?,?,?,?,?,?,?,?,?)", (
+                self.check_id(feature), explainer, label, error, s.get("detection"), s.get("detection_baseline"),
+                s.get("fuzzing"), s.get("fuzzing_baseline"), datetime.now(timezone.utc).isoformat(timespec="seconds")))
+
+    def live_features(self) -> list[int]:
+        return [f for (f,) in self.db.execute("SELECT feature FROM features WHERE n_fired > 0 ORDER BY feature")]
+
+    def search(self, text: str, limit: int = 20) -> list[dict]:
+        """Features whose label or top contexts match `text` (FTS5 query syntax; plain words are ANDed)."""
+        query = " ".join(f'"{w}"' for w in text.replace('"', " ").split()) or '""'
+        hits = [{"feature": f, "where": "label", "text": t, "score": -s} for f, t, s in self.db.execute(
+            "SELECT l.feature, l.label, bm25(labels_fts) FROM labels_fts JOIN labels l ON l.rowid = labels_fts.rowid "
+            "WHERE labels_fts MATCH ? ORDER BY bm25(labels_fts) LIMIT ?", (query, limit))]
+        for ctx, t, s in self.db.execute("SELECT rowid, text, bm25(contexts_fts) FROM contexts_fts WHERE contexts_fts "
+                                         "MATCH ? ORDER BY bm25(contexts_fts) LIMIT ?", (query, limit)).fetchall():
+            for f, act in self.db.execute("SELECT feature, act FROM examples WHERE ctx = ? AND kind = 'top' "
+                                          "ORDER BY act DESC LIMIT 3", (ctx,)):
+                hits.append({"feature": f, "where": f"context {ctx}", "text": t, "score": -s, "act": act})
+        seen, out = set(), []
+        for h in hits:
+            if h["feature"] not in seen:
+                seen.add(h["feature"])
+                out.append(h)
+        return out[:limit]
+
+    def by_token(self, token: str | int, limit: int = 20) -> list[dict]:
+        """Features that fire most often on a token (given as id or exact string, e.g. ' Paris')."""
+        ids = [token] if isinstance(token, int) else \
+            [t for (t,) in self.db.execute("SELECT token_id FROM vocab WHERE str = ?", (token,))]
+        if not ids:
+            return []
+        rows = self.db.execute(f"SELECT feature, token_id, count, mean_act FROM feature_tokens WHERE token_id IN "
+                               f"({','.join('?' * len(ids))}) ORDER BY count DESC LIMIT ?", (*ids, limit))
+        return [{"feature": f, "token_id": t, "count": c, "mean_act": m} for f, t, c, m in rows]

@@ -1,0 +1,225 @@
+"""Feature index: statistics equal a brute-force computation, bad input gets clear errors, a killed build never
+leaves a half-written index."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import glasswork as gw
+from glasswork.features.index import FeatureIndex, build_index
+from glasswork.features.stats import StatsConfig
+
+from conftest import make_tiny
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+def tiny_sae(model, d_sae=48, activation="relu", seed=0, **kw):
+    cfg = gw.DictionaryConfig(kind="sae", d_in=model.d_model, d_sae=d_sae, activation=activation, model=model.name,
+                              hook_in=HOOK, **kw)
+    sae = gw.SparseCoder(cfg)
+    sae.reset_parameters(seed=seed)
+    return sae
+
+
+def tiny_contexts(model, n=40, S=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randint(1, model.vocab_size, (n, S), generator=g)
+    ctx[:, 0] = model.bos_token_id
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    model = make_tiny("llama")
+    sae = tiny_sae(model)
+    ctx = tiny_contexts(model)
+    path = build_index(model, sae, ctx, path=tmp_path_factory.mktemp("fi") / "features.sqlite", batch_size=7,
+                       cfg=StatsConfig(top_k=5, n_quantiles=3, per_quantile=2, n_zero=3))
+    with torch.no_grad():
+        _, cache = gw.capture(model, ctx, [HOOK])
+        acts = sae.encode(cache[HOOK]).double()  # [n, S, F] brute force, float64
+    acts[ctx == model.bos_token_id] = 0
+    return model, sae, ctx, acts, FeatureIndex(path)
+
+
+def live(acts, n=6):
+    fired = (acts > 0).flatten(0, 1).sum(0)
+    return [int(f) for f in torch.nonzero(fired).flatten()[:n]]
+
+
+def test_counts_and_histogram_match_brute_force(built):
+    model, sae, ctx, acts, ix = built
+    edges = np.array(ix.meta["hist_edges"])
+    assert ix.meta["n_tokens"] == ctx.numel()
+    for f in live(acts) + [int((acts > 0).flatten(0, 1).sum(0).argmin())]:
+        rec = ix.feature(f, with_examples=False)
+        a = acts[..., f].flatten().numpy()
+        v = a[a > 0]
+        assert rec["n_fired"] == len(v)
+        assert rec["freq"] == pytest.approx(len(v) / a.size)
+        assert rec["max_act"] == pytest.approx(a.max(), rel=1e-5)
+        if len(v):
+            assert rec["mean_act"] == pytest.approx(v.mean(), rel=1e-5)
+        expect = [int(((v > edges[b]) | (b == 0)).__and__((v <= edges[b + 1]) | (b == len(edges) - 2)).sum())
+                  for b in range(len(edges) - 1)]
+        assert rec["hist"] == expect
+
+
+def test_top_contexts_match_brute_force(built):
+    model, sae, ctx, acts, ix = built
+    for f in live(acts):
+        per_ctx = acts[..., f].amax(1)  # [n]
+        order = per_ctx.argsort(descending=True)
+        expect = [int(c) for c in order[:5] if per_ctx[c] > 0]
+        top = ix.examples(f, "top")
+        assert [e["ctx"] for e in top] == expect
+        for e in top:
+            row = acts[e["ctx"], :, f]
+            assert e["act"] == pytest.approx(float(row.max()), rel=1e-4)
+            assert e["pos"] == int(row.argmax())
+            np.testing.assert_allclose(e["acts"], row.numpy(), rtol=2e-3, atol=1e-3)  # stored in float16
+            assert e["token_ids"] == ctx[e["ctx"]].tolist()
+
+
+def test_quantile_and_zero_samples_are_what_they_claim(built):
+    model, sae, ctx, acts, ix = built
+    for f in live(acts):
+        q = ix.examples(f, "quantile")
+        n_firing = int((acts[..., f].amax(1) > 0).sum())
+        assert len(q) == min(6, n_firing)
+        for e in q:
+            assert float(acts[e["ctx"], :, f].max()) == pytest.approx(e["act"], rel=1e-4) and e["act"] > 0
+        qs = sorted((e["quantile"], e["act"]) for e in q)
+        assert [a for _, a in qs] == sorted(a for _, a in qs)  # higher quantile, higher activation
+        for e in ix.examples(f, "zero"):
+            assert float(acts[e["ctx"], :, f].max()) == 0.0
+
+
+def test_tokens_cofiring_logits_neighbors_match_brute_force(built):
+    model, sae, ctx, acts, ix = built
+    fire = (acts > 0).flatten(0, 1).double()  # [N, F]
+    joint = fire.T @ fire
+    W = sae.W_dec.detach().double()
+    logits = W @ model.W_U.detach().double()
+    unit = W / W.norm(dim=1, keepdim=True)
+    cos = unit @ unit.T
+    cos.fill_diagonal_(-math.inf)
+    toks = ctx.flatten()
+    for f in live(acts):
+        rec = ix.feature(f, with_examples=False)
+        counts = torch.bincount(toks[fire[:, f] > 0], minlength=model.vocab_size)
+        for t, _, c, _ in rec["top_tokens"]:
+            assert c == counts[t]
+        assert rec["top_tokens"][0][2] == counts.max()
+        j = joint[f].clone()
+        j[f] = 0
+        for g, n_both, _ in rec["cofiring"]:
+            assert n_both == j[g]
+        assert rec["cofiring"][0][1] == j.max()
+        assert [t for t, _, _ in rec["top_logits"]] == logits[f].topk(10).indices.tolist()
+        assert [t for t, _, _ in rec["bottom_logits"]] == (-logits[f]).topk(10).indices.tolist()
+        assert [g for g, _ in rec["neighbors"]] == cos[f].topk(10).indices.tolist()
+
+
+def test_topk_sae_and_dense_vs_sparse_cofiring_agree(tmp_path):
+    model = make_tiny("llama")
+    sae = tiny_sae(model, activation="topk", k=4)
+    ctx = tiny_contexts(model, n=12)
+    a = FeatureIndex(build_index(model, sae, ctx, path=tmp_path / "a.sqlite"))
+    b = FeatureIndex(build_index(model, sae, ctx, path=tmp_path / "b.sqlite", cfg=StatsConfig(dense_cofiring_max_f=1)))
+    for f in a.live_features()[:8]:
+        ra, rb = a.feature(f, False), b.feature(f, False)
+        assert [c for _, c, _ in ra["cofiring"]] == [c for _, c, _ in rb["cofiring"]]  # same counts (ties may swap)
+        assert {g: c for g, c, _ in ra["cofiring"]}.items() >= {g: c for g, c, _ in rb["cofiring"]
+                                                                if c > ra["cofiring"][-1][1]}.items()
+        assert ra["top_tokens"] == rb["top_tokens"]
+
+
+def test_queries_by_token_and_text(built):
+    model, sae, ctx, acts, ix = built
+    f = live(acts)[0]
+    tok = ix.feature(f, False)["top_tokens"][0][0]
+    assert f in [h["feature"] for h in ix.by_token(tok, limit=1000)]
+    assert f in [h["feature"] for h in ix.by_token(f"<{tok}>", limit=1000)]
+    ix.set_label(f, "test", "fires on zebra crossings")
+    assert ix.search("zebra")[0]["feature"] == f
+    top_ctx = ix.examples(f)[0]["ctx"]
+    word = ix.examples(f)[0]["tokens"][5]
+    assert any(h["where"].startswith("context") for h in ix.search(word.strip("<>")))
+    assert top_ctx >= 0
+
+
+def test_bad_input_mismatch_and_out_of_range(built, tmp_path):
+    model, sae, ctx, acts, ix = built
+    other = make_tiny("gpt2")  # d_model 32 too, but another model name
+    with pytest.raises(gw.GlassworkError, match="model"):
+        build_index(other, sae, ctx, path=tmp_path / "x.sqlite")
+    wide = gw.SparseCoder(gw.DictionaryConfig(kind="sae", d_in=48, d_sae=8, model=model.name, hook_in=HOOK, k=4))
+    with pytest.raises(gw.GlassworkError, match="d_in = 48"):
+        build_index(model, wide, ctx, path=tmp_path / "x.sqlite")
+    bad_hook = tiny_sae(model)
+    bad_hook.cfg.hook_in = "blocks.9.hook_resid_post"
+    with pytest.raises(gw.GlassworkError, match="unknown hook point"):
+        build_index(model, bad_hook, ctx, path=tmp_path / "x.sqlite")
+    assert not (tmp_path / "x.sqlite").exists()
+    for bad in (-1, 48, 10**9):
+        with pytest.raises(gw.GlassworkError, match="out of range"):
+            ix.feature(bad)
+    with pytest.raises(gw.GlassworkError, match="no feature index"):
+        FeatureIndex(tmp_path / "nothing")
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(gw.GlassworkError, match="not a glasswork feature index"):
+        FeatureIndex(tmp_path / "junk.sqlite")
+
+
+KILL_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import make_tiny
+import glasswork as gw
+from glasswork.features.index import build_index
+m = make_tiny("llama")
+sae = gw.SparseCoder(gw.DictionaryConfig(kind="sae", d_in=32, d_sae=2048, activation="relu", model=m.name,
+                                         hook_in="blocks.1.hook_resid_post"))
+ctx = torch.randint(1, 97, ({n}, 64)); ctx[:, 0] = m.bos_token_id
+print("start", flush=True)
+build_index(m, sae, ctx, path={path!r}, batch_size=4)
+print("done", flush=True)
+"""
+
+
+def test_killed_build_never_leaves_a_half_written_index(tmp_path):
+    path = tmp_path / "features.sqlite"
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "GLASSWORK_PROGRESS": "0"}
+    for delay in (1.5, 3.0):  # once while computing, once (likely) while writing
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=tests, n=200, path=str(path))],
+                                stdout=subprocess.PIPE, env=env)
+        assert proc.stdout.readline().strip() == b"start"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if path.exists():  # the build finished before the kill: then it must be complete
+            assert FeatureIndex(path).meta["complete"] is True
+            path.unlink()
+        else:
+            with pytest.raises(gw.GlassworkError):
+                FeatureIndex(path)
+    leftovers = list(tmp_path.glob(".features.sqlite.*"))
+    out = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(tests=tests, n=20, path=str(path))],
+                         capture_output=True, env=env)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    ix = FeatureIndex(path)
+    assert ix.meta["complete"] is True and ix.meta["n_contexts"] == 20
+    assert not list(tmp_path.glob(".features.sqlite.*")), f"stale temp files kept: {leftovers}"
