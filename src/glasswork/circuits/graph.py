@@ -1,0 +1,277 @@
+"""The attribution graph: nodes, the full adjacency, pruning by influence, scores, and the viewer's JSON.
+
+Native format (one safetensors file, written atomically; `Graph.save(path)` / `load_graph(path)`):
+  tensors
+    adjacency        [n_rows, n_nodes] float32 (or bfloat16 for big graphs): direct effect of source (column) on the
+                     target (row), measured on the target's pre-activation (features) or demeaned logit (logits).
+                     Rows are the targets only: row r < n_features is feature node r; row n_features + j is logit j
+                     (node n_nodes - n_logits + j). Error and token nodes have no inputs, so they have no row.
+    node_kind        [n_nodes] int8   0 feature, 1 error, 2 token (embedding), 3 logit
+    node_layer       [n_nodes] int32  layer of a feature / error node; -1 token; n_layers logit
+    node_pos         [n_nodes] int32  token position (logits: the last position)
+    node_index       [n_nodes] int64  feature index (features), token id (tokens, logits), -1 (errors, custom targets)
+    node_activation  [n_nodes] float32  feature activation; logits: probability; else 0
+    logit_weight     [n_logits] float32  weight of each target in the influence (probabilities, or 1/n for custom)
+    input_ids        [seq] int64
+  nodes are ordered: features (sorted by layer, pos, index), errors (layer-major: layer * seq + pos), tokens (by
+  position), logits. The safetensors header metadata holds one key "glasswork_graph": a JSON object with prompt,
+  str_tokens, model, dictionary, n_layers, target labels ("logit_labels"), feature_type, scores, timings, version.
+Views: `graph.view(node_threshold, edge_threshold) -> dict` prunes the stored graph on demand and returns the JSON of
+Anthropic's attribution-graph viewer (metadata, qParams, nodes, links), so no multi-GB JSON is ever written whole.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..io import GlassworkError, atomic_path
+
+FEATURE, ERROR, TOKEN, LOGIT = 0, 1, 2, 3
+KIND_NAMES = {FEATURE: "feature", ERROR: "error", TOKEN: "token", LOGIT: "logit"}
+_TENSORS = ("adjacency", "node_kind", "node_layer", "node_pos", "node_index", "node_activation", "logit_weight",
+            "input_ids")
+
+
+@dataclass
+class Graph:
+    adjacency: torch.Tensor  # [n_features + n_logits, n_nodes]
+    node_kind: torch.Tensor  # [n_nodes]
+    node_layer: torch.Tensor
+    node_pos: torch.Tensor
+    node_index: torch.Tensor
+    node_activation: torch.Tensor
+    logit_weight: torch.Tensor  # [n_logits]
+    input_ids: torch.Tensor  # [seq]
+    meta: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # --- shape facts -------------------------------------------------------------------------------------------
+    @property
+    def n_nodes(self) -> int:
+        return self.node_kind.numel()
+
+    @property
+    def n_features(self) -> int:
+        return int((self.node_kind == FEATURE).sum())
+
+    @property
+    def n_logits(self) -> int:
+        return self.logit_weight.numel()
+
+    @property
+    def row_nodes(self) -> torch.Tensor:
+        """Node index of each adjacency row: [n_rows]."""
+        n, nf, nl = self.n_nodes, self.n_features, self.n_logits
+        return torch.cat([torch.arange(nf), torch.arange(n - nl, n)])
+
+    def dense(self) -> torch.Tensor:
+        """The square adjacency [n_nodes, n_nodes] (rows of error and token nodes are zero)."""
+        a = torch.zeros(self.n_nodes, self.n_nodes)
+        a[self.row_nodes] = self.adjacency.float()
+        return a
+
+    def __repr__(self) -> str:
+        s = self.meta.get("scores", {})
+        return (f"Graph({self.meta.get('prompt', '')!r}: {self.n_features} features, {self.n_logits} logits, "
+                f"{self.n_nodes} nodes, replacement={s.get('replacement', float('nan')):.3f}, "
+                f"completeness={s.get('completeness', float('nan')):.3f})")
+
+    # --- influence and scores ----------------------------------------------------------------------------------
+    def normalized(self) -> torch.Tensor:
+        """|A| with each row scaled to sum 1 (rows of zeros stay zero): [n_rows, n_nodes]."""
+        if "norm" not in self._cache:
+            a = self.adjacency.float().abs()
+            self._cache["norm"] = a / a.sum(1, keepdim=True).clamp_min(1e-30)
+        return self._cache["norm"]
+
+    def node_influence(self) -> torch.Tensor:
+        """Influence of every node on the logits: sum over k >= 1 of w^T B^k, w = logit weights, B = normalized |A|."""
+        if "influence" not in self._cache:
+            self._cache["influence"] = influence(self.normalized(), self.row_nodes, self._logit_vector())
+        return self._cache["influence"]
+
+    def _logit_vector(self) -> torch.Tensor:
+        w = torch.zeros(self.n_nodes)
+        w[self.n_nodes - self.n_logits:] = self.logit_weight.float()
+        return w
+
+    def scores(self) -> dict:
+        """Replacement score (influence reaching the logits from tokens rather than from errors) and completeness
+        (share of each node's normalized input not coming from error nodes, weighted by the node's influence)."""
+        infl = self.node_influence()
+        kind = self.node_kind
+        token_infl, error_infl = float(infl[kind == TOKEN].sum()), float(infl[kind == ERROR].sum())
+        norm = self.normalized()
+        non_error = 1.0 - norm[:, kind == ERROR].sum(1)  # [n_rows]
+        out_infl = (infl + self._logit_vector())[self.row_nodes]
+        return {"replacement": token_infl / max(token_infl + error_infl, 1e-30),
+                "completeness": float((non_error * out_infl).sum() / out_infl.sum().clamp_min(1e-30))}
+
+    # --- pruning -----------------------------------------------------------------------------------------------
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98):
+        """Keep features and errors to cumulative influence `node_threshold`, then edges to cumulative edge influence
+        `edge_threshold`; tokens and logits are always kept. Returns (node_mask [n_nodes], edge_mask [n_rows, n_nodes],
+        cumulative node influence [n_nodes])."""
+        for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+            if not 0.0 < t <= 1.0:
+                raise GlassworkError(f"{name} must be in (0, 1] (got {t})")
+        infl = self.node_influence()
+        kind, rows = self.node_kind, self.row_nodes
+        always = (kind == TOKEN) | (kind == LOGIT)
+        node_mask = always | (infl >= cutoff(infl[~always], node_threshold))
+        pruned = self.adjacency.float() * node_mask[rows, None] * node_mask[None, :]
+        norm = pruned.abs()
+        norm = norm / norm.sum(1, keepdim=True).clamp_min(1e-30)
+        w = self._logit_vector()
+        edge_infl = influence(norm, rows, w) + w  # the influence of each target node, logits included
+        edge_scores = norm * edge_infl[rows, None]
+        edge_mask = edge_scores >= cutoff(edge_scores.flatten(), edge_threshold)
+        edge_mask &= pruned != 0
+        while True:  # drop nodes left without edges to or from the kept graph, until nothing changes
+            has_out = edge_mask.any(0)
+            has_in = torch.zeros(self.n_nodes, dtype=torch.bool)
+            has_in[rows] = edge_mask.any(1)
+            keep = always | (node_mask & has_out & (has_in | (kind == ERROR)))
+            if torch.equal(keep, node_mask):
+                break
+            node_mask = keep
+            edge_mask &= node_mask[rows, None] & node_mask[None, :]
+        order = torch.argsort(infl, descending=True)
+        cum = torch.zeros_like(infl)
+        cum[order] = torch.cumsum(infl[order], 0) / infl.sum().clamp_min(1e-30)
+        return node_mask, edge_mask, cum
+
+    def view(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, slug: str | None = None,
+             labels: dict[str, str] | None = None) -> dict:
+        """The pruned graph as the viewer's JSON: {metadata, qParams, nodes, links}. `labels` maps node_id -> clerp."""
+        node_mask, edge_mask, cum = self.prune(node_threshold, edge_threshold)
+        keep = node_mask.nonzero().flatten().tolist()
+        ids = {i: self.node_id(i) for i in keep}
+        labels = labels or {}
+        nodes = [self._node_json(i, ids[i], float(cum[i]), labels.get(ids[i], "")) for i in keep]
+        rows = self.row_nodes
+        r, c = edge_mask.nonzero(as_tuple=True)
+        weights = self.adjacency[r, c].float().tolist()
+        links = [{"source": ids[s], "target": ids[t], "weight": w}
+                 for s, t, w in zip(c.tolist(), rows[r].tolist(), weights)]
+        meta = self.meta
+        return {
+            "metadata": {"slug": slug or meta.get("slug", "graph"), "scan": meta.get("model", ""),
+                         "prompt": meta.get("prompt", ""), "prompt_tokens": meta.get("str_tokens", []),
+                         "node_threshold": node_threshold, "edge_threshold": edge_threshold,
+                         "schema_version": 1, "transcoder_list": [], "scores": meta.get("scores", {}),
+                         "info": {"generator": "glasswork", "dictionary": meta.get("dictionary", ""),
+                                  "n_nodes_total": self.n_nodes, "n_features_total": self.n_features}},
+            "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+            "nodes": nodes, "links": links}
+
+    def node_id(self, i: int) -> str:
+        """Viewer ids: features '{layer}_{feature}_{pos}', errors '0_{layer}_{pos}', tokens 'E_{token}_{pos}',
+        logits '{n_layers}_{token}_{pos}' (custom targets use -1-j as the token)."""
+        kind, layer, pos, idx = (int(self.node_kind[i]), int(self.node_layer[i]), int(self.node_pos[i]),
+                                 int(self.node_index[i]))
+        if kind == FEATURE:
+            return f"{layer}_{idx}_{pos}"
+        if kind == ERROR:
+            return f"0_{layer}_{pos}"
+        if kind == TOKEN:
+            return f"E_{idx}_{pos}"
+        j = i - (self.n_nodes - self.n_logits)
+        return f"{layer}_{idx if idx >= 0 else -1 - j}_{pos}"
+
+    def _node_json(self, i: int, node_id: str, influence_: float, clerp: str) -> dict:
+        kind, layer, pos, idx = (int(self.node_kind[i]), int(self.node_layer[i]), int(self.node_pos[i]),
+                                 int(self.node_index[i]))
+        act = float(self.node_activation[i])
+        node = {"node_id": node_id, "jsNodeId": node_id, "feature": idx, "layer": str(layer), "ctx_idx": pos,
+                "run_idx": 0, "reverse_ctx_idx": 0, "feature_type": "", "token_prob": 0.0, "is_target_logit": False,
+                "clerp": clerp, "influence": influence_, "activation": None}
+        if kind == FEATURE:
+            node.update(feature_type=self.meta.get("feature_type", "cross layer transcoder"), activation=act,
+                        feature=idx + layer * int(self.meta.get("d_sae", 0)))
+        elif kind == ERROR:
+            node.update(feature_type="mlp reconstruction error", feature=-1)
+        elif kind == TOKEN:
+            node.update(feature_type="embedding", layer="E", feature=pos,
+                        clerp=clerp or f'Emb: "{self._str_token(pos)}"')
+        else:
+            j = i - (self.n_nodes - self.n_logits)
+            label = self.meta.get("logit_labels", [""] * self.n_logits)[j]
+            node.update(feature_type="logit", token_prob=act, is_target_logit=True,
+                        clerp=clerp or f'Output "{label}" (p={act:.3f})')
+        return node
+
+    def _str_token(self, pos: int) -> str:
+        toks = self.meta.get("str_tokens", [])
+        return toks[pos] if pos < len(toks) else str(int(self.input_ids[pos]))
+
+    # --- files -------------------------------------------------------------------------------------------------
+    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write the whole graph once (see the format above); bfloat16 adjacency by default past 8192 nodes."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if dtype is None:
+            dtype = torch.bfloat16 if self.n_nodes > 8192 else torch.float32
+        tensors = {name: getattr(self, name).detach().contiguous().cpu() for name in _TENSORS}
+        tensors["adjacency"] = tensors["adjacency"].to(dtype)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"glasswork_graph": json.dumps(self.meta, default=float)})
+        return path
+
+    def to_json(self, path: str | Path, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Path:
+        from ..io import write_json
+        write_json(path, self.view(node_threshold, edge_threshold))
+        return Path(path)
+
+
+def load_graph(path: str | Path) -> Graph:
+    """Read a graph written by Graph.save."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise GlassworkError(f"{path}: graph file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("glasswork_graph", "null"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise GlassworkError(f"{path}: not a readable graph file ({e})") from None
+    if meta is None:
+        raise GlassworkError(f"{path}: safetensors file without 'glasswork_graph' metadata: not a glasswork graph")
+    missing = [k for k in _TENSORS if k not in tensors]
+    if missing:
+        raise GlassworkError(f"{path}: graph file lacks tensor(s) {', '.join(missing)}")
+    tensors["adjacency"] = tensors["adjacency"].float()
+    return Graph(**{k: tensors[k] for k in _TENSORS}, meta=meta)
+
+
+def influence(norm: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, max_iter: int = 10_000) -> torch.Tensor:
+    """sum_{k>=1} w^T B^k for B the square matrix whose rows `rows` are `norm` [n_rows, n] (other rows zero).
+
+    A graph is acyclic, so B is nilpotent and the series ends after at most depth steps."""
+    total = torch.zeros_like(weights)
+    v = weights
+    for _ in range(max_iter):
+        v = v[rows] @ norm  # [n]
+        if not bool(v.any()):
+            return total
+        total = total + v
+    raise GlassworkError("influence series did not end: the adjacency has a cycle (not an attribution graph)")
+
+
+def cutoff(scores: torch.Tensor, threshold: float) -> float:
+    """The smallest score among the top scores that together hold `threshold` of the total."""
+    if scores.numel() == 0:
+        return float("inf")
+    s = torch.sort(scores.flatten(), descending=True).values
+    total = s.sum()
+    if total <= 0:
+        return float("inf")
+    cum = torch.cumsum(s, 0) / total
+    i = min(int(torch.searchsorted(cum, torch.tensor(threshold, dtype=cum.dtype))), s.numel() - 1)
+    return float(s[i])
