@@ -6,4 +6,7 @@ from .io import GlassworkError, home
 from .models import DEFAULT_MODEL, Model, load_model
 from .dictionaries import DictionaryConfig, SparseCoder, CrossLayerTranscoder
 from .dictionaries import load as load_dictionary, save as save_dictionary, load_set, save_set, load_transcoders
-
+from . import directions, steering
+from .steering import Intervention, add_direction, clamp_feature, project_out, steer, zero_feature
+from .directions import (Direction, analogy, directional_ablation, feature_direction, load_direction, mean_difference,
+                         orthogonalize, train_probe)

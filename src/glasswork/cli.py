@@ -60,6 +60,100 @@ def info(model: Optional[str] = typer.Option(None, help="Model name or folder (d
     run_verb(go)
 
 
+@app.command()
+def steer(prompt: str = typer.Option(..., help="Text to complete."),
+          feature: Optional[str] = typer.Option(None, help="Dictionary feature to clamp, as LAYER/INDEX (with --dictionary)."),
+          dictionary: Optional[Path] = typer.Option(None, help="Dictionary folder (or set folder) the feature is from."),
+          clamp: str = typer.Option("10x", help="Value for --feature: a number, or Nx = N times its max activation."),
+          direction: Optional[Path] = typer.Option(None, help="Direction file (from `glasswork direction`)."),
+          add: Optional[float] = typer.Option(None, "--add", help="Add this multiple of --direction at its hook."),
+          ablate: bool = typer.Option(False, help="Project --direction out of every layer (directional ablation)."),
+          hook: Optional[str] = typer.Option(None, help="Hook point for --add (default: the direction's own)."),
+          positions: str = typer.Option("all", help="Where to edit: all, prompt or generated."),
+          seed: int = typer.Option(0, help="Sampling seed (the same for baseline and steered)."),
+          max_new_tokens: int = typer.Option(40, help="Tokens to generate."),
+          temperature: float = typer.Option(0.7, help="Sampling temperature (0: greedy)."),
+          n: int = typer.Option(1, help="Completions of each kind."),
+          model: Optional[str] = typer.Option(None, help="Model name or folder (default: the dictionary's, else smollm2-135m)."),
+          as_json: bool = JSON_OPT):
+    """Generate with and without an intervention (same seed) and print both completions side by side."""
+    def go():
+        from . import load_model
+        from . import steering as st
+        from .directions import directional_ablation, load_direction
+        t0 = time.time()
+        if (feature is None) == (direction is None):
+            raise GlassworkError("give exactly one of --feature LAYER/INDEX (with --dictionary) or --direction FILE")
+        ivs, info = [], {}
+        if feature is not None:
+            if dictionary is None:
+                raise GlassworkError("--feature needs --dictionary DIR (the dictionary or set folder it belongs to)")
+            layer, index = st.parse_feature(feature)
+            d, folder = st.dictionary_for_layer(dictionary, layer)
+            m = load_model(model or d.cfg.model or None)
+            ivs.append(st.clamp_feature(m, d, index, clamp, positions, dictionary_folder=folder))
+        else:
+            if (add is None) == (not ablate):
+                raise GlassworkError("with --direction give exactly one of --add C or --ablate")
+            vec = load_direction(direction)
+            m = load_model(model or vec.model or None)
+            if ablate:
+                ivs += directional_ablation(m, vec.vector, positions=positions)
+            else:
+                ivs.append(st.add_direction(m, hook or vec.hook, vec.vector, add, positions))
+            info = {"direction": str(direction), "direction_hook": vec.hook}
+        res = st.compare(m, prompt, ivs, max_new_tokens, seed, temperature, n)
+        summary = {**res, "interventions": [iv.label for iv in ivs][:3] + ([f"... {len(ivs)} in all"] if len(ivs) > 3 else []),
+                   "model": m.name, **info, "seconds": round(time.time() - t0, 2)}
+        if as_json:
+            return emit(summary, True)
+        from rich.table import Table
+        table = Table(title=f"{prompt!r}  (seed {seed})", show_lines=True)
+        table.add_column("baseline")
+        table.add_column("steered: " + "; ".join(summary["interventions"]))
+        for b, s in zip(res["baseline"], res["steered"]):
+            table.add_row(b, s)
+        Console().print(table)
+    run_verb(go)
+
+
+@app.command()
+def direction(out: Path = typer.Option(..., help="Where to write the direction: OUT.safetensors + OUT.json."),
+              positive: Optional[Path] = typer.Option(None, help="Text file, one prompt per line: the concept present."),
+              negative: Optional[Path] = typer.Option(None, help="Text file, one prompt per line: the concept absent."),
+              layer: Optional[int] = typer.Option(None, help="Read blocks.LAYER.hook_resid_post (or give --hook)."),
+              hook: Optional[str] = typer.Option(None, help="Hook point to read the activations at."),
+              token: int = typer.Option(-1, help="Token to read: -1 = each prompt's last, k = position k (BOS is 0)."),
+              feature: Optional[str] = typer.Option(None, help="Instead of prompts: a feature's decoder row, LAYER/INDEX."),
+              dictionary: Optional[Path] = typer.Option(None, help="Dictionary folder for --feature."),
+              model: Optional[str] = typer.Option(None, help="Model name or folder (default: smollm2-135m)."),
+              as_json: bool = JSON_OPT):
+    """Make a direction file: the difference of means between two prompt files, or a feature's decoder row."""
+    def go():
+        from . import load_model
+        from . import directions as dr
+        from . import steering as st
+        t0 = time.time()
+        if feature is not None:
+            if dictionary is None:
+                raise GlassworkError("--feature needs --dictionary DIR")
+            lay, index = st.parse_feature(feature)
+            d, _ = st.dictionary_for_layer(dictionary, lay)
+            vec = dr.feature_direction(d, index)
+        else:
+            if positive is None or negative is None:
+                raise GlassworkError("give --positive FILE and --negative FILE (one prompt per line), or --feature")
+            if (layer is None) == (hook is None):
+                raise GlassworkError("give exactly one of --layer L or --hook NAME")
+            prompts = [dr.read_prompts(p) for p in (positive, negative)]
+            m = load_model(model)
+            vec = dr.mean_difference(m, prompts[0], prompts[1], hook or f"blocks.{layer}.hook_resid_post", token)
+        path = vec.save(out)
+        emit({"path": str(path), "meta": str(path.with_suffix(".json")), "kind": vec.kind, "hook": vec.hook,
+              "norm": round(vec.vector.norm().item(), 4), **vec.info, "seconds": round(time.time() - t0, 2)}, as_json)
+    run_verb(go)
+
+
 def main():
     app()
 

@@ -325,3 +325,14 @@ def analogy(model, a: str, b: str, c: str, target: str, space: str = "embed",
     base_rank, _ = rank_of(va)
     return {"a": a, "b": b, "c": c, "target": target, "space": space, "rank": rank, "rank_from_a_alone": base_rank,
             "n_candidates": pool.shape[0], "centered": center, "nearest": nearest}
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """Prompts from a text file, one per line (blank lines skipped)."""
+    path = Path(path)
+    if not path.exists():
+        raise GlassworkError(f"{path}: prompt file not found")
+    prompts = [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise GlassworkError(f"{path}: no prompts (expected one prompt per line)")
+    return prompts

@@ -332,3 +332,30 @@ def compare(model, prompt: str, interventions: Sequence[Intervention], max_new_t
     steered = generate(model, prompt, interventions, max_new_tokens, seed, temperature, n=n)
     return {"prompt": prompt, "baseline": base, "steered": steered, "seed": seed,
             "interventions": [iv.label for iv in interventions]}
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+def parse_feature(spec: str) -> tuple[int, int]:
+    """'12/345' -> (layer 12, feature 345)."""
+    try:
+        layer, index = spec.split("/")
+        return int(layer), int(index)
+    except ValueError:
+        raise GlassworkError(f"--feature '{spec}': expected LAYER/INDEX, e.g. 12/345") from None
+
+
+def dictionary_for_layer(folder: str | Path, layer: int):
+    """The SparseCoder for `layer` from a dictionary folder, or from a set folder (the member whose layer it is)."""
+    from .dictionaries import load, load_set
+    folder = Path(folder)
+    if (folder / "set.json").exists():
+        members = {name: d for name, d in load_set(folder).items() if d.cfg.layer == layer}
+        if not members:
+            raise GlassworkError(f"{folder}/set.json: no member dictionary for layer {layer}")
+        name, d = next(iter(members.items()))
+        return d, folder / name
+    d = load(folder)
+    if d.cfg.layer is not None and d.cfg.layer != layer:
+        raise GlassworkError(f"{folder}/config.json: this dictionary is for layer {d.cfg.layer}, not layer {layer}")
+    return d, folder
