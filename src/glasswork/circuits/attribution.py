@@ -1,0 +1,297 @@
+"""Attribution: the exact direct effects between the nodes of the frozen replacement model, by batched backward passes.
+
+For a target (a feature's pre-activation, or a demeaned logit), inject its read-out vector as the gradient at its
+layer and position (encoder column at the MLP input; unembedding column at the final norm output), run one backward
+pass through the frozen model, and contract the gradient at each source's location with the source's vector
+(activation x decoder row at the MLP output, error vector, token embedding). Each batch row carries one target: the
+prompt is repeated along the batch. Because the model is causal, a target at position p only needs the prefix
+[0..p], and a target at layer l only needs the layers below it: targets are grouped by position and sorted by layer,
+so each backward pass is as short as it can be.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..io import GlassworkError
+from ..progress import progress
+from .graph import ERROR, FEATURE, LOGIT, TOKEN, Graph, influence
+from .replacement import Clean, Features, ReplacementModel
+
+
+@dataclass
+class Target:
+    """A logit target: read-out vector [d_model] at the final norm output of the last position."""
+
+    label: str
+    vector: torch.Tensor
+    token: int = -1  # token id, or -1 for a logit difference / direction
+    prob: float = 0.0
+    weight: float = 1.0
+
+
+def attribute(model, transcoders, prompt, target=None, max_features: int | None = None, batch_size: int = 64,
+              bos_nodes: bool = False, show_progress: bool = True, dictionary: str = "") -> Graph:
+    """The attribution graph of `prompt` (text, or token ids) through the replacement model.
+
+    target: None (most probable next tokens to cumulative 0.95, at most 10), a token string, "A-B" (difference of two
+    tokens' logits), a tensor [d_model] (a direction read at the final norm output), or a list of those.
+    max_features: keep only the most influential features (estimated from the rows computed so far).
+    bos_nodes: give a leading BOS position feature and error nodes (off by default: BOS is an attention sink whose
+    outputs are huge and constant, so they are kept as constants, as other tools do)."""
+    t0 = time.time()
+    r = transcoders if isinstance(transcoders, ReplacementModel) else ReplacementModel(model, transcoders)
+    ids = prompt_ids(model, prompt)
+    targets = logit_targets(model, r, ids, target)  # runs the clean pass once
+    c, feats, recon = r._last
+    seq, L = ids.numel(), model.n_layers
+    skip_bos = not bos_nodes and int(ids[0]) == model.bos_token_id and seq > 1
+    if skip_bos:
+        keep = feats.pos > 0
+        feats = Features(feats.layer[keep], feats.pos[keep], feats.index[keep], feats.activation[keep])
+    skips = [_skip(r, layer, c.mlp_in[layer]) for layer in range(L)]
+    constants = [c.mlp_out[layer] - skips[layer] for layer in range(L)]  # skip is applied live in the frozen pass
+    errors = torch.stack([c.mlp_out[layer] - recon[layer] for layer in range(L)])  # [L, seq, d]
+    if skip_bos:
+        errors[:, 0] = 0.0
+    n_feat, n_logit = len(feats), len(targets)
+    n_nodes = n_feat + L * seq + seq + n_logit
+    budget = n_feat if max_features is None else min(max_features, n_feat)
+    engine = _Engine(r, c, feats, constants, errors, ids, batch_size)
+
+    adjacency = torch.zeros(budget + n_logit, n_nodes)  # rows: logits first while computing, features after
+    row_node = torch.full((budget + n_logit,), -1, dtype=torch.long)
+    row_node[:n_logit] = torch.arange(n_nodes - n_logit, n_nodes)
+    with progress("attribution", total=n_logit + budget, unit="targets") as bar:
+        logit_vecs = torch.stack([t.vector for t in targets])
+        adjacency[:n_logit, :n_nodes - n_logit] = engine.rows(
+            torch.full((n_logit,), L), torch.full((n_logit,), seq - 1), logit_vecs, bar)
+        if budget == n_feat:
+            order = torch.arange(n_feat)
+            adjacency[n_logit:, :n_nodes - n_logit] = engine.rows(
+                feats.layer, feats.pos, r.encoder_vectors(feats.layer, feats.index), bar)
+            row_node[n_logit:] = order
+        else:
+            order = _budgeted(engine, r, feats, adjacency, row_node, targets, n_logit, budget, bar)
+    graph = _assemble(model, r, ids, feats, targets, adjacency, row_node, order, errors.shape[0], dictionary)
+    graph.meta["seconds"] = round(time.time() - t0, 3)
+    graph.meta["n_active_features"] = n_feat
+    return graph
+
+
+def _budgeted(engine, r, feats, adjacency, row_node, targets, n_logit, budget, bar) -> torch.Tensor:
+    """Compute feature rows in rounds, each round taking the unprocessed features of highest estimated influence."""
+    n_nodes = adjacency.shape[1]
+    weights = torch.zeros(n_nodes)
+    weights[n_nodes - n_logit:] = torch.tensor([t.weight for t in targets])
+    done = torch.zeros(len(feats), dtype=torch.bool)
+    filled = n_logit
+    chunk = max(engine.batch_size * 4, 1)
+    while filled < n_logit + budget:
+        rows = adjacency[:filled].abs()
+        norm = rows / rows.sum(1, keepdim=True).clamp_min(1e-30)
+        infl = influence(norm, row_node[:filled], weights)[:len(feats)]
+        infl[done] = -1.0
+        take = min(chunk, n_logit + budget - filled)
+        pick = torch.sort(torch.topk(infl, take).indices).values  # sorted: grouped by layer then position
+        adjacency[filled:filled + take, :n_nodes - n_logit] = engine.rows(
+            feats.layer[pick], feats.pos[pick], r.encoder_vectors(feats.layer[pick], feats.index[pick]), bar)
+        row_node[filled:filled + take] = pick
+        done[pick] = True
+        filled += take
+    return row_node[n_logit:].clone()
+
+
+class _Engine:
+    """Runs batched backward passes for targets and contracts the gradients with every source's vector."""
+
+    def __init__(self, r: ReplacementModel, c: Clean, feats: Features, constants, errors, ids, batch_size: int):
+        self.r, self.c, self.feats, self.constants, self.errors = r, c, feats, constants, errors
+        self.ids, self.batch_size = ids, max(1, int(batch_size))
+        self.L, self.seq = r.model.n_layers, ids.numel()
+        # Sources writing to each MLP output, grouped by position: {layer: [(rows into feats, vectors [m, d])] per pos}
+        self.writers = {}
+        for j, (rows, vecs) in r.decoder_vectors(feats).items():
+            pos = feats.pos[rows]
+            self.writers[j] = [(rows[pos == p], vecs[pos == p]) for p in range(self.seq)]
+
+    def rows(self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor, bar) -> torch.Tensor:
+        """Adjacency rows [n, n_features + L * seq + seq] for targets at (layer, pos) with read-out vectors [n, d]
+        (layer == n_layers: a logit read at the final norm output)."""
+        n = layers.numel()
+        out = torch.zeros(n, len(self.feats) + self.L * self.seq + self.seq)
+        order = torch.argsort(positions * (self.L + 1) + layers, stable=True)
+        start = 0
+        while start < n:  # one forward per prefix length, then backward passes in batches of targets
+            p = int(positions[order[start]])
+            end = start
+            while end < n and int(positions[order[end]]) == p:
+                end += 1
+            group = order[start:end]
+            batch = min(self.batch_size, len(group))
+            mlp_in, final, probes = self._forward(p + 1, batch)
+            for s in range(0, len(group), batch):
+                idx = group[s:s + batch]
+                out[idx] = self._backward(mlp_in, final, probes, layers[idx], p, vectors[idx], batch)
+                bar.advance(len(idx))
+            start = end
+        return out
+
+    def _forward(self, prefix: int, batch: int):
+        d = self.r.model.d_model
+        probes = {"embed": torch.zeros(batch, prefix, d, requires_grad=True)}
+        for layer in range(self.L):
+            probes[layer] = torch.zeros(batch, prefix, d, requires_grad=True)
+        ids = self.ids[:prefix].view(1, -1).expand(batch, -1)
+        with torch.enable_grad():
+            mlp_in, final = self.r.frozen(self.c, self.constants, ids, probes)
+        return mlp_in, final, probes
+
+    def _backward(self, mlp_in, final, probes, layers, pos, vectors, batch) -> torch.Tensor:
+        n, prefix = layers.numel(), final.shape[1]
+        outputs, grads = [], []
+        for layer in layers.unique().tolist():
+            sel = (layers == layer).nonzero().flatten()
+            g = torch.zeros(batch, prefix, vectors.shape[1])
+            g[sel, pos] = vectors[sel].to(g.dtype)
+            outputs.append(final if layer == self.L else mlp_in[layer])
+            grads.append(g)
+        top = int(layers.max())  # sources below the highest target layer are all that can matter
+        src_layers = list(range(min(top, self.L)))
+        inputs = [probes["embed"]] + [probes[j] for j in src_layers]
+        with torch.enable_grad():
+            got = torch.autograd.grad(outputs, inputs, grads, retain_graph=True, allow_unused=True)
+        g_embed, g_mlp = got[0], dict(zip(src_layers, got[1:]))
+        row = torch.zeros(batch, len(self.feats) + self.L * self.seq + self.seq)
+        n_feat = len(self.feats)
+        tok = n_feat + self.L * self.seq
+        if g_embed is not None:
+            row[:, tok:tok + prefix] = (g_embed * self.c.embed[:prefix]).sum(-1)
+        for j, g in g_mlp.items():
+            if g is None:
+                continue
+            row[:, n_feat + j * self.seq:n_feat + j * self.seq + prefix] = (g * self.errors[j, :prefix]).sum(-1)
+            for p, (rows, vecs) in enumerate(self.writers.get(j, [])[:prefix]):
+                if len(rows):
+                    row[:, rows] += g[:, p] @ vecs.T
+        return row[:n]
+
+
+def _skip(r: ReplacementModel, layer: int, x: torch.Tensor) -> torch.Tensor:
+    tc = r.transcoders.get(layer)
+    if tc is None or tc.W_skip is None:
+        return torch.zeros_like(x)
+    return x @ tc.W_skip.detach()
+
+
+def _assemble(model, r, ids, feats, targets, adjacency, row_node, order, L, dictionary) -> Graph:
+    """Nodes (selected features, errors, tokens, logits) and their adjacency in the native layout."""
+    seq, n_logit = ids.numel(), len(targets)
+    n_all = adjacency.shape[1]
+    order = torch.sort(order).values  # features sorted by (layer, pos, index), as feats already is
+    feat_rows = torch.empty(len(feats), dtype=torch.long)
+    feat_rows[row_node[n_logit:]] = torch.arange(n_logit, n_logit + len(order))
+    cols = torch.cat([order, torch.arange(len(feats), n_all)])
+    rows = torch.cat([feat_rows[order], torch.arange(n_logit)])
+    adj = adjacency[rows][:, cols]
+    nf = len(order)
+    kind = torch.cat([torch.full((nf,), FEATURE), torch.full((L * seq,), ERROR), torch.full((seq,), TOKEN),
+                      torch.full((n_logit,), LOGIT)]).to(torch.int8)
+    layer = torch.cat([feats.layer[order], torch.arange(L).repeat_interleave(seq), torch.full((seq,), -1),
+                       torch.full((n_logit,), L)]).to(torch.int32)
+    pos = torch.cat([feats.pos[order], torch.arange(seq).repeat(L), torch.arange(seq),
+                     torch.full((n_logit,), seq - 1)]).to(torch.int32)
+    index = torch.cat([feats.index[order], torch.full((L * seq,), -1), ids, torch.tensor([t.token for t in targets])])
+    act = torch.cat([feats.activation[order], torch.zeros(L * seq + seq), torch.tensor([t.prob for t in targets])])
+    str_tokens = (model.to_str_tokens(ids) if model.tokenizer is not None else [str(i) for i in ids.tolist()])
+    meta = {"prompt": getattr(model, "_last_prompt", ""), "str_tokens": str_tokens, "model": model.name,
+            "dictionary": str(dictionary), "n_layers": L, "d_sae": r.d_sae, "feature_type": r.feature_type,
+            "logit_labels": [t.label for t in targets], "glasswork_version": _version()}
+    g = Graph(adj, kind, layer, pos, index.long(), act.float(), torch.tensor([t.weight for t in targets]).float(),
+              ids.clone(), meta=meta)
+    g.meta["scores"] = g.scores()
+    return g
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__
+
+
+# --- inputs --------------------------------------------------------------------------------------------------
+def prompt_ids(model, prompt) -> torch.Tensor:
+    """Token ids [seq] of a prompt (BOS first), with clear errors for an empty or over-long prompt."""
+    if isinstance(prompt, torch.Tensor) or isinstance(prompt, list):
+        ids = torch.as_tensor(prompt, dtype=torch.long).flatten()
+        text = None
+    else:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise GlassworkError("prompt is empty: give the text whose next-token prediction to trace")
+        ids = model.tokenize(prompt)[0]
+        text = prompt
+    if ids.numel() == 0:
+        raise GlassworkError("prompt is empty: give the text whose next-token prediction to trace")
+    if ids.numel() > model.n_ctx:
+        raise GlassworkError(f"prompt has {ids.numel()} tokens; the model's context is {model.n_ctx} tokens")
+    if int(ids.max()) >= model.vocab_size or int(ids.min()) < 0:
+        raise GlassworkError(f"prompt token ids must be in 0..{model.vocab_size - 1}")
+    model._last_prompt = text if text is not None else " ".join(map(str, ids.tolist()))
+    return ids.to(model.device)
+
+
+def _demeaned(model, token: int) -> torch.Tensor:
+    W_U = model.W_U.detach().float()  # [d, vocab]
+    return W_U[:, token] - W_U.mean(1)
+
+
+def _token_id(model, text: str) -> int | None:
+    if model.tokenizer is None:
+        return None
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
+
+
+def logit_targets(model, r: ReplacementModel, ids: torch.Tensor, target=None, cumulative: float = 0.95,
+                  max_logits: int = 10) -> list[Target]:
+    """The logit targets; runs the clean pass (kept on r._last) since the default targets need its logits."""
+    c = r.clean(ids.view(1, -1))
+    feats, recon = r.features(c)
+    r._last = (c, feats, recon)
+    probs = c.logits[-1].softmax(-1)
+    if target is None:
+        p, tok = probs.sort(descending=True)
+        k = min(int((p.cumsum(0) < cumulative).sum()) + 1, max_logits)
+        labels = model.to_str_tokens(tok[:k]) if model.tokenizer is not None else [str(t) for t in tok[:k].tolist()]
+        return [Target(lab, _demeaned(model, t), t, float(pt), float(pt))
+                for lab, t, pt in zip(labels, tok[:k].tolist(), p[:k].tolist())]
+    specs = target if isinstance(target, (list, tuple)) else [target]
+    out = []
+    for spec in specs:
+        if isinstance(spec, torch.Tensor):
+            if spec.shape != (model.d_model,):
+                raise GlassworkError(f"target direction has shape {list(spec.shape)}; expected [{model.d_model}]")
+            out.append(Target("direction", spec.detach().float()))
+        elif isinstance(spec, int):
+            if not 0 <= spec < model.vocab_size:
+                raise GlassworkError(f"target token id {spec} is not in the vocabulary (0..{model.vocab_size - 1})")
+            out.append(Target(str(spec), _demeaned(model, spec), spec, float(probs[spec]), float(probs[spec])))
+        elif isinstance(spec, str):
+            tok = _token_id(model, spec)
+            if tok is not None:
+                out.append(Target(spec, _demeaned(model, tok), tok, float(probs[tok]), float(probs[tok])))
+                continue
+            parts = spec.split("-")
+            pair = [_token_id(model, x) for x in parts] if len(parts) == 2 else []
+            if len(pair) == 2 and None not in pair:
+                a, b = pair
+                out.append(Target(spec, _demeaned(model, a) - _demeaned(model, b), -1, float(probs[a] - probs[b])))
+                continue
+            enc = model.tokenizer(spec, add_special_tokens=False)["input_ids"] if model.tokenizer else []
+            raise GlassworkError(f"target '{spec}' is not one token of the vocabulary (it tokenizes to {enc}); give a "
+                                 f"single token such as ' Paris', or 'A-B' with two single tokens for a logit difference")
+        else:
+            raise GlassworkError(f"target must be a token string, 'A-B', a token id or a [d_model] tensor "
+                                 f"(got {type(spec).__name__})")
+    return out
