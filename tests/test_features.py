@@ -190,7 +190,7 @@ from conftest import make_tiny
 import glasswork as gw
 from glasswork.features.index import build_index
 m = make_tiny("llama")
-sae = gw.SparseCoder(gw.DictionaryConfig(kind="sae", d_in=32, d_sae=2048, activation="relu", model=m.name,
+sae = gw.SparseCoder(gw.DictionaryConfig(kind="sae", d_in=32, d_sae=1024, activation="relu", model=m.name,
                                          hook_in="blocks.1.hook_resid_post"))
 ctx = torch.randint(1, 97, ({n}, 64)); ctx[:, 0] = m.bos_token_id
 print("start", flush=True)
@@ -203,8 +203,8 @@ def test_killed_build_never_leaves_a_half_written_index(tmp_path):
     path = tmp_path / "features.sqlite"
     tests = str(Path(__file__).parent)
     env = {**os.environ, "GLASSWORK_PROGRESS": "0"}
-    for delay in (1.5, 3.0):  # once while computing, once (likely) while writing
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=tests, n=200, path=str(path))],
+    for delay in (1.0, 2.5):  # once while computing, once (likely) while writing
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=tests, n=120, path=str(path))],
                                 stdout=subprocess.PIPE, env=env)
         assert proc.stdout.readline().strip() == b"start"
         time.sleep(delay)

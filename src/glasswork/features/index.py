@@ -20,12 +20,13 @@ Schema (schema_version 1). Lists are JSON text so any reader (Python, JS) can us
         neighbors TEXT,           JSON [[feature, cosine], ...]: nearest decoder directions
         cofiring TEXT,            JSON [[feature, n_both, n_both / n_fired], ...]: features firing on the same tokens
         top_tokens TEXT)          JSON [[token_id, str, count, mean_act], ...]: tokens it fires on most
-  examples(feature INTEGER, kind TEXT, rank INTEGER, ctx INTEGER, pos INTEGER, act REAL, acts TEXT, quantile INTEGER,
+  examples(feature INTEGER, kind TEXT, rank INTEGER, ctx INTEGER, pos INTEGER, act REAL, acts BLOB, quantile INTEGER,
         PRIMARY KEY (feature, kind, rank))
         kind 'top': the top-k contexts by max activation (rank 0 = highest);
         kind 'quantile': a uniform sample of firing contexts, grouped in `quantile` 0..n_quantiles-1 by activation
         (0 = lowest); kind 'zero': contexts where the feature never fires (acts = '[]').
-        pos: position of the max in the context; acts: JSON [[pos, value], ...] of every firing token of the context.
+        pos: position of the max in the context; acts: BLOB, the feature's activation at every token of the context
+        as little-endian float16 (numpy: np.frombuffer(acts, np.float16)); NULL for kind 'zero'.
   feature_tokens(feature INTEGER, token_id INTEGER, count INTEGER, mean_act REAL)  index on token_id:
         "which features fire on this token"
   labels(feature INTEGER, explainer TEXT, label TEXT, error TEXT, detection REAL, detection_baseline REAL,
@@ -47,7 +48,7 @@ CREATE TABLE contexts(ctx INTEGER PRIMARY KEY, tokens TEXT, text TEXT);
 CREATE TABLE vocab(token_id INTEGER PRIMARY KEY, str TEXT);
 CREATE TABLE features(feature INTEGER PRIMARY KEY, n_fired INTEGER, freq REAL, max_act REAL, mean_act REAL, hist TEXT,
                       top_logits TEXT, bottom_logits TEXT, neighbors TEXT, cofiring TEXT, top_tokens TEXT);
-CREATE TABLE examples(feature INTEGER, kind TEXT, rank INTEGER, ctx INTEGER, pos INTEGER, act REAL, acts TEXT,
+CREATE TABLE examples(feature INTEGER, kind TEXT, rank INTEGER, ctx INTEGER, pos INTEGER, act REAL, acts BLOB,
                       quantile INTEGER, PRIMARY KEY (feature, kind, rank));
 CREATE TABLE feature_tokens(feature INTEGER, token_id INTEGER, count INTEGER, mean_act REAL);
 CREATE INDEX feature_tokens_by_token ON feature_tokens(token_id, count DESC);
@@ -71,6 +72,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..io import GlassworkError
@@ -193,31 +195,17 @@ def _decoder(model):
     return (lambda ids: [tok.decode([i]) for i in ids]), (lambda ids: tok.decode(ids))
 
 
-def _sparse_acts(acts: torch.Tensor) -> list[str]:
-    """acts [R, S] -> one JSON [[pos, value], ...] per row, for the firing tokens only."""
-    rows, pos = acts.nonzero(as_tuple=True)
-    vals = acts[rows, pos].float().tolist()
-    counts = torch.bincount(rows, minlength=acts.shape[0]).tolist()
-    out, i = [], 0
-    pos = pos.tolist()
-    for c in counts:
-        out.append(json.dumps([[p, float(f"{v:.4g}")] for p, v in zip(pos[i:i + c], vals[i:i + c])]))
-        i += c
-    return out
-
-
 def _example_rows(kind: str, slots: dict, quantile: torch.Tensor | None = None) -> tuple[list[tuple], set[int]]:
     """Rows for the examples table from kept slots [F, K, ...]; only filled slots (and, but for 'zero', firing ones)."""
     F, K = slots["ctx"].shape
     ok = (slots["ctx"] >= 0) & (slots["key"] > float("-inf"))
     if kind != "zero":
         ok &= slots["val"] > 0
-    # rank inside each feature's kept list: top and zero keep topk order; quantile samples are sorted by activation
-    order = slots["val"].argsort(dim=1, descending=True) if kind == "quantile" else torch.arange(K).expand(F, K)
+    order = slots["val"].argsort(dim=1, descending=True, stable=True)  # kept slots are unordered: best first
     f_idx, k_idx = ok.gather(1, order).nonzero(as_tuple=True)
     k_idx = order[f_idx, k_idx]
     ctx, pos, val = (slots[x][f_idx, k_idx].tolist() for x in ("ctx", "pos", "val"))
-    acts = _sparse_acts(slots["acts"][f_idx, k_idx]) if "acts" in slots else ["[]"] * len(ctx)
+    acts = [a.numpy().tobytes() for a in slots["acts"][f_idx, k_idx]] if "acts" in slots else [None] * len(ctx)
     q = quantile[f_idx, k_idx].tolist() if quantile is not None else [None] * len(ctx)
     rank_in_f = torch.arange(len(f_idx)) - torch.searchsorted(f_idx, f_idx)
     rows = list(zip(f_idx.tolist(), [kind] * len(ctx), rank_in_f.tolist(), ctx, pos,
@@ -346,9 +334,7 @@ class FeatureIndex:
         out = []
         for ctx, pos, act, acts, q, tokens in rows:
             ids = json.loads(tokens)
-            dense = [0.0] * len(ids)
-            for p, v in json.loads(acts):
-                dense[p] = v
+            dense = np.frombuffer(acts, dtype=np.float16).astype(float).tolist() if acts else [0.0] * len(ids)
             out.append({"ctx": ctx, "pos": pos, "act": act, "quantile": q, "token_ids": ids, "tokens": self.strs(ids),
                         "acts": dense})
         return out

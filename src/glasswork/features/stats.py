@@ -67,17 +67,24 @@ def top_per_group(group: torch.Tensor, score: torch.Tensor, n: int) -> torch.Ten
     return order[rank < n]
 
 
-def _keep_best(kept: dict[str, torch.Tensor], cand: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
-    """Merge kept [F, K, ...] with candidates [F, B, ...]: keep the K best by `key` per feature (one topk)."""
-    k = kept[key].shape[1]
-    scores = torch.cat([kept[key], cand[key]], dim=1)  # [F, K + B]
-    _, sel = scores.topk(k, dim=1)  # [F, K]
-    out = {}
-    for name, old in kept.items():
-        both = torch.cat([old, cand[name].to(old.dtype)], dim=1)
-        index = sel.view(*sel.shape, *([1] * (both.dim() - 2))).expand(-1, -1, *both.shape[2:])
-        out[name] = both.gather(1, index)
-    return out
+def _keep_best(kept: dict[str, torch.Tensor], cand: dict[str, torch.Tensor], key: str) -> None:
+    """Keep the K best by `key` per feature among kept [F, K] and candidates [F, B] (one topk), in place: each
+    entering candidate overwrites an evicted slot, so only entering rows are copied (cand['acts'] is [B, S, F])."""
+    F, K = kept[key].shape
+    _, sel = torch.cat([kept[key], cand[key]], dim=1).topk(K, dim=1)  # [F, K] of K + B
+    chosen = torch.zeros(F, K + cand[key].shape[1], dtype=torch.bool).scatter_(1, sel, True)
+    n_new = chosen[:, K:].sum(1)  # [F] entering candidates = evicted slots
+    width = int(n_new.max())
+    if width == 0:
+        return
+    slots = chosen[:, :K].to(torch.uint8).argsort(dim=1, stable=True)[:, :width]  # evicted slots first
+    picks = (~chosen[:, K:]).to(torch.uint8).argsort(dim=1, stable=True)[:, :width]  # entering candidates first
+    valid = torch.arange(width)[None] < n_new[:, None]  # [F, width]
+    f_idx = torch.arange(F)[:, None].expand(F, width)[valid]
+    slot, b = slots[valid], picks[valid]
+    for name, t in kept.items():
+        new = cand[name][b, :, f_idx] if name == "acts" else cand[name][f_idx, b]
+        t[f_idx, slot] = new.to(t.dtype)
 
 
 class FeatureStats:
@@ -125,15 +132,14 @@ class FeatureStats:
 
         ctx_ids = torch.arange(self.n_contexts, self.n_contexts + B).expand(F, B)
         ctx_max, ctx_pos = acts.max(dim=1)  # [B, F]
-        acts_fbs = acts.permute(2, 0, 1)  # [F, B, S]
-        cand = {"val": ctx_max.T, "ctx": ctx_ids, "pos": ctx_pos.T, "acts": acts_fbs}
-        self.top = _keep_best(self.top, {**cand, "key": ctx_max.T}, "key")
+        cand = {"val": ctx_max.T, "ctx": ctx_ids, "pos": ctx_pos.T, "acts": acts}
+        _keep_best(self.top, {**cand, "key": ctx_max.T}, "key")
         # Reservoir by random priority: a uniform sample of the firing contexts, and of the silent ones.
         u = torch.rand(F, B, generator=self.gen)
         fires = ctx_max.T > 0
-        self.sample = _keep_best(self.sample, {**cand, "key": torch.where(fires, u, -math.inf)}, "key")
+        _keep_best(self.sample, {**cand, "key": torch.where(fires, u, -math.inf)}, "key")
         silent = {k: v for k, v in cand.items() if k != "acts"}
-        self.zero = _keep_best(self.zero, {**silent, "key": torch.where(fires, -math.inf, u)}, "key")
+        _keep_best(self.zero, {**silent, "key": torch.where(fires, -math.inf, u)}, "key")
         self.n_tokens += B * S
         self.n_contexts += B
 
@@ -145,6 +151,13 @@ class FeatureStats:
         starts = torch.cumsum(per_tok, 0) - per_tok
         rank = torch.arange(len(tok_idx)) - starts[tok_idx]
         width = int(per_tok.max())
+        if self.dense_cofiring and width > 64:  # many features per token: a matmul beats listing pairs
+            fire = torch.zeros(n_tok, self.F)
+            fire[tok_idx, feat_idx] = 1.0
+            joint = (fire.T @ fire).to(torch.int32)  # exact: counts <= n_tok < 2**24
+            joint.fill_diagonal_(0)
+            self.cofiring += joint.flatten()
+            return
         padded = torch.full((n_tok, width), -1, dtype=torch.long)
         padded[tok_idx, rank] = feat_idx
         chunk = max(1, 4_000_000 // (width * width))  # bound the [chunk, width, width] pair tensor
