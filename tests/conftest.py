@@ -55,3 +55,19 @@ def tiny_model(request):
 def default_model():
     import glasswork as gw
     return gw.load_model()
+
+
+# Trained dictionaries on the default model (issue 3). Each returns the FOLDER (load with gw.load_dictionary /
+# gw.load_transcoders); built once and cached under $GLASSWORK_HOME/fixtures keyed by settings + glasswork version.
+@pytest.fixture(scope="session")
+def small_sae(default_model):
+    """TopK SAE (d_sae 2304, k 16) on blocks.6.hook_resid_post: folder path."""
+    from glasswork.training import quick
+    return quick.cached("small_sae", quick.small_sae_config(), model=default_model)
+
+
+@pytest.fixture(scope="session")
+def small_transcoders(default_model):
+    """TopK transcoders (d_sae 1152, k 16) for all 30 layers: set folder path (gw.load_transcoders(path))."""
+    from glasswork.training import quick
+    return quick.cached("small_transcoders", quick.small_transcoders_config(), model=default_model)

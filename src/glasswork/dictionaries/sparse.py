@@ -1,0 +1,112 @@
+"""TopK encoding and decoding whose backward passes touch only the k active latents per token.
+
+The forward encoder is one dense matmul (every pre-activation is needed to pick the top k). Everything after it is
+sparse: the decoder is a gather-and-sum of k rows, and the backward pass builds the [batch, d_sae] gradient of the
+pre-activations as a CSR matrix with k entries per row, so grad W_enc and grad W_dec are sparse @ dense products and
+grad values is a sampled matmul (only the k needed dot products). No dense [batch, d_sae] @ W_dec anywhere."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+def _csr(indices: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """Rows with exactly k entries (indices sorted within each row): [batch, n_cols] CSR."""
+    batch, k = indices.shape
+    crow = torch.arange(0, batch * k + 1, k, device=indices.device)
+    return torch.sparse_csr_tensor(crow, indices.reshape(-1), values.reshape(-1), (batch, n_cols))
+
+
+def _transpose_csr(indices: torch.Tensor, values: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """The transpose of the [batch, n_rows] matrix with k entries per row, as [n_rows, batch] CSR."""
+    batch, k = indices.shape
+    flat = indices.reshape(-1)
+    order = flat.argsort(stable=True)
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=indices.device)
+    crow[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
+    cols = torch.div(order, k, rounding_mode="floor")
+    return torch.sparse_csr_tensor(crow, cols, values.reshape(-1)[order], (n_rows, batch))
+
+
+def _sparse_t_matmul(indices: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """S^T @ dense for S [batch, n_rows] with k entries per row: [n_rows, dense.shape[1]]."""
+    if dense.is_cuda:  # CSR transpose-matmul is fast on GPUs through index_add
+        out = torch.zeros(n_rows, dense.shape[1], dtype=dense.dtype, device=dense.device)
+        return out.index_add_(0, indices.reshape(-1), (values.unsqueeze(-1) * dense.unsqueeze(1)).reshape(-1, dense.shape[1]))
+    return _transpose_csr(indices, values.to(dense.dtype), n_rows) @ dense
+
+
+def _sampled_dot(indices: torch.Tensor, left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:
+    """out[b, j] = left[b] . right_t[:, indices[b, j]] for the k sampled columns only: [batch, k]."""
+    batch, k = indices.shape
+    if left.is_cuda:
+        return torch.einsum("bd,bkd->bk", left, right_t.T[indices])
+    mask = _csr(indices, torch.zeros(indices.numel(), dtype=left.dtype, device=left.device), right_t.shape[1])
+    return torch.sparse.sampled_addmm(mask, left, right_t, beta=0.0).values().view(batch, k)
+
+
+class TopKEncode(torch.autograd.Function):
+    """(x [batch, d_in], W_enc [d_in, d_sae], b_enc [d_sae], k) -> values [batch, k] (ReLU'd), indices [batch, k]
+    (sorted per row). Backward: grad of the selected pre-activations only."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, k: int):
+        pre = torch.addmm(b_enc, x, W_enc)
+        top, indices = pre.topk(k, dim=-1, sorted=False)
+        indices, order = indices.sort(dim=-1)
+        top = top.gather(-1, order)
+        ctx.save_for_backward(x, W_enc, indices, top)
+        ctx.mark_non_differentiable(indices)
+        return top.relu(), indices
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_indices):
+        x, W_enc, indices, top = ctx.saved_tensors
+        grad_pre = grad_values * (top > 0)  # [batch, k]: the ReLU on the selected ones
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:  # grad_x = G @ W_enc^T, G sparse: a weighted gather of k encoder columns
+            grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=grad_pre.to(W_enc.dtype), mode="sum")
+        if ctx.needs_input_grad[1]:  # grad_W_enc = x^T @ G = (G^T @ x)^T
+            grad_W = _sparse_t_matmul(indices, grad_pre, x, W_enc.shape[1]).T
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(W_enc.shape[1], dtype=grad_pre.dtype, device=grad_pre.device)
+            grad_b.index_add_(0, indices.reshape(-1), grad_pre.reshape(-1))
+        return grad_x, grad_W, grad_b, None
+
+
+class SparseDecode(torch.autograd.Function):
+    """(values [batch, k], indices [batch, k] sorted per row, W_dec [d_sae, d_out]) -> [batch, d_out]."""
+
+    @staticmethod
+    def forward(ctx, values, indices, W_dec):
+        ctx.save_for_backward(values, indices, W_dec)
+        return F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        values, indices, W_dec = ctx.saved_tensors
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[0]:
+            grad_values = _sampled_dot(indices, grad_out.to(W_dec.dtype), W_dec.T)
+        if ctx.needs_input_grad[2]:
+            grad_W = _sparse_t_matmul(indices, values, grad_out.to(W_dec.dtype), W_dec.shape[0])
+        return grad_values, None, grad_W
+
+
+def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int):
+    """x [..., d_in] -> (values, indices) [..., k], with the sparse backward."""
+    lead = x.shape[:-1]
+    values, indices = TopKEncode.apply(x.reshape(-1, x.shape[-1]), W_enc, b_enc, k)
+    return values.view(*lead, k), indices.view(*lead, k)
+
+
+def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """(values, indices) [..., k] -> [..., d_out] (no bias), with the sparse backward."""
+    lead, k = values.shape[:-1], values.shape[-1]
+    out = SparseDecode.apply(values.reshape(-1, k), indices.reshape(-1, k), W_dec)
+    return out.view(*lead, W_dec.shape[1])

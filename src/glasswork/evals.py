@@ -1,0 +1,204 @@
+"""How good is a dictionary: reconstruction on held-out activations, and the model's loss with it spliced in.
+
+- fvu = ||x - x_hat||^2 / ||x - mean(x)||^2 per batch (about the batch mean, not scaled by batch size), averaged
+  over batches; l0 = active latents per token; dead = never fired on the eval tokens; dense = fires on > 10%.
+- Spliced: the dictionary's output replaces its hook_out in the forward pass (SAE: its own hook point; transcoders:
+  every MLP output at once, each transcoder reading the spliced model's own MLP input; CLT: likewise, features of
+  layer i adding into the outputs of i and later layers). CE-loss score = (CE_zero - CE_spliced) / (CE_zero -
+  CE_clean), where zero ablation zeroes the same hook outputs; KL = KL(clean || spliced) per token, averaged.
+The BOS position is left unspliced: dictionaries are not trained on it (its activations are outliers)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .dictionaries import CrossLayerTranscoder, SparseCoder
+from .dictionaries.saving import load, load_set
+from .hooks import capture, intervene
+from .io import GlassworkError
+from .progress import progress
+
+
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """x, x_hat [n, d] (or [n, L, d]): residual energy over energy about the mean of this batch."""
+    x, x_hat = x.double(), x_hat.double()
+    return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
+
+
+def l0(codes: torch.Tensor) -> float:
+    """codes [n, d_sae] (or [n, L, F]): mean number of nonzero latents per token (per layer for a CLT)."""
+    return float((codes != 0).sum(-1).double().mean())
+
+
+def ce_loss_score(ce_clean: float, ce_spliced: float, ce_zero: float) -> float:
+    return (ce_zero - ce_spliced) / (ce_zero - ce_clean)
+
+
+def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of predicting ids[:, 1:] from logits[:, :-1]: [batch, seq-1]."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none").view(ids.shape[0], -1)
+
+
+def _as_dicts(dictionaries) -> dict:
+    if isinstance(dictionaries, (str, Path)):
+        folder = Path(dictionaries)
+        return load_set(folder) if (folder / "set.json").exists() else {folder.name: load(folder)}
+    if isinstance(dictionaries, (SparseCoder, CrossLayerTranscoder)):
+        return {"dictionary": dictionaries}
+    return dict(dictionaries)
+
+
+def _clt_layer_codes(clt: CrossLayerTranscoder, x: torch.Tensor, i: int) -> torch.Tensor:
+    """Codes of layer i's features from that layer's MLP input x [..., d_in]: [..., F]."""
+    pre = x @ clt.W_enc[i] + clt.b_enc[i]
+    act = clt.cfg.activation
+    if act == "relu":
+        return pre.relu()
+    if act == "topk":
+        v, idx = pre.topk(clt.cfg.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, idx, v.relu())
+    return pre * (pre > clt.threshold[i])
+
+
+class _Splice:
+    """Builds the intervene() edits that put the dictionaries in the forward pass, and records what they saw."""
+
+    def __init__(self, dicts: dict, zero: bool = False):
+        self.dicts, self.zero = dicts, zero
+        self.records: dict[str, list] = {n: [] for n in dicts}  # (target, recon, codes) per batch
+        self.record = False
+
+    def edits(self) -> dict:
+        edits, saved = {}, {}
+        for name, d in self.dicts.items():
+            cfg = d.cfg
+            if cfg.kind == "clt":
+                edits.update(self._clt_edits(name, d, saved))
+                continue
+
+            def keep(act, key=cfg.hook_in):
+                saved[key] = act
+                return act
+
+            def put(act, d=d, name=name):
+                x = saved[d.cfg.hook_in] if d.cfg.kind == "transcoder" else act
+                if self.zero:
+                    new = torch.zeros_like(act)
+                else:
+                    codes = d.encode(x.float())
+                    new = (d.decode(codes) + d.skip_term(x.float())).to(act.dtype)
+                    if self.record:
+                        self.records[name].append((act[:, 1:].flatten(0, 1), new[:, 1:].flatten(0, 1),
+                                                   codes[:, 1:].flatten(0, 1)))
+                new[:, :1] = act[:, :1]  # BOS stays clean
+                return new
+
+            if cfg.kind == "transcoder":
+                edits[cfg.hook_in] = keep
+            if cfg.hook_out in edits:
+                raise GlassworkError(f"two dictionaries write to {cfg.hook_out}: splice them one at a time")
+            edits[cfg.hook_out] = put
+        return edits
+
+    def _clt_edits(self, name: str, clt: CrossLayerTranscoder, saved: dict) -> dict:
+        edits, L = {}, clt.cfg.n_layers
+        state = {"out": [None] * L, "codes": [None] * L, "targets": [None] * L}
+
+        for i in range(L):
+            def read(act, i=i):
+                if i == 0:
+                    state["out"] = [None] * L
+                codes = _clt_layer_codes(clt, act.float(), i)
+                state["codes"][i] = codes
+                w = clt.W_dec[i]  # [F, n_i, d_out]
+                contrib = torch.einsum("...f,fnd->...nd", codes, w)
+                for j in range(w.shape[1]):
+                    prev = state["out"][i + j]
+                    state["out"][i + j] = contrib[..., j, :] if prev is None else prev + contrib[..., j, :]
+                return act
+
+            def write(act, i=i):
+                if self.zero:
+                    new = torch.zeros_like(act)
+                else:
+                    new = (state["out"][i] + clt.b_dec[i]).to(act.dtype)
+                    state["targets"][i] = (act, new)
+                    if self.record and i == L - 1:
+                        t = torch.stack([a for a, _ in state["targets"]], -2)[:, 1:].flatten(0, 1)
+                        r = torch.stack([b for _, b in state["targets"]], -2)[:, 1:].flatten(0, 1)
+                        c = torch.stack(state["codes"], -2)[:, 1:].flatten(0, 1)
+                        self.records[name].append((t, r, c))
+                new[:, :1] = act[:, :1]
+                return new
+
+            hin, hout = clt.cfg.hook_in[i], clt.cfg.hook_out[i]
+            edits[hin], edits[hout] = read, write
+        return edits
+
+
+@torch.no_grad()
+def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, batch_seqs: int = 8,
+             dense_fraction: float = 0.1) -> dict:
+    """Evaluate a dictionary, a {name: dictionary} set, or a folder on held-out `texts` (an iterable of strings, or
+    token ids [n, ctx] already cut into sequences).
+    Every dictionary is spliced in at once (a transcoder set replaces every MLP it covers)."""
+    from .training.sources import token_chunks
+    dicts = _as_dicts(dictionaries)
+    for name, d in dicts.items():
+        d.eval()
+        if d.cfg.model and d.cfg.model != model.name:
+            raise GlassworkError(f"dictionary '{name}' was trained on model '{d.cfg.model}', not '{model.name}'")
+    chunks = iter(texts) if torch.is_tensor(texts) else token_chunks(model, iter(texts), ctx)
+    splice, zero = _Splice(dicts), _Splice(dicts, zero=True)
+    splice.record = True
+    sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0}
+    n_tok, n_batches = 0, 0
+    fired = {n: None for n in dicts}
+    rows = {n: 0 for n in dicts}
+    fvus: dict[str, list] = {n: [] for n in dicts}
+    l0s: dict[str, list] = {n: [] for n in dicts}
+    with progress("eval", total=tokens) as bar:
+        while n_tok < tokens:
+            seqs = [r for r in (next(chunks, None) for _ in range(batch_seqs)) if r is not None]
+            if not seqs:
+                break
+            ids = torch.stack(seqs)
+            clean = model.hf(ids).logits.float()
+            with intervene(model, splice.edits()):
+                spliced = model.hf(ids).logits.float()
+            with intervene(model, zero.edits()):
+                zeroed = model.hf(ids).logits.float()
+            # positions 1.. predict tokens 2..: the BOS position is skipped everywhere
+            sums["clean"] += float(next_token_ce(clean, ids)[:, 1:].sum())
+            sums["spliced"] += float(next_token_ce(spliced, ids)[:, 1:].sum())
+            sums["zero"] += float(next_token_ce(zeroed, ids)[:, 1:].sum())
+            lp, lq = clean[:, 1:-1].log_softmax(-1), spliced[:, 1:-1].log_softmax(-1)
+            sums["kl"] += float((lp.exp() * (lp - lq)).sum())
+            n = ids.shape[0] * (ids.shape[1] - 2)
+            n_tok += n
+            n_batches += 1
+            for name, recs in splice.records.items():
+                target = torch.cat([t for t, _, _ in recs])
+                recon = torch.cat([r for _, r, _ in recs])
+                codes = torch.cat([c for _, _, c in recs])
+                fvus[name].append(fvu(target, recon))
+                l0s[name].append(l0(codes))
+                f = (codes != 0).flatten(1).sum(0)
+                fired[name] = f if fired[name] is None else fired[name] + f
+                rows[name] += codes.shape[0]
+                recs.clear()
+            bar.advance(n)
+    if n_tok == 0:
+        raise GlassworkError(f"evaluation text is too short: not one sequence of {ctx} tokens")
+    ce = {k: sums[k] / n_tok for k in ("clean", "spliced", "zero")}
+    per = {}
+    for name in dicts:
+        freq = fired[name].double() / rows[name]
+        per[name] = {"fvu": sum(fvus[name]) / len(fvus[name]), "l0": sum(l0s[name]) / len(l0s[name]),
+                     "dead_fraction": float((fired[name] == 0).double().mean()),
+                     "dense_fraction": float((freq > dense_fraction).double().mean())}
+    return {"tokens": n_tok, "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"],
+            "ce_loss_score": ce_loss_score(ce["clean"], ce["spliced"], ce["zero"]), "kl": sums["kl"] / n_tok,
+            "dictionaries": per}

@@ -1,0 +1,409 @@
+"""The trainer: one loop for SAEs, transcoders and CLTs, several dictionaries from one pass over the data.
+
+Adam with linear warmup and a linear decay to zero over the last part of training; fp32 master weights with bf16
+autocast where it is faster here; per-dictionary gradient clipping; inputs and targets scaled to unit mean squared
+norm (the scale is folded into the weights at save, so saved dictionaries read raw activations); b_dec from the
+geometric median of the first batch; AuxK on dead latents; dead/dense tracking; atomic checkpoints holding weights,
+optimizer, RNG and the data position, so a resumed run equals an uninterrupted one."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..dictionaries.activations import ACTIVATIONS
+from ..dictionaries.coder import KINDS, DictionaryConfig, SparseCoder
+from ..dictionaries.saving import build, save, save_set
+from ..io import GlassworkError
+from ..precision import autocast
+from ..progress import progress
+from . import distributed as dist
+from .checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
+from .optim import Adam
+from .losses import clt_loss, coder_loss
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "sae"  # sae | transcoder | clt
+    arch: str = "topk"  # relu | topk | batchtopk | jumprelu
+    hooks: list[str] = field(default_factory=list)  # sae: one SAE per hook
+    layers: list[int] = field(default_factory=list)  # transcoder / clt: which layers
+    k: int = 32
+    expansion: int = 8  # d_sae = expansion * d_in unless d_sae is given
+    d_sae: int = 0
+    skip: bool = False  # transcoder skip connection
+    window: int = 0  # clt: later layers each feature writes to (0: all)
+    tokens: int = 1_000_000
+    batch_size: int = 4096
+    lr: float = 0.0  # 0: 2e-4 / sqrt(d_sae / 16384), the TopK scaling law's rule
+    warmup_steps: int = 50
+    decay_start: float = 0.8  # fraction of training after which lr decays linearly to 0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    l1_coeff: float = 0.05  # relu
+    l0_coeff: float = 1e-3  # jumprelu
+    bandwidth: float = 1e-3  # jumprelu straight-through kernel width
+    aux_k: int = 0  # 0: d_in // 2
+    aux_coeff: float = 1 / 32
+    dead_tokens: int = 0  # a latent is dead after this many tokens without firing (0: min(10M, tokens / 5))
+    dense_fraction: float = 0.1  # a latent is dense when it fires on more than this fraction of tokens
+    normalize: bool = True
+    b_dec_init: str = "median"  # median | mean | zero
+    seed: int = 0
+    checkpoint_every: int = 0  # steps (0: every ~120 s)
+    device: str = "cpu"
+    model: str = ""
+    ctx: int = 128  # model source: tokens per sequence
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise GlassworkError(f"train config: unknown kind '{self.kind}' (expected one of {', '.join(KINDS)})")
+        if self.arch not in ACTIVATIONS:
+            raise GlassworkError(f"train config: unknown arch '{self.arch}' (expected one of {', '.join(ACTIVATIONS)})")
+        if self.b_dec_init not in ("median", "mean", "zero"):
+            raise GlassworkError(f"train config: b_dec_init must be median, mean or zero (got '{self.b_dec_init}')")
+        if self.kind == "sae" and not self.hooks:
+            raise GlassworkError("train config: an SAE needs hooks (e.g. blocks.6.hook_resid_post)")
+        if self.kind != "sae" and not self.layers:
+            raise GlassworkError(f"train config: kind '{self.kind}' needs layers (e.g. 0-29)")
+        self.betas = tuple(self.betas)
+
+    @property
+    def steps(self) -> int:
+        return max(1, math.ceil(self.tokens / self.batch_size))
+
+    def lr_at(self, step: int, d_sae: int) -> float:
+        base = self.lr or 2e-4 / math.sqrt(d_sae / 16384)
+        warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        start = int(self.decay_start * self.steps)
+        decay = 1.0 if step < start else max(0.0, (self.steps - step) / max(1, self.steps - start))
+        return base * warm * decay
+
+    def input_hooks(self) -> list[str]:
+        """Every hook the data must provide."""
+        if self.kind == "sae":
+            return list(self.hooks)
+        return [h for l in self.layers for h in (f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out")]
+
+
+@dataclass
+class Unit:
+    """One dictionary being trained, with where its inputs and targets come from."""
+    name: str
+    dictionary: torch.nn.Module
+    x_hooks: list[str]
+    y_hooks: list[str]
+
+
+def geometric_median(x: torch.Tensor, iters: int = 50) -> torch.Tensor:
+    """Weiszfeld's algorithm on x [n, d] (robust to the outliers a mean would follow)."""
+    median = x.mean(0)
+    for _ in range(iters):
+        w = 1 / (x - median).norm(dim=-1).clamp_min(1e-8)
+        median = (w[:, None] * x).sum(0) / w.sum()
+    return median
+
+
+def make_units(tc: TrainConfig, dims: dict[str, int]) -> list[Unit]:
+    def dcfg(**kw) -> DictionaryConfig:
+        d_in = kw["d_in"]
+        return DictionaryConfig(activation=tc.arch, k=tc.k, d_sae=tc.d_sae or tc.expansion * d_in, model=tc.model,
+                                glasswork_version=__version__, **kw)
+
+    units = []
+    if tc.kind == "sae":
+        for h in tc.hooks:
+            cfg = dcfg(kind="sae", d_in=dims[h], hook_in=h, hook_out=h, layer=_layer_of(h))
+            units.append(Unit(h, build(cfg), [h], [h]))
+    elif tc.kind == "transcoder":
+        for l in tc.layers:
+            xh, yh = f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out"
+            cfg = dcfg(kind="transcoder", d_in=dims[xh], d_out=dims[yh], skip=tc.skip, b_dec_in=False,
+                       hook_in=xh, hook_out=yh, layer=l)
+            units.append(Unit(f"layer_{l:02d}", build(cfg), [xh], [yh]))
+    else:
+        xs = [f"blocks.{l}.ln2.hook_normalized" for l in tc.layers]
+        ys = [f"blocks.{l}.hook_mlp_out" for l in tc.layers]
+        cfg = dcfg(kind="clt", d_in=dims[xs[0]], d_out=dims[ys[0]], n_layers=len(tc.layers), window=tc.window,
+                   b_dec_in=False, hook_in=xs, hook_out=ys)
+        units.append(Unit("clt", build(cfg), xs, ys))
+    for i, u in enumerate(units):
+        u.dictionary.reset_parameters(seed=tc.seed * 1000 + i)
+    return units
+
+
+def _layer_of(hook: str) -> int | None:
+    parts = hook.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
+def _stack(batch: dict[str, torch.Tensor], hooks: list[str], scale: dict[str, float]) -> torch.Tensor:
+    """[batch, d] for one hook, [batch, L, d] for several, each scaled to unit mean squared norm."""
+    xs = [batch[h] * scale[h] for h in hooks]
+    return xs[0] if len(xs) == 1 else torch.stack(xs, 1)
+
+
+class Trainer:
+    def __init__(self, tc: TrainConfig, source, out: str | Path, resume: bool = False):
+        self.tc, self.source, self.out = tc, source, Path(out)
+        dist.init(tc.device)
+        self.rank, self.world = dist.rank(), dist.world()
+        if tc.batch_size % self.world:
+            raise GlassworkError(f"batch size {tc.batch_size} must divide evenly over {self.world} ranks")
+        src_model = getattr(source, "model", "")
+        src_model = getattr(src_model, "name", src_model)
+        if tc.model and src_model and tc.model != src_model:
+            raise GlassworkError(f"activations come from model '{src_model}' but training was asked for '{tc.model}'")
+        tc.model = tc.model or src_model
+        missing = [h for h in tc.input_hooks() if h not in source.dims]
+        if missing:
+            raise GlassworkError(f"the data has no hook(s) {missing[:4]} (it has {sorted(source.dims)[:6]}...)")
+        self.units = make_units(tc, source.dims)
+        self.scale = {h: 1.0 for h in tc.input_hooks()}
+        self.step, self.skipped = 0, 0
+        self.params, self.names = [], []
+        for u in self.units:
+            for n, p in u.dictionary.named_parameters():
+                self.params.append(p)
+                self.names.append(f"{u.name}.{n}")
+        self.opt = Adam(self.params, betas=tc.betas)
+        d_total = [self._n_latents(u) for u in self.units]
+        self.since_fired = [torch.zeros(n, dtype=torch.long) for n in d_total]  # tokens since each latent fired
+        self.fire_count = [torch.zeros(n, dtype=torch.long) for n in d_total]  # over the metrics window
+        self.window_tokens = 0
+        self.recent: dict[str, list] = {u.name: [] for u in self.units}
+        self.thresholds = {u.name: [] for u in self.units}  # batchtopk: per-batch minimum kept activation
+        self.dead_tokens = tc.dead_tokens or min(10_000_000, tc.tokens // 5)
+        ckpt = self.out / CHECKPOINT
+        if (self.out / "config.json").exists() or (self.out / "set.json").exists():
+            raise GlassworkError(f"{self.out} already holds a trained dictionary; choose another --out")
+        if resume and ckpt.exists():
+            self._restore(ckpt)
+        elif ckpt.exists():
+            raise GlassworkError(f"{ckpt} exists from an earlier run: pass --resume to continue it, or choose another --out")
+        else:
+            self._init_from_data()
+        for u in self.units:
+            u.dictionary.to(tc.device)
+
+    @staticmethod
+    def _n_latents(u: Unit) -> int:
+        cfg = u.dictionary.cfg
+        return cfg.d_sae * (cfg.n_layers if cfg.kind == "clt" else 1)
+
+    # --- init and resume -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _init_from_data(self) -> None:
+        """Scales and b_dec from the first global batch (every rank sees the same one, so all agree)."""
+        batch = next(self.source.batches(0, 0, 1))
+        self._check_batch(batch)
+        tc = self.tc
+        if tc.normalize:
+            self.scale = {h: float(1 / batch[h].float().pow(2).sum(-1).mean().sqrt().clamp_min(1e-8))
+                          for h in tc.input_hooks()}
+        for u in self.units:
+            y = _stack(batch, u.y_hooks, self.scale).float()
+            if tc.b_dec_init == "zero":
+                continue
+            center = geometric_median if tc.b_dec_init == "median" else (lambda t: t.mean(0))
+            b = center(y) if y.dim() == 2 else torch.stack([center(y[:, i]) for i in range(y.shape[1])])
+            u.dictionary.b_dec.copy_(b)
+
+    def _restore(self, path: Path) -> None:
+        tensors, meta = load_checkpoint(path)
+        saved = meta["train_config"]
+        for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip"):
+            mine = asdict(self.tc)[key]
+            if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
+                raise GlassworkError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run asks for "
+                                     f"{key}={mine!r}; resume with the same settings or choose another --out")
+        for u in self.units:
+            prefix = f"w.{u.name}."
+            u.dictionary.load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)})
+        self.opt.load_state_tensors(self.names, tensors)
+        restore_rng(tensors)
+        for i, u in enumerate(self.units):
+            self.since_fired[i] = tensors[f"track.{u.name}.since_fired"]
+            self.fire_count[i] = tensors[f"track.{u.name}.fire_count"]
+            self.thresholds[u.name] = tensors[f"track.{u.name}.thresholds"].tolist()
+        self.step, self.skipped = meta["step"], meta["skipped"]
+        self.window_tokens, self.scale = meta["window_tokens"], meta["scale"]
+        self.recent = meta["recent"]
+
+    def _checkpoint(self) -> None:
+        if not dist.is_main():
+            return
+        tensors = {f"w.{u.name}.{n}": t for u in self.units for n, t in u.dictionary.state_dict().items()}
+        tensors.update(self.opt.state_tensors(self.names))
+        tensors.update(rng_tensors())
+        for i, u in enumerate(self.units):
+            tensors[f"track.{u.name}.since_fired"] = self.since_fired[i]
+            tensors[f"track.{u.name}.fire_count"] = self.fire_count[i]
+            tensors[f"track.{u.name}.thresholds"] = torch.tensor(self.thresholds[u.name], dtype=torch.float64)
+        meta = {"step": self.step, "skipped": self.skipped, "window_tokens": self.window_tokens, "scale": self.scale,
+                "recent": self.recent, "train_config": asdict(self.tc), "glasswork_version": __version__}
+        save_checkpoint(self.out / CHECKPOINT, tensors, meta)
+
+    # --- the loop --------------------------------------------------------------------------------------------
+    def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        for u in self.units:
+            cfg = u.dictionary.cfg
+            for h in u.x_hooks:
+                if batch[h].shape[-1] != cfg.d_in:
+                    raise GlassworkError(f"hook {h}: activations have d={batch[h].shape[-1]}, the dictionary "
+                                         f"'{u.name}' expects d_in={cfg.d_in}")
+
+    def _finite(self, batch: dict[str, torch.Tensor]) -> bool:
+        ok = torch.tensor([float(all(torch.isfinite(batch[h]).all() for h in self.tc.input_hooks()))])
+        return bool(dist.all_reduce_(1 - ok, "max").item() == 0)  # every rank skips together
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict:
+        tc = self.tc
+        lr = tc.lr_at(self.step, self.units[0].dictionary.cfg.d_sae)
+        self.opt.lr = lr
+        total = 0.0
+        stats = {}
+        with autocast(tc.device):
+            for i, u in enumerate(self.units):
+                d = u.dictionary
+                x = _stack(batch, u.x_hooks, self.scale).to(tc.device)
+                y = _stack(batch, u.y_hooks, self.scale).to(tc.device)
+                if d.cfg.kind == "clt":
+                    loss, s = clt_loss(d, x, y, tc)
+                else:
+                    d.dead = self.since_fired[i].to(tc.device) >= self.dead_tokens
+                    d.threshold_estimate = self.thresholds[u.name]
+                    loss, s = coder_loss(d, x, y, tc)
+                total = total + loss
+                stats[u.name] = s
+        total.backward()
+        dist.average_gradients(self.params)
+        for u in self.units:
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(list(u.dictionary.parameters()), tc.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad()
+        self._after_step(stats)
+        return stats
+
+    @torch.no_grad()
+    def _after_step(self, stats: dict) -> None:
+        n_tokens = self.tc.batch_size
+        for i, u in enumerate(self.units):
+            d = u.dictionary
+            if d.cfg.activation in ("topk", "batchtopk", "jumprelu"):  # unit-norm decoder rows (relu: norms in the L1)
+                for w in ([d.W_dec] if d.cfg.kind != "clt" else list(d.W_dec)):
+                    flat = w.view(w.shape[0], -1)
+                    flat /= flat.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            fired = dist.all_reduce_(stats[u.name]["fired"].long().cpu(), "max").bool()
+            self.since_fired[i] = torch.where(fired, 0, self.since_fired[i] + n_tokens)
+            self.fire_count[i] += fired  # batches in which it fired: a lower bound on its token frequency
+            r = self.recent[u.name]
+            r.append([float(dist.all_reduce_(stats[u.name]["fvu"].detach().float().cpu().reshape(1), "sum") / self.world),
+                      float(dist.all_reduce_(stats[u.name]["l0"].detach().float().cpu().reshape(1), "sum") / self.world)])
+            del r[:-20]
+            th = self.thresholds[u.name]
+            if th and torch.is_tensor(th[-1]):
+                th[-1] = float(dist.all_reduce_(th[-1].float().cpu().reshape(1), "sum") / self.world)
+            del th[:-100]  # the threshold settles late: estimate it from the last 100 batches
+        self.window_tokens += n_tokens
+
+    def run(self) -> dict:
+        tc = self.tc
+        t0, start = time.time(), self.step
+        last_ckpt = time.time()
+        with progress(f"train {tc.kind}/{tc.arch}", total=tc.steps * tc.batch_size, completed=self.step * tc.batch_size) as bar:
+            batches = self.source.batches(self.step, self.rank, self.world)
+            while self.step < tc.steps:
+                batch = next(batches)
+                if self.step == 0 or start == self.step:
+                    self._check_batch(batch)
+                if not self._finite(batch):
+                    self.skipped += 1
+                    if self.skipped > max(10, tc.steps // 10):
+                        raise GlassworkError(f"{self.skipped} batches had NaN or inf activations: stopping; the last "
+                                             f"checkpoint in {self.out} is intact")
+                else:
+                    self.train_step(batch)
+                self.step += 1
+                bar.advance(tc.batch_size)
+                due = (self.step % tc.checkpoint_every == 0) if tc.checkpoint_every else time.time() - last_ckpt > 120
+                if due and self.step < tc.steps:
+                    self._checkpoint()
+                    last_ckpt = time.time()
+        for u in self.units:
+            if not all(torch.isfinite(p).all() for p in u.dictionary.parameters()):
+                raise GlassworkError(f"dictionary '{u.name}' has non-finite weights after training (lower --lr?); "
+                                     f"nothing was saved over {self.out}")
+        seconds = time.time() - t0
+        return self._finish(seconds, (self.step - start) * tc.batch_size)
+
+    # --- the artifact ----------------------------------------------------------------------------------------
+    def _finish(self, seconds: float, tokens_run: int) -> dict:
+        tc = self.tc
+        dicts, summary = {}, {}
+        for i, u in enumerate(self.units):
+            d = u.dictionary
+            recent = torch.tensor(self.recent[u.name]) if self.recent[u.name] else torch.zeros(1, 2)
+            freq = self.fire_count[i].float() / max(1, self.step - self.skipped)
+            metrics = {"train_fvu": float(recent[:, 0].mean()), "train_l0": float(recent[:, 1].mean()),
+                       "dead_fraction": float((self.since_fired[i] >= self.dead_tokens).float().mean()),
+                       "never_fired_fraction": float((self.fire_count[i] == 0).float().mean()),
+                       "skipped_batches": self.skipped, "tokens": self.step * tc.batch_size,
+                       "dense_fraction_upper_bound": float((freq > tc.dense_fraction).float().mean())}
+            if d.cfg.activation == "batchtopk":  # inference threshold: mean of the per-batch minimum kept activation
+                th = [float(t) for t in self.thresholds[u.name]]
+                d.threshold.fill_(sum(th) / len(th) if th else 0.0)
+            folded = fold_scale(d, [self.scale[h] for h in u.x_hooks], [self.scale[h] for h in u.y_hooks])
+            folded.cfg.metrics = metrics
+            folded.cfg.tokens_seen = self.step * tc.batch_size
+            folded.cfg.training = {**asdict(tc), "scale_in": [self.scale[h] for h in u.x_hooks],
+                                   "scale_out": [self.scale[h] for h in u.y_hooks], "seconds": round(seconds, 1),
+                                   "tokens_per_second": round(tokens_run / max(seconds, 1e-9), 1), "world_size": self.world}
+            dicts[u.name] = folded
+            summary[u.name] = metrics
+        if dist.is_main():
+            if len(dicts) == 1 and tc.kind != "transcoder":
+                save(next(iter(dicts.values())), self.out)
+            else:
+                save_set(dicts, self.out, kind=tc.kind)
+            (self.out / CHECKPOINT).unlink(missing_ok=True)
+        dist.barrier()
+        return {"out": str(self.out), "steps": self.step, "tokens": self.step * tc.batch_size, "seconds": round(seconds, 1),
+                "tokens_per_second": round(tokens_run / max(seconds, 1e-9), 1), "skipped_batches": self.skipped,
+                "dictionaries": summary, "dicts": dicts}
+
+
+@torch.no_grad()
+def fold_scale(d, s_in: list[float], s_out: list[float]):
+    """A copy of d that reads raw activations: trained on x*s_in predicting y*s_out, so W_enc*s_in, W_dec/s_out,
+    b_dec/s_out, W_skip*s_in/s_out (pre-activations, thresholds and codes are unchanged)."""
+    import copy
+    f = copy.deepcopy(d).cpu()
+    if f.cfg.kind == "clt":
+        si = torch.tensor(s_in)[:, None, None]
+        so = torch.tensor(s_out)
+        f.W_enc.mul_(si)
+        for i, w in enumerate(f.W_dec):  # W_dec[i] [F, n_i, d_out] writes to layers i .. i+n_i-1
+            w.div_(so[i:i + w.shape[1]][None, :, None])
+        f.b_dec.div_(so[:, None])
+        return f
+    f.W_enc.mul_(s_in[0])
+    f.W_dec.div_(s_out[0])
+    f.b_dec.div_(s_out[0])
+    if f.W_skip is not None:
+        f.W_skip.mul_(s_in[0] / s_out[0])
+    return f
+
+
+def train(tc: TrainConfig, source, out: str | Path, resume: bool = False) -> dict:
+    """Train the dictionaries tc describes on batches from `source`; write them to `out` (a folder for one
+    dictionary, a set folder for several or for transcoders). Returns a summary with metrics and the dictionaries."""
+    return Trainer(tc, source, out, resume).run()
