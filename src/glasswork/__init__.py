@@ -10,3 +10,5 @@ from . import directions, steering
 from .steering import Intervention, add_direction, clamp_feature, project_out, steer, zero_feature
 from .directions import (Direction, analogy, directional_ablation, feature_direction, load_direction, mean_difference,
                          orthogonalize, train_probe)
+from . import features
+from .features import FeatureIndex, build_index, fires, label_features

@@ -154,6 +154,10 @@ def direction(out: Path = typer.Option(..., help="Where to write the direction: 
     run_verb(go)
 
 
+from .features.cli import features_app, fires_cmd  # noqa: E402  (after emit/run_verb, which it uses)
+app.add_typer(features_app, name="features")
+app.command("fires")(fires_cmd)
+
 def main():
     app()
 

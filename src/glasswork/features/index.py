@@ -107,7 +107,7 @@ def check_match(model, dictionary) -> None:
     canonical(model, cfg.hook_in)  # raises a GlassworkError for an unknown hook point
 
 
-def contexts_from_texts(model, texts: list[str], ctx_len: int, n_contexts: int | None = None) -> torch.Tensor:
+def contexts_from_texts(model, texts, ctx_len: int, n_contexts: int | None = None) -> torch.Tensor:
     """Token contexts [n, ctx_len]: each text tokenized, concatenated, cut into BOS + (ctx_len - 1) tokens."""
     stream: list[int] = []
     for text in texts:
@@ -124,13 +124,9 @@ def contexts_from_texts(model, texts: list[str], ctx_len: int, n_contexts: int |
 
 
 def default_contexts(model, n_contexts: int, ctx_len: int) -> torch.Tensor:
-    """Contexts from glasswork's default corpus."""
-    try:
-        from ..data import corpus
-    except ImportError as e:
-        raise GlassworkError("no contexts given and the default corpus (glasswork.data.corpus) is not available: "
-                             "pass contexts= (token ids) or texts=") from e
-    return corpus.contexts(model, n_contexts=n_contexts, ctx_len=ctx_len)
+    """Contexts from glasswork's default corpus (the text the quick dictionaries train on)."""
+    from ..training.quick import fixture_texts
+    return contexts_from_texts(model, fixture_texts()(), ctx_len, n_contexts)
 
 
 @torch.no_grad()

@@ -1,0 +1,159 @@
+"""`glasswork features build|show|search|label|export` and `glasswork fires`: thin faces on glasswork.features."""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import JSON_OPT, emit, err, run_verb
+
+features_app = typer.Typer(help="Feature index: build it, read feature pages, search, label, export.",
+                           no_args_is_help=True)
+WHERE = typer.Argument(..., help="Dictionary folder (its index is DICT/features.sqlite) or an index .sqlite file.")
+
+
+def _open(where: Path):
+    from .index import FeatureIndex
+    return FeatureIndex(where)
+
+
+def _ids(text: Optional[str]) -> Optional[list[int]]:
+    return [int(x) for x in text.replace(",", " ").split()] if text else None
+
+
+@features_app.command("build")
+def build(dictionary: Path = typer.Argument(..., help="Dictionary folder (config.json + weights.safetensors)."),
+          model: Optional[str] = typer.Option(None, help="Model (default: the one the dictionary names)."),
+          contexts: int = typer.Option(512, help="Number of contexts from the corpus."),
+          ctx_len: int = typer.Option(64, help="Tokens per context (BOS included)."),
+          batch_size: int = typer.Option(16, help="Contexts per forward pass."),
+          text_file: Optional[Path] = typer.Option(None, help="Read contexts from this text file (default: corpus)."),
+          out: Optional[Path] = typer.Option(None, help="Index path (default DICT/features.sqlite)."),
+          as_json: bool = JSON_OPT):
+    """Compute every feature's statistics in one pass and write the SQLite feature index."""
+    def go():
+        from ..io import GlassworkError
+        from .index import FeatureIndex, build_index
+        texts = None
+        if text_file is not None:
+            if not text_file.exists():
+                raise GlassworkError(f"{text_file}: text file not found")
+            texts = text_file.read_text(errors="replace").splitlines()
+        t0 = time.time()
+        path = build_index(model, dictionary, texts=texts, path=out, n_contexts=contexts, ctx_len=ctx_len,
+                           batch_size=batch_size)
+        ix = FeatureIndex(path)
+        secs = time.time() - t0
+        live = len(ix.live_features())
+        summary = {"index": str(path), "d_sae": ix.d_sae, "live_features": live, "n_tokens": ix.meta["n_tokens"],
+                   "seconds": round(secs, 2), "features_per_second": round(ix.d_sae / secs, 1),
+                   "bytes": path.stat().st_size, "bytes_per_feature": round(path.stat().st_size / ix.d_sae)}
+        emit(summary, as_json, f"wrote {path}: {ix.d_sae} features ({live} live) over {ix.meta['n_tokens']:,} "
+                               f"tokens in {secs:.1f} s")
+    run_verb(go)
+
+
+@features_app.command("show")
+def show(where: Path = WHERE, feature: int = typer.Argument(..., help="Feature id."), as_json: bool = JSON_OPT):
+    """Print a feature page: statistics, label, logits, neighbours, contexts with firing tokens highlighted."""
+    def go():
+        from .render import show as render
+        ix = _open(where)
+        rec = ix.feature(feature)
+        if as_json:
+            emit(rec, True)
+        else:
+            render(rec, ix.meta)
+    run_verb(go)
+
+
+@features_app.command("search")
+def search(where: Path = WHERE, query: str = typer.Argument(..., help="Words (labels and contexts), or a token."),
+           token: bool = typer.Option(False, "--token", help="Treat QUERY as one exact token (e.g. ' Paris')."),
+           limit: int = typer.Option(20, help="At most this many features."), as_json: bool = JSON_OPT):
+    """Find features by label or context text, or by the token they fire on."""
+    def go():
+        ix = _open(where)
+        hits = ix.by_token(int(query) if query.isdigit() else query, limit) if token else ix.search(query, limit)
+        labels = ix.labels()
+        for h in hits:
+            h["label"] = labels.get(h["feature"])
+        lines = [f"#{h['feature']:<6} {h.get('where', 'token x' + str(h.get('count')))}: "
+                 f"{(h.get('label') or h.get('text') or '')[:100]!r}" for h in hits]
+        emit({"query": query, "hits": hits}, as_json, "\n".join(lines) or "no match")
+    run_verb(go)
+
+
+@features_app.command("label")
+def label(where: Path = WHERE,
+          explainer: str = typer.Option("builtin", help="builtin | openai | hf."),
+          base_url: Optional[str] = typer.Option(None, help="openai: endpoint base URL, e.g. http://localhost:8000/v1"),
+          model: Optional[str] = typer.Option(None, help="openai: model name; hf: model name or folder."),
+          api_key_env: Optional[str] = typer.Option(None, help="openai: environment variable holding the API key."),
+          scorer: str = typer.Option("keyword", help="keyword (deterministic) | lm (the explainer's model)."),
+          features: Optional[str] = typer.Option(None, help="Feature ids, comma-separated (default: all live)."),
+          n: Optional[int] = typer.Option(None, help="Label this many random live features instead."),
+          timeout: float = typer.Option(30.0, help="openai: seconds per request."),
+          seed: int = typer.Option(0), as_json: bool = JSON_OPT):
+    """Label features automatically and score each label (detection, fuzzing) against random labels."""
+    def go():
+        import os
+
+        from ..progress import progress
+        from .explain import make_explainer
+        from .scoring import KeywordScorer, LMScorer, label_features
+        ix = _open(where)
+        key = os.environ.get(api_key_env) if api_key_env else None
+        ex = make_explainer(explainer, base_url, model, key, timeout)
+        sc = LMScorer(ex.client) if scorer == "lm" and hasattr(ex, "client") else KeywordScorer()
+        ids = _ids(features)
+        if n is not None:
+            live = ix.live_features()
+            ids = sorted(random.Random(seed).sample(live, min(n, len(live))))
+        total = len(ids) if ids is not None else len(ix.live_features())
+        t0 = time.time()
+        with progress("labelling", total=total, unit="features") as bar:
+            res = label_features(ix, ex, sc, ids, seed=seed, on_progress=bar.advance)
+        res["seconds"] = round(time.time() - t0, 2)
+        res.pop("results") if not as_json else None
+        emit(res, as_json, f"{res['n_labeled']} labels ({res['n_errors']} errors) by {res['explainer']}; detection "
+                           f"beats the random-label baseline for {res['n_detection_beats_baseline']}")
+    run_verb(go)
+
+
+@features_app.command("export")
+def export(where: Path = WHERE, out: Path = typer.Option(..., help="Output folder for batch-N.json files."),
+           features: Optional[str] = typer.Option(None, help="Feature ids, comma-separated (default: all)."),
+           model_id: Optional[str] = typer.Option(None, help="Neuronpedia model id (default: the model's name)."),
+           as_json: bool = JSON_OPT):
+    """Export feature data in Neuronpedia's upload format (SAEDashboard NeuronpediaRunner batch files)."""
+    def go():
+        from .neuronpedia import export as np_export
+        res = np_export(_open(where), out, _ids(features), model_id)
+        emit(res, as_json, f"wrote {len(res['files'])} batch files ({res['n_features']} features) to {out}")
+    run_verb(go)
+
+
+def fires_cmd(dictionary: Path = typer.Argument(..., help="Dictionary folder (labels from DICT/features.sqlite)."),
+              text: str = typer.Option(..., "--text", help="Text to read."),
+              top: int = typer.Option(5, help="Features per token."),
+              model: Optional[str] = typer.Option(None, help="Model (default: the one the dictionary names)."),
+              as_json: bool = JSON_OPT):
+    """What fires here: for each token of TEXT, the most active features with their labels."""
+    def go():
+        from .. import load_dictionary, load_model
+        from .fires import fires
+        from .index import FeatureIndex, index_path
+        d = load_dictionary(dictionary)
+        m = load_model(model or d.cfg.model or None)
+        ix = FeatureIndex(dictionary) if index_path(dictionary).exists() else None
+        rows = fires(m, d, text, top, ix)
+        if as_json:
+            emit({"text": text, "tokens": rows}, True)
+        else:
+            from .render import fires_table
+            err.print(fires_table(rows))
+    run_verb(go)
