@@ -226,7 +226,13 @@ class Trainer:
                                      f"{key}={mine!r}; resume with the same settings or choose another --out")
         for u in self.units:
             prefix = f"w.{u.name}."
-            u.dictionary.load_state_dict({n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)})
+            state = {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}
+            for n, t in u.dictionary.state_dict().items():
+                if n not in state or state[n].shape != t.shape:
+                    got = list(state[n].shape) if n in state else "nothing"
+                    raise GlassworkError(f"{path}: '{u.name}.{n}' has shape {got} but the data implies {list(t.shape)} "
+                                         f"(d_in={u.dictionary.cfg.d_in}): is this the same hook and model?")
+            u.dictionary.load_state_dict(state)
         self.opt.load_state_tensors(self.names, tensors)
         restore_rng(tensors)
         for i, u in enumerate(self.units):

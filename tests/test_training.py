@@ -1,0 +1,210 @@
+"""Trainer: sparse TopK gradients = dense (float64), resume after kill -9 = uninterrupted, folding the input scale
+into the weights is exact, several dictionaries from one pass, and bad input gets a clear GlassworkError."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import glasswork as gw
+from glasswork.dictionaries import DictionaryConfig, SparseCoder, CrossLayerTranscoder, load, load_set
+from glasswork.dictionaries.sparse import sparse_decode, topk_encode
+from glasswork.io import GlassworkError
+from glasswork.training import TensorSource, TrainConfig, fold_scale, train
+
+
+def test_sparse_topk_gradients_equal_dense_float64():
+    g = torch.Generator().manual_seed(0)
+    B, d, F, k = 40, 12, 70, 6
+    x = torch.randn(B, d, generator=g, dtype=torch.float64)
+    params = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in [(d, F), (F,), (F, d), (d,)]]
+    W_enc, b_enc, W_dec, b_dec = params
+    target = torch.randn(B, d, generator=g, dtype=torch.float64)
+
+    def dense():
+        pre = (x - b_dec) @ W_enc + b_enc
+        v, i = pre.topk(k, -1)
+        codes = torch.zeros_like(pre).scatter(-1, i, v.relu())
+        return ((codes @ W_dec + b_dec - target) ** 2).sum()
+
+    def sparse():
+        v, i = topk_encode(x - b_dec, W_enc, b_enc, k)
+        return ((sparse_decode(v, i, W_dec) + b_dec - target) ** 2).sum()
+
+    gd, gs = torch.autograd.grad(dense(), params), torch.autograd.grad(sparse(), params)
+    for a, b in zip(gd, gs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(dense(), sparse())
+
+
+def _data(n=2048, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(64, d, generator=g)
+    z = (torch.rand(n, 64, generator=g) < 0.05) * torch.rand(n, 64, generator=g)
+    return z @ basis * 5 + 2.0
+
+
+def _cfg(**kw):
+    base = dict(kind="sae", arch="topk", hooks=["h"], k=4, d_sae=64, tokens=64 * 30, batch_size=64, lr=3e-3,
+                warmup_steps=3, checkpoint_every=3, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_learns_and_folds_scale(tmp_path):
+    x = _data()
+    r = train(_cfg(tokens=64 * 60), TensorSource({"h": x}, 64), tmp_path / "sae")
+    sae = load(tmp_path / "sae")
+    assert not (tmp_path / "sae" / "checkpoint.safetensors").exists()
+    assert sae.cfg.metrics["train_fvu"] == r["dictionaries"]["h"]["train_fvu"]
+    fvu = gw.evals.fvu(x, sae(x)) if hasattr(gw, "evals") else None
+    from glasswork.evals import fvu as fvu_fn
+    assert fvu_fn(x, sae(x)) < 0.5  # random init is ~1.0 or worse; raw activations in, raw out
+    assert abs(fvu_fn(x, sae(x)) - r["dictionaries"]["h"]["train_fvu"]) < 0.15
+
+
+@pytest.mark.parametrize("kind", ["sae", "transcoder", "clt"])
+def test_fold_scale_exact(kind):
+    torch.manual_seed(0)
+    if kind == "clt":
+        d = CrossLayerTranscoder(DictionaryConfig(kind="clt", d_in=8, d_sae=20, n_layers=3, activation="relu", b_dec_in=False))
+        d.b_dec.data.normal_()
+        x = torch.randn(5, 3, 8, dtype=torch.float64)
+        s_in, s_out = [0.5, 2.0, 3.0], [1.5, 0.25, 4.0]
+        d, f = d.double(), fold_scale(d, s_in, s_out).double()
+        want = d(x * torch.tensor(s_in, dtype=torch.float64)[:, None]) / torch.tensor(s_out, dtype=torch.float64)[:, None]
+        torch.testing.assert_close(f(x), want)
+        return
+    cfg = DictionaryConfig(kind=kind, d_in=8, d_sae=20, activation="topk", k=3, skip=kind == "transcoder",
+                           b_dec_in=kind == "sae")
+    d = SparseCoder(cfg).double()
+    d.b_dec.data.normal_()
+    if d.W_skip is not None:
+        d.W_skip.data.normal_()
+    s_in, s_out = (0.3, 0.3) if kind == "sae" else (0.3, 2.5)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    torch.testing.assert_close(fold_scale(d, [s_in], [s_out]).double()(x), d(x * s_in) / s_out)
+
+
+def test_several_transcoders_and_a_clt_from_one_pass(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    acts = {}
+    for l in range(3):
+        xin = torch.randn(1024, 16, generator=g)
+        acts[f"blocks.{l}.ln2.hook_normalized"] = xin
+        acts[f"blocks.{l}.hook_mlp_out"] = (xin @ torch.randn(16, 16, generator=g) - 1.5).relu() * (l + 1)
+    src = TensorSource(acts, 128)
+    r = train(TrainConfig(kind="transcoder", arch="topk", layers=[0, 1, 2], k=4, d_sae=48, tokens=128 * 25,
+                          batch_size=128, lr=2e-2, warmup_steps=2, skip=True), src, tmp_path / "tc")
+    tcs = gw.load_transcoders(tmp_path / "tc")
+    assert sorted(tcs) == [0, 1, 2] and all(tcs[l].W_skip is not None for l in tcs)
+    from glasswork.evals import fvu
+    for l, t in tcs.items():
+        y = acts[f"blocks.{l}.hook_mlp_out"]
+        assert fvu(y, t(acts[f"blocks.{l}.ln2.hook_normalized"]).detach()) < 0.6
+    r = train(TrainConfig(kind="clt", arch="relu", layers=[0, 1, 2], d_sae=32, tokens=128 * 25, batch_size=128,
+                          lr=1e-2, warmup_steps=2), src, tmp_path / "clt")
+    clt = load(tmp_path / "clt")
+    x = torch.stack([acts[f"blocks.{l}.ln2.hook_normalized"] for l in range(3)], 1)
+    y = torch.stack([acts[f"blocks.{l}.hook_mlp_out"] for l in range(3)], 1)
+    assert fvu(y, clt(x).detach()) < 0.8 and clt.cfg.metrics["train_l0"] > 0
+
+
+SCRIPT = """
+import sys, time, torch
+sys.path.insert(0, {tests!r})
+from test_training import _data, _cfg
+from glasswork.training import TensorSource, train
+
+class Slow(TensorSource):
+    def batches(self, start=0, rank=0, world=1):
+        for b in super().batches(start, rank, world):
+            time.sleep({pause})
+            yield b
+
+train(_cfg(), Slow({{"h": _data()}}, 64), {out!r}, resume=True)
+"""
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    """Every run in a fresh single-threaded process, so all three use the same kernels and reduction order."""
+    env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+
+    def start(out, pause):
+        script = SCRIPT.format(tests=str(Path(__file__).parent), out=str(out), pause=pause)
+        return subprocess.Popen([sys.executable, "-c", script], env=env)
+
+    out = tmp_path / "killed"
+    straight = start(tmp_path / "straight", 0)
+    proc = start(out, 0.25)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoint.safetensors").exists() and not (out / "config.json").exists()
+    from glasswork.training.checkpoint import load_checkpoint
+    step = load_checkpoint(out / "checkpoint.safetensors")[1]["step"]
+    assert 0 < step < 30
+    assert start(out, 0).wait() == 0 and straight.wait() == 0
+    a = load(out).state_dict()
+    b = load(tmp_path / "straight").state_dict()
+    for name in b:
+        assert (a[name] - b[name]).abs().max() <= 1e-6, name
+    assert load(out).cfg.tokens_seen == 64 * 30
+
+
+def test_nan_batches_skipped_and_counted(tmp_path):
+    x = _data(n=640)
+    x[64 * 2 + 5, 3] = float("nan")  # one bad row spoils batch... wherever the shuffle puts it
+    x[64 * 7 + 1, 0] = float("inf")
+    r = train(_cfg(checkpoint_every=0, tokens=64 * 10), TensorSource({"h": x}, 64), tmp_path / "o")
+    assert 1 <= r["skipped_batches"] <= 2
+    d = load(tmp_path / "o")
+    assert all(torch.isfinite(t).all() for t in d.state_dict().values())
+    assert d.cfg.metrics["skipped_batches"] == r["skipped_batches"]
+
+
+def test_all_nan_stops_clearly_and_keeps_checkpoint(tmp_path):
+    x = _data(n=640)
+    src = TensorSource({"h": x}, 64)
+    out = tmp_path / "o"
+    train(_cfg(tokens=64 * 5), src, out)  # a finished artifact: must survive what follows
+    before = (out / "weights.safetensors").read_bytes()
+    with pytest.raises(GlassworkError, match="already holds"):
+        train(_cfg(tokens=64 * 5), src, out)
+    assert (out / "weights.safetensors").read_bytes() == before
+    bad = x.clone()
+    bad[::3] = float("nan")
+    with pytest.raises(GlassworkError, match="NaN or inf"):
+        train(_cfg(tokens=64 * 40, checkpoint_every=2), TensorSource({"h": bad}, 64), tmp_path / "nan")
+
+
+def test_bad_inputs_clear_errors(tmp_path):
+    x = _data(n=640)
+    with pytest.raises(GlassworkError, match="unknown arch"):
+        TrainConfig(kind="sae", arch="gated", hooks=["h"])
+    with pytest.raises(GlassworkError, match="unknown activation"):
+        DictionaryConfig.from_dict({"kind": "sae", "d_in": 4, "d_sae": 8, "activation": "gated"})
+    with pytest.raises(GlassworkError, match="from model 'other-model'"):
+        train(_cfg(model="smollm2-135m"), TensorSource({"h": x}, 64, model="other-model"), tmp_path / "m")
+    with pytest.raises(GlassworkError, match="no hook"):
+        train(_cfg(hooks=["blocks.3.hook_resid_post"]), TensorSource({"h": x}, 64), tmp_path / "h")
+    # resume with data of another width: the checkpoint is refused with the reason, and left intact
+    out = tmp_path / "r"
+    src = TensorSource({"h": x}, 64)
+    with pytest.raises(GlassworkError):
+        train(_cfg(tokens=64 * 40, checkpoint_every=2), TensorSource({"h": torch.cat([x, x[:64] * float("nan")])}, 64), out)
+    ckpt = (out / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(GlassworkError, match="d_in"):
+        train(_cfg(tokens=64 * 40, checkpoint_every=2), TensorSource({"h": torch.randn(640, 24)}, 64), out, resume=True)
+    assert (out / "checkpoint.safetensors").read_bytes() == ckpt
+    # a stored dictionary fed the wrong width
+    sae = SparseCoder(DictionaryConfig(kind="sae", d_in=16, d_sae=32))
+    with pytest.raises(GlassworkError, match="d_in = 16"):
+        sae(torch.randn(3, 17))
