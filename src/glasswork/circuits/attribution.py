@@ -33,7 +33,7 @@ class Target:
 
 
 def attribute(model, transcoders, prompt, target=None, max_features: int | None = None, batch_size: int = 64,
-              bos_nodes: bool = False, show_progress: bool = True, dictionary: str = "") -> Graph:
+              bos_nodes: bool = False, show_progress: bool = True, dictionary: str = "", vmap: bool = True) -> Graph:
     """The attribution graph of `prompt` (text, or token ids) through the replacement model.
 
     target: None (most probable next tokens to cumulative 0.95, at most 10), a token string, "A-B" (difference of two
@@ -59,7 +59,7 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     n_feat, n_logit = len(feats), len(targets)
     n_nodes = n_feat + L * seq + seq + n_logit
     budget = n_feat if max_features is None else min(max_features, n_feat)
-    engine = _Engine(r, c, feats, constants, errors, ids, batch_size)
+    engine = _Engine(r, c, feats, constants, errors, ids, batch_size, vmap)
 
     adjacency = torch.zeros(budget + n_logit, n_nodes)  # rows: logits first while computing, features after
     row_node = torch.full((budget + n_logit,), -1, dtype=torch.long)
@@ -107,9 +107,11 @@ def _budgeted(engine, r, feats, adjacency, row_node, targets, n_logit, budget, b
 class _Engine:
     """Runs batched backward passes for targets and contracts the gradients with every source's vector."""
 
-    def __init__(self, r: ReplacementModel, c: Clean, feats: Features, constants, errors, ids, batch_size: int):
+    def __init__(self, r: ReplacementModel, c: Clean, feats: Features, constants, errors, ids, batch_size: int,
+                 vmap: bool = True):
         self.r, self.c, self.feats, self.constants, self.errors = r, c, feats, constants, errors
         self.ids, self.batch_size = ids, max(1, int(batch_size))
+        self.vmap = vmap  # one batch-1 forward, backward vectorized over the targets (is_grads_batched)
         self.L, self.seq = r.model.n_layers, ids.numel()
         # Sources writing to each MLP output, grouped by position: {layer: [(rows into feats, vectors [m, d])] per pos}
         self.writers = {}
@@ -131,7 +133,7 @@ class _Engine:
                 end += 1
             group = order[start:end]
             batch = min(self.batch_size, len(group))
-            mlp_in, final, probes = self._forward(p + 1, batch)
+            mlp_in, final, probes = self._forward(p + 1, 1 if self.vmap else batch)
             for s in range(0, len(group), batch):
                 idx = group[s:s + batch]
                 out[idx] = self._backward(mlp_in, final, probes, layers[idx], p, vectors[idx], batch)
@@ -156,13 +158,18 @@ class _Engine:
             sel = (layers == layer).nonzero().flatten()
             g = torch.zeros(batch, prefix, vectors.shape[1])
             g[sel, pos] = vectors[sel].to(g.dtype)
+            if self.vmap:
+                g = g[:, None]
             outputs.append(final if layer == self.L else mlp_in[layer])
             grads.append(g)
         top = int(layers.max())  # sources below the highest target layer are all that can matter
         src_layers = list(range(min(top, self.L)))
         inputs = [probes["embed"]] + [probes[j] for j in src_layers]
         with torch.enable_grad():
-            got = torch.autograd.grad(outputs, inputs, grads, retain_graph=True, allow_unused=True)
+            got = torch.autograd.grad(outputs, inputs, grads, retain_graph=True, allow_unused=True,
+                                      is_grads_batched=self.vmap)
+        if self.vmap:
+            got = [None if x is None else x[:, 0] for x in got]
         g_embed, g_mlp = got[0], dict(zip(src_layers, got[1:]))
         row = torch.zeros(batch, len(self.feats) + self.L * self.seq + self.seq)
         n_feat = len(self.feats)

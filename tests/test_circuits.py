@@ -1,0 +1,277 @@
+"""Circuits: the replacement model reproduces the logits; every adjacency entry is the exact effect of perturbing its
+source in the frozen model; influence matches a brute-force inverse; pruning, views, files, interventions, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import glasswork as gw
+from glasswork.circuits import Edit, Graph, ReplacementModel, attribute, intervene_logits, load_graph
+from glasswork.circuits.graph import ERROR, FEATURE, LOGIT, TOKEN
+from glasswork.circuits.interventions import _frozen_logits, generate
+
+from conftest import make_tiny
+
+
+def random_transcoders(m, d_sae=48, missing=(1,), skip_layers=(0,), activation="relu", k=8, seed=0):
+    """Random transcoders with a negative encoder bias (sparse), a skip on some layers and a layer left out."""
+    tcs = {}
+    for layer in range(m.n_layers):
+        if layer in missing:
+            continue
+        cfg = gw.DictionaryConfig(kind="transcoder", d_in=m.d_model, d_sae=d_sae, activation=activation, k=k,
+                                  skip=layer in skip_layers, layer=layer, model=m.name)
+        tc = gw.SparseCoder(cfg)
+        tc.reset_parameters(seed=seed + layer)
+        with torch.no_grad():
+            tc.b_enc.fill_(-0.1)
+            tc.b_dec.normal_(0, 0.05)
+            if tc.W_skip is not None:
+                tc.W_skip.normal_(0, 0.1)
+        tcs[layer] = tc.requires_grad_(False)
+    return tcs
+
+
+def random_clt(m, d_sae=24, seed=0):
+    cfg = gw.DictionaryConfig(kind="clt", d_in=m.d_model, d_sae=d_sae, activation="relu", n_layers=m.n_layers,
+                              model=m.name)
+    clt = gw.CrossLayerTranscoder(cfg)
+    clt.reset_parameters(seed=seed)
+    with torch.no_grad():
+        clt.b_enc.fill_(-0.05)
+    return clt.requires_grad_(False)
+
+
+def prompt(m, seq=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, m.vocab_size, (seq,), generator=g)
+    ids[0] = m.bos_token_id
+    return ids
+
+
+def _skip_consts(r, c):
+    out = []
+    for layer in range(r.model.n_layers):
+        tc = r.transcoders.get(layer)
+        skip = c.mlp_in[layer] @ tc.W_skip if tc is not None and tc.W_skip is not None else 0.0
+        out.append(c.mlp_out[layer] - skip)
+    return out
+
+
+def check_exactness(m, coders, ids, n_sources=6, seed=0, **kw):
+    """Perturb random sources of every kind by their own vector in the frozen model; compare each target's change
+    (feature pre-activations and demeaned logits) with the adjacency column."""
+    r = ReplacementModel(m, coders)
+    g = attribute(m, r, ids, **kw)
+    c, _, recon = r._last
+    consts = _skip_consts(r, c)
+    A = g.dense().double()
+    seq, d = ids.numel(), m.d_model
+    W_U = m.W_U.detach().double()
+    rows = g.row_nodes
+
+    def targets(probes):
+        with torch.no_grad():
+            mlp_in, final = r.frozen(c, consts, ids.view(1, -1), probes)
+        vals = []
+        for i in rows.tolist():
+            if g.node_kind[i] == LOGIT:
+                t = int(g.node_index[i])
+                vals.append(final[0, -1].double() @ (W_U[:, t] - W_U.mean(1)))
+            else:
+                layer, pos, f = int(g.node_layer[i]), int(g.node_pos[i]), int(g.node_index[i])
+                w = r.clt.W_enc[layer][:, f] if r.clt is not None else r.transcoders[layer].W_enc[:, f]
+                vals.append(mlp_in[layer][0, pos].double() @ w.double())
+        return torch.stack(vals)
+
+    base = targets({})
+    gen = torch.Generator().manual_seed(seed)
+    checked = {FEATURE: 0, ERROR: 0, TOKEN: 0}
+    for kind in (FEATURE, ERROR, TOKEN):
+        nodes = (g.node_kind == kind).nonzero().flatten()
+        if kind == ERROR:  # errors at the BOS position are constants, not nodes; skip layers without a vector
+            nodes = nodes[g.node_pos[nodes] > 0]
+        pick = nodes[torch.randperm(len(nodes), generator=gen)[:n_sources]]
+        for i in pick.tolist():
+            layer, pos = int(g.node_layer[i]), int(g.node_pos[i])
+            probes = {}
+            if kind == TOKEN:
+                probes["embed"] = torch.zeros(1, seq, d)
+                probes["embed"][0, pos] = c.embed[pos]
+            elif kind == ERROR:
+                probes[layer] = torch.zeros(1, seq, d)
+                probes[layer][0, pos] = c.mlp_out[layer][pos] - recon[layer][pos]
+            elif r.clt is not None:
+                f, a = int(g.node_index[i]), float(g.node_activation[i])
+                for j in range(layer, m.n_layers):
+                    probes[j] = torch.zeros(1, seq, d)
+                    probes[j][0, pos] = a * r.clt.W_dec[layer][f, j - layer]
+            else:
+                f, a = int(g.node_index[i]), float(g.node_activation[i])
+                probes[layer] = torch.zeros(1, seq, d)
+                probes[layer][0, pos] = a * r.transcoders[layer].W_dec[f]
+            change = targets(probes) - base
+            edge = A[rows, i]
+            scale = edge.abs().max().clamp_min(1e-3)
+            assert ((change - edge).abs() / scale).max() < 1e-4, (KIND := kind, i)
+            checked[kind] += 1
+    assert all(v > 0 for v in checked.values()), checked
+    return g
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2", "gpt2"])
+def test_replacement_forward_reproduces_logits(kind):
+    m = make_tiny(kind)
+    tcs = random_transcoders(m)
+    ids = prompt(m, 10)
+    frozen = _frozen_logits(m, tcs, ids, [])
+    torch.testing.assert_close(frozen, m.logits(ids.view(1, -1))[0, -1].float(), rtol=1e-4, atol=1e-4)
+    r = ReplacementModel(m, tcs)
+    c = r.clean(ids.view(1, -1))
+    torch.testing.assert_close(c.logits, m.logits(ids.view(1, -1))[0].float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2", "gpt2", "qwen3"])
+def test_edges_are_exact_effects(kind):
+    m = make_tiny(kind)
+    g = check_exactness(m, random_transcoders(m), prompt(m, 9), batch_size=64)
+    assert g.n_features > 50 and g.n_logits >= 1
+
+
+def test_edges_exact_with_cross_layer_transcoder_and_budget():
+    m = make_tiny("llama")
+    check_exactness(m, random_clt(m), prompt(m, 7), batch_size=8)
+    g = check_exactness(m, random_transcoders(m), prompt(m, 7), batch_size=8, max_features=40)
+    assert g.n_features == 40
+
+
+def test_unbatched_backward_matches_vectorized():
+    m = make_tiny("gpt2")
+    tcs = random_transcoders(m)
+    a = attribute(m, tcs, prompt(m, 6), batch_size=7, vmap=True)
+    b = attribute(m, tcs, prompt(m, 6), batch_size=5, vmap=False)
+    torch.testing.assert_close(a.adjacency, b.adjacency, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.model
+def test_default_model_exactness(default_model):
+    m = default_model
+    tcs = random_transcoders(m, d_sae=512, missing=(), skip_layers=(3,), activation="topk", k=2)
+    ids = m.tokenize("The capital of France is")[0]
+    g = check_exactness(m, tcs, ids, n_sources=4, batch_size=128)
+    assert g.meta["logit_labels"][0] == " Paris"
+
+
+def _random_graph(seed=0, nf=30, L=2, seq=4, nl=3):
+    gen = torch.Generator().manual_seed(seed)
+    n = nf + L * seq + seq + nl
+    mask = torch.zeros(nf + nl, n)
+    for i in range(nf):
+        mask[i, :i] = 1.0
+        mask[i, nf:nf + L * seq + seq] = 1.0
+    mask[nf:, :n - nl] = 1.0
+    adj = torch.randn(nf + nl, n, generator=gen) * mask * (torch.rand(nf + nl, n, generator=gen) < 0.5)
+    kind = torch.tensor([FEATURE] * nf + [ERROR] * (L * seq) + [TOKEN] * seq + [LOGIT] * nl, dtype=torch.int8)
+    z = torch.zeros(n, dtype=torch.int32)
+    probs = torch.tensor([0.5, 0.3, 0.1][:nl])
+    return Graph(adj, kind, z, z.clone(), torch.arange(n), torch.rand(n, generator=gen), probs, torch.arange(seq),
+                 meta={"prompt": "p", "str_tokens": ["a", "b", "c", "d"], "logit_labels": ["x", "y", "z"]})
+
+
+def test_influence_matches_inverse_and_pruning_keeps_logits():
+    for seed in range(3):
+        g = _random_graph(seed)
+        n = g.n_nodes
+        B = g.dense().abs()
+        B = B / B.sum(1, keepdim=True).clamp_min(1e-30)
+        w = torch.zeros(n)
+        w[-g.n_logits:] = g.logit_weight
+        brute = w.double() @ (torch.linalg.inv(torch.eye(n).double() - B.double()) - torch.eye(n).double())
+        torch.testing.assert_close(g.node_influence().double(), brute, rtol=1e-5, atol=1e-7)
+        for nt, et in ((0.8, 0.98), (0.3, 0.5), (0.05, 0.1)):
+            node_mask, edge_mask, _ = g.prune(nt, et)
+            assert node_mask[g.node_kind == LOGIT].all() and node_mask[g.node_kind == TOKEN].all()
+            assert not edge_mask[:, ~node_mask].any()
+        small, big = g.prune(0.3, 0.5)[0].sum(), g.prune(0.9, 0.99)[0].sum()
+        assert small <= big
+
+
+def test_view_schema_and_file_round_trip(tmp_path):
+    g = _random_graph(1)
+    v = g.view(0.8, 0.98)
+    assert set(v) == {"metadata", "qParams", "nodes", "links"}
+    for key in ("slug", "scan", "prompt", "prompt_tokens", "node_threshold", "schema_version"):
+        assert key in v["metadata"]
+    for key in ("pinnedIds", "supernodes", "linkType", "clickedId"):
+        assert key in v["qParams"]
+    ids = {n["node_id"] for n in v["nodes"]}
+    for node in v["nodes"]:
+        for key in ("node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit",
+                    "clerp", "influence", "activation"):
+            assert key in node
+    assert sum(n["is_target_logit"] for n in v["nodes"]) == g.n_logits
+    assert v["links"] and all(link["source"] in ids and link["target"] in ids for link in v["links"])
+    g.save(tmp_path / "g.safetensors")
+    h = load_graph(tmp_path / "g.safetensors")
+    assert h.view(0.8, 0.98) == v
+    with pytest.raises(gw.GlassworkError, match="not a readable graph"):
+        (tmp_path / "bad.safetensors").write_bytes(b"junk")
+        load_graph(tmp_path / "bad.safetensors")
+
+
+def test_interventions_check_the_graph():
+    m = make_tiny("llama")
+    tcs = random_transcoders(m)
+    ids = prompt(m, 8)
+    g = attribute(m, tcs, ids, batch_size=16)
+    feats = (g.node_kind == FEATURE).nonzero().flatten()
+    i = int(feats[g.node_influence()[feats].argmax()])
+    layer, pos, f = int(g.node_layer[i]), int(g.node_pos[i]), int(g.node_index[i])
+    tokens = g.node_index[g.node_kind == LOGIT].tolist()
+    # A no-op edit (scale 1) leaves the real model's logits as they were, exactly.
+    res = intervene_logits(m, tcs, ids, [Edit(layer, f, [pos], scale=1.0)], tokens=tokens)
+    torch.testing.assert_close(torch.tensor(res["after"]), torch.tensor(res["before"]), rtol=0, atol=1e-5)
+    # Frozen ablation: each demeaned target logit moves by minus the direct edge.
+    res = intervene_logits(m, tcs, ids, [Edit(layer, f, [pos], value=0.0)], mode="frozen", tokens=tokens)
+    edges = g.adjacency[g.n_features:, i]
+    torch.testing.assert_close(torch.tensor(res["demeaned_change"]), -edges, rtol=1e-3, atol=1e-4)
+    # Free ablation changes the logits; generation with a no-op edit equals plain generation.
+    res = intervene_logits(m, tcs, ids, [Edit(layer, f, None, value=0.0)], tokens=tokens)
+    assert max(abs(x) for x in res["change"]) > 0
+    plain = m.hf.generate(input_ids=ids.view(1, -1), attention_mask=torch.ones(1, ids.numel(), dtype=torch.long),
+                          max_new_tokens=5, do_sample=False, pad_token_id=0)
+    edited = generate(m, tcs, ids, [Edit(layer, f, None, scale=1.0)], max_new_tokens=5)
+    assert edited == str(plain[0].tolist())
+
+
+def test_bad_input_is_a_clear_error():
+    m = make_tiny("llama")
+    tcs = random_transcoders(m)
+    with pytest.raises(gw.GlassworkError, match="empty"):
+        attribute(m, tcs, "")
+    with pytest.raises(gw.GlassworkError, match="context"):
+        attribute(m, tcs, torch.ones(m.n_ctx + 1, dtype=torch.long))
+    other = make_tiny("gpt2")
+    with pytest.raises(gw.GlassworkError, match="trained on model"):
+        attribute(other, tcs, prompt(other))
+    wrong = random_transcoders(m)
+    wrong[0] = gw.SparseCoder(gw.DictionaryConfig(kind="transcoder", d_in=m.d_model + 1, d_sae=8, d_out=m.d_model,
+                                                  layer=0, activation="relu"))
+    with pytest.raises(gw.GlassworkError, match="d_in"):
+        attribute(m, wrong, prompt(m))
+    with pytest.raises(gw.GlassworkError, match="not one token"):
+        attribute(m, tcs, prompt(m), target="not a token")
+    with pytest.raises(gw.GlassworkError, match="not in the vocabulary"):
+        attribute(m, tcs, prompt(m), target=m.vocab_size + 5)
+    with pytest.raises(gw.GlassworkError, match="node_threshold"):
+        _random_graph().view(1.5)
+
+
+@pytest.mark.model
+def test_default_model_target_errors(default_model):
+    m = default_model
+    tcs = random_transcoders(m, d_sae=64, missing=tuple(range(2, 30)), activation="topk", k=2)
+    with pytest.raises(gw.GlassworkError, match="not one token"):
+        attribute(m, tcs, "The capital of France is", target=" Parisxyzzy")
+    g = attribute(m, tcs, "The capital of France is", target=" Paris- London")
+    assert g.n_logits == 1 and g.meta["logit_labels"] == [" Paris- London"]
