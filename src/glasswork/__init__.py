@@ -12,3 +12,5 @@ from .directions import (Direction, analogy, directional_ablation, feature_direc
                          orthogonalize, train_probe)
 from . import features
 from .features import FeatureIndex, build_index, fires, label_features
+from . import circuits
+from .circuits import Edit, Graph, ReplacementModel, attribute, intervene_logits, load_graph, supernode

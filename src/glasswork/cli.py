@@ -157,6 +157,9 @@ def direction(out: Path = typer.Option(..., help="Where to write the direction: 
 from .features.cli import features_app, fires_cmd  # noqa: E402  (after emit/run_verb, which it uses)
 app.add_typer(features_app, name="features")
 app.command("fires")(fires_cmd)
+from .circuits.cli import attribute_cmd, intervene_cmd  # noqa: E402
+app.command("attribute")(attribute_cmd)
+app.command("intervene")(intervene_cmd)
 
 def main():
     app()

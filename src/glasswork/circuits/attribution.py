@@ -11,6 +11,7 @@ so each backward pass is as short as it can be.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,7 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     adjacency = torch.zeros(budget + n_logit, n_nodes)  # rows: logits first while computing, features after
     row_node = torch.full((budget + n_logit,), -1, dtype=torch.long)
     row_node[:n_logit] = torch.arange(n_nodes - n_logit, n_nodes)
-    with progress("attribution", total=n_logit + budget, unit="targets") as bar:
+    with (progress("attribution", total=n_logit + budget, unit="targets") if show_progress else _no_bar()) as bar:
         logit_vecs = torch.stack([t.vector for t in targets])
         adjacency[:n_logit, :n_nodes - n_logit] = engine.rows(
             torch.full((n_logit,), L), torch.full((n_logit,), seq - 1), logit_vecs, bar)
@@ -184,6 +185,12 @@ class _Engine:
                 if len(rows):
                     row[:, rows] += g[:, p] @ vecs.T
         return row[:n]
+
+
+@contextmanager
+def _no_bar():
+    from ..progress import Bar
+    yield Bar(None, None)
 
 
 def _skip(r: ReplacementModel, layer: int, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,149 @@
+"""`glasswork attribute` (trace one prediction into a graph) and `glasswork intervene` (check it on the real model)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..io import GlassworkError
+
+
+def load_coders(folder: Path):
+    """A dictionary folder: a set of per-layer transcoders ({layer: SparseCoder}) or one cross-layer transcoder."""
+    from ..dictionaries import load as load_dictionary
+    from ..dictionaries import load_transcoders
+    folder = Path(folder)
+    if not folder.exists():
+        raise GlassworkError(f"{folder}: dictionary folder not found")
+    if (folder / "set.json").exists():
+        return load_transcoders(folder)
+    d = load_dictionary(folder)
+    if d.cfg.kind == "clt":
+        return d
+    if d.cfg.kind == "transcoder" and d.cfg.layer is not None:
+        return {d.cfg.layer: d}
+    raise GlassworkError(f"{folder}: expected transcoders (a set folder) or a cross-layer transcoder, got kind "
+                         f"'{d.cfg.kind}'")
+
+
+def summarize(graph, node_threshold: float, edge_threshold: float, top: int = 10) -> dict:
+    """Counts, scores, the targets and the most influential features of a graph (for --json and the README)."""
+    from .graph import FEATURE
+    node_mask, edge_mask, _ = graph.prune(node_threshold, edge_threshold)
+    infl = graph.node_influence()
+    feats = (graph.node_kind == FEATURE).nonzero().flatten()
+    best = feats[infl[feats].argsort(descending=True)[:top]].tolist()
+    return {
+        "prompt": graph.meta.get("prompt"), "n_tokens": graph.input_ids.numel(),
+        "targets": [{"label": lab, "prob": round(float(p), 4)} for lab, p in
+                    zip(graph.meta.get("logit_labels", []), graph.node_activation[graph.n_nodes - graph.n_logits:])],
+        "active_features": graph.meta.get("n_active_features", graph.n_features), "features": graph.n_features,
+        "nodes": graph.n_nodes, "edges": int((graph.adjacency != 0).sum()),
+        "pruned_nodes": int(node_mask.sum()), "pruned_edges": int(edge_mask.sum()),
+        "pruned_features": int(node_mask[feats].sum()),
+        "scores": {k: round(v, 4) for k, v in graph.meta.get("scores", {}).items()},
+        "top_features": [{"node_id": graph.node_id(i), "layer": int(graph.node_layer[i]), "pos": int(graph.node_pos[i]),
+                          "token": graph.meta["str_tokens"][int(graph.node_pos[i])],
+                          "feature": int(graph.node_index[i]), "influence": round(float(infl[i]), 4),
+                          "activation": round(float(graph.node_activation[i]), 3)} for i in best],
+        "seconds": graph.meta.get("seconds")}
+
+
+def attribute_cmd(
+        prompt: str = typer.Option(..., help="The text whose next-token prediction to trace."),
+        dictionary: Path = typer.Option(..., help="Folder of per-layer transcoders (a set) or a cross-layer transcoder."),
+        model: Optional[str] = typer.Option(None, help="Model name or folder (default: smollm2-135m)."),
+        target: Optional[List[str]] = typer.Option(None, help="Target: a token (' Paris') or 'A-B' (a logit "
+                                                   "difference); repeatable. Default: top tokens to p=0.95, at most 10."),
+        node_threshold: float = typer.Option(0.8, help="Keep nodes to this cumulative influence."),
+        edge_threshold: float = typer.Option(0.98, help="Keep edges to this cumulative influence."),
+        max_features: Optional[int] = typer.Option(None, help="Keep at most this many features (most influential "
+                                                   "first), for long prompts."),
+        batch_size: int = typer.Option(64, help="Targets per backward pass."),
+        out: Path = typer.Option(Path("graph.safetensors"), help="Native graph file (the whole graph, once)."),
+        viewer_json: Optional[Path] = typer.Option(None, "--viewer-json", help="Also write the pruned graph as the "
+                                                   "attribution-graph viewer's JSON."),
+        as_json: bool = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")):
+    """Trace one prediction: the attribution graph of PROMPT through the replacement model."""
+    from ..cli import emit, run_verb
+
+    def go():
+        from .. import load_model
+        from .attribution import attribute
+        t0 = time.time()
+        m = load_model(model)
+        coders = load_coders(dictionary)
+        for name, t in (("--node-threshold", node_threshold), ("--edge-threshold", edge_threshold)):
+            if not 0 < t <= 1:
+                raise GlassworkError(f"{name} must be in (0, 1] (got {t})")
+        targets = list(target) if target else None
+        graph = attribute(m, coders, prompt, target=targets, max_features=max_features, batch_size=batch_size,
+                          dictionary=str(dictionary))
+        graph.save(out)
+        summary = summarize(graph, node_threshold, edge_threshold)
+        summary.update(path=str(out), node_threshold=node_threshold, edge_threshold=edge_threshold,
+                       total_seconds=round(time.time() - t0, 2))
+        if viewer_json is not None:
+            graph.to_json(viewer_json, node_threshold, edge_threshold)
+            summary["viewer_json"] = str(viewer_json)
+        emit(summary, as_json, _human(summary))
+    run_verb(go)
+
+
+def _human(s: dict) -> str:
+    lines = [f"[bold]{s['prompt']!r}[/] -> " + ", ".join(f"{t['label']!r} {t['prob']:.2f}" for t in s["targets"]),
+             f"{s['features']} features, {s['nodes']} nodes, {s['edges']} edges; pruned to {s['pruned_nodes']} nodes "
+             f"({s['pruned_features']} features) and {s['pruned_edges']} edges; replacement "
+             f"{s['scores'].get('replacement')}, completeness {s['scores'].get('completeness')}; {s['seconds']} s",
+             "most influential features:"]
+    lines += [f"  {f['node_id']:>16}  layer {f['layer']:>2} on {f['token']!r}: influence {f['influence']}, "
+              f"activation {f['activation']}" for f in s["top_features"]]
+    lines.append(f"graph: {s['path']}" + (f", viewer JSON: {s['viewer_json']}" if s.get("viewer_json") else ""))
+    return "\n".join(lines)
+
+
+def intervene_cmd(
+        prompt: str = typer.Option(..., help="Text to run."),
+        dictionary: Path = typer.Option(..., help="Folder of per-layer transcoders (a set)."),
+        feature: List[str] = typer.Option(..., help="LAYER:FEATURE or LAYER:FEATURE:POS; repeat for a supernode."),
+        value: Optional[float] = typer.Option(None, help="Set the features to this activation (0 ablates)."),
+        scale: Optional[float] = typer.Option(None, help="Multiply the features' activations by this."),
+        mode: str = typer.Option("free", help="free: the real model responds; frozen: attention, norms and other "
+                                 "features fixed (the graph's direct effects)."),
+        generate_tokens: int = typer.Option(0, "--generate", help="Also generate this many tokens with the edit."),
+        model: Optional[str] = typer.Option(None, help="Model name or folder (default: smollm2-135m)."),
+        as_json: bool = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")):
+    """Set or ablate features (a supernode when repeated) and show how the top next-token logits change."""
+    from ..cli import emit, run_verb
+
+    def go():
+        from .. import load_model
+        from .interventions import Edit, generate, intervene_logits
+        if (value is None) == (scale is None):
+            raise GlassworkError("give exactly one of --value or --scale")
+        edits = []
+        for spec in feature:
+            parts = spec.split(":")
+            try:
+                nums = [int(p) for p in parts]
+            except ValueError:
+                nums = []
+            if len(nums) not in (2, 3):
+                raise GlassworkError(f"--feature '{spec}': expected LAYER:FEATURE or LAYER:FEATURE:POS")
+            edits.append(Edit(nums[0], nums[1], [nums[2]] if len(nums) == 3 else None, value, scale))
+        m = load_model(model)
+        coders = load_coders(dictionary)
+        res = intervene_logits(m, coders, prompt, edits, mode=mode)
+        res.pop("logits_after")
+        res["token_strings"] = m.to_str_tokens(res["tokens"])
+        if generate_tokens:
+            res["plain"] = generate(m, coders, prompt, [], generate_tokens)
+            res["generated"] = generate(m, coders, prompt, edits, generate_tokens)
+        rows = [f"{t!r:>14}  p {a:.3f} -> {b:.3f}  logit {c:+.3f}" for t, a, b, c in
+                zip(res["token_strings"], res["prob_before"], res["prob_after"], res["change"])]
+        if generate_tokens:
+            rows += [f"plain:  {res['plain']!r}", f"edited: {res['generated']!r}"]
+        emit(res, as_json, "\n".join(rows))
+    run_verb(go)
