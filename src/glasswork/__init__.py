@@ -14,3 +14,6 @@ from . import features
 from .features import FeatureIndex, build_index, fires, label_features
 from . import circuits
 from .circuits import Edit, Graph, ReplacementModel, attribute, intervene_logits, load_graph, supernode
+from .training import TrainConfig, train
+from .evals import evaluate
+from .dictionaries.formats import export_saelens, import_saelens, export_circuit_tracer

@@ -161,6 +161,12 @@ from .circuits.cli import attribute_cmd, intervene_cmd  # noqa: E402
 app.command("attribute")(attribute_cmd)
 app.command("intervene")(intervene_cmd)
 
+from .training.cli import eval_cmd, export_cmd, import_cmd, train_cmd  # noqa: E402
+app.command("train")(train_cmd)
+app.command("eval")(eval_cmd)
+app.command("export")(export_cmd)
+app.command("import")(import_cmd)
+
 def main():
     app()
 

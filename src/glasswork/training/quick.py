@@ -55,9 +55,9 @@ def cached(name: str, tc: TrainConfig, texts=None, model=None) -> Path:
 
 def small_sae_config() -> TrainConfig:
     return TrainConfig(kind="sae", arch="topk", hooks=["blocks.6.hook_resid_post"], d_sae=2304, k=16, tokens=16_000,
-                       batch_size=1008, ctx=64, lr=4e-3, warmup_steps=2, model="smollm2-135m")
+                       batch_size=1008, ctx=64, lr=4e-3, warmup_steps=2, b_dec_init="mean", model="smollm2-135m")
 
 
 def small_transcoders_config() -> TrainConfig:
-    return TrainConfig(kind="transcoder", arch="topk", layers=list(range(30)), d_sae=1152, k=16, tokens=12_000,
-                       batch_size=1008, ctx=64, lr=4e-3, warmup_steps=2, model="smollm2-135m")
+    return TrainConfig(kind="transcoder", arch="topk", layers=list(range(30)), d_sae=1152, k=16, tokens=8_000,
+                       batch_size=1008, ctx=64, lr=4e-3, warmup_steps=2, b_dec_init="mean", model="smollm2-135m")

@@ -7,6 +7,7 @@ geometric median of the first batch; AuxK on dead latents; dead/dense tracking; 
 optimizer, RNG and the data position, so a resumed run equals an uninterrupted one."""
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -102,7 +103,7 @@ class Unit:
     y_hooks: list[str]
 
 
-def geometric_median(x: torch.Tensor, iters: int = 50) -> torch.Tensor:
+def geometric_median(x: torch.Tensor, iters: int = 20) -> torch.Tensor:
     """Weiszfeld's algorithm on x [n, d] (robust to the outliers a mean would follow)."""
     median = x.mean(0)
     for _ in range(iters):
@@ -168,6 +169,7 @@ class Trainer:
         self.units = make_units(tc, source.dims)
         self.scale = {h: 1.0 for h in tc.input_hooks()}
         self.step, self.skipped = 0, 0
+        self._first = None
         self.params, self.names = [], []
         for u in self.units:
             for n, p in u.dictionary.named_parameters():
@@ -203,6 +205,7 @@ class Trainer:
     def _init_from_data(self) -> None:
         """Scales and b_dec from the first global batch (every rank sees the same one, so all agree)."""
         batch = next(self.source.batches(0, 0, 1))
+        self._first = batch if self.world == 1 else None  # reused as step 0's batch (a model forward saved)
         self._check_batch(batch)
         tc = self.tc
         if tc.normalize:
@@ -326,7 +329,10 @@ class Trainer:
         t0, start = time.time(), self.step
         last_ckpt = time.time()
         with progress(f"train {tc.kind}/{tc.arch}", total=tc.steps * tc.batch_size, completed=self.step * tc.batch_size) as bar:
-            batches = self.source.batches(self.step, self.rank, self.world)
+            if self.step == 0 and self._first is not None:
+                batches = itertools.chain([self._first], self.source.batches(1, self.rank, self.world))
+            else:
+                batches = self.source.batches(self.step, self.rank, self.world)
             while self.step < tc.steps:
                 batch = next(batches)
                 if self.step == 0 or start == self.step:

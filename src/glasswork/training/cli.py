@@ -1,0 +1,151 @@
+"""CLI verbs `train`, `eval`, `export`, `import` (registered in glasswork/cli.py)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..io import GlassworkError
+
+JSON_OPT = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")
+
+
+def parse_layers(text: str) -> list[int]:
+    """'0-29' or '3,5,7' or '0-3,8' -> list of ints."""
+    out = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise GlassworkError(f"--layers: expected e.g. 0-29 or 3,5,7 (got '{text}')") from None
+    return out
+
+
+def _texts(heldout: bool = False):
+    """Corpus text for training (or held-out text for evaluation) from glasswork.data.corpus when present."""
+    try:
+        from ..data import corpus
+    except ImportError:
+        from .quick import fixture_texts
+        return fixture_texts()
+    name = "heldout_texts" if heldout and hasattr(corpus, "heldout_texts") else "default_texts"
+    return getattr(corpus, name)
+
+
+def train_cmd(
+    out: Path = typer.Option(..., help="Folder for the trained dictionary (or set); checkpoints go here too."),
+    store: Optional[Path] = typer.Option(None, help="Activation store folder to train from."),
+    model: Optional[str] = typer.Option(None, help="Train straight from this model reading the corpus (no disk); "
+                                                   "default model when neither --store nor --model is given."),
+    hooks: str = typer.Option("", help="SAE hook points, comma-separated (one SAE each)."),
+    kind: str = typer.Option("sae", help="sae | transcoder | clt"),
+    layers: str = typer.Option("", help="Transcoder/CLT layers, e.g. 0-29."),
+    arch: str = typer.Option("topk", help="relu | topk | batchtopk | jumprelu"),
+    k: int = typer.Option(32, help="Active latents per token (topk, batchtopk)."),
+    expansion: int = typer.Option(8, help="d_sae = expansion * d_in."),
+    d_sae: int = typer.Option(0, help="Latents (overrides --expansion)."),
+    tokens: int = typer.Option(1_000_000, help="Training tokens."),
+    batch_size: int = typer.Option(4096, help="Tokens per step (global, over all ranks)."),
+    lr: float = typer.Option(0.0, help="Peak learning rate (0: 2e-4 / sqrt(d_sae / 16384))."),
+    skip: bool = typer.Option(False, help="Transcoders: learn a linear skip connection."),
+    window: int = typer.Option(0, help="CLT: later layers each feature writes to (0: all)."),
+    seed: int = typer.Option(0, help="Seed for init and data order."),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
+    ctx: int = typer.Option(128, help="Tokens per sequence when reading from the model."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    as_json: bool = JSON_OPT,
+):
+    """Train sparse dictionaries (SAEs, transcoders, a CLT) from a store or straight from the model."""
+    from ..cli import emit, run_verb
+
+    def go():
+        from .sources import ModelSource, StoreSource
+        from .trainer import TrainConfig, train
+        from . import distributed as dist
+        t0 = time.time()
+        tc = TrainConfig(kind=kind, arch=arch, hooks=[h for h in hooks.split(",") if h], layers=parse_layers(layers) if layers else [],
+                         k=k, expansion=expansion, d_sae=d_sae, tokens=tokens, batch_size=batch_size, lr=lr, skip=skip,
+                         window=window, seed=seed, ctx=ctx, device=device)
+        if store is not None:
+            from ..data.store import ActivationStore
+            source = StoreSource(ActivationStore(store), tc.input_hooks(), batch_size, seed=seed)
+        else:
+            from ..models import load_model
+            m = load_model(model)
+            tc.model = m.name
+            m.hf.to(device)
+            source = ModelSource(m, _texts(), tc.input_hooks(), batch_size, ctx=ctx, device=device)
+            if source.batch_size != batch_size:
+                tc.batch_size = source.batch_size  # whole sequences per step
+        result = train(tc, source, out, resume=resume)
+        result.pop("dicts")
+        result["seconds_total"] = round(time.time() - t0, 1)
+        if dist.is_main():
+            emit(result, as_json)
+    run_verb(go)
+
+
+def eval_cmd(
+    folder: Path = typer.Argument(..., help="Dictionary folder or set folder."),
+    model: Optional[str] = typer.Option(None, help="Model (default: the one the dictionary names)."),
+    tokens: int = typer.Option(16_384, help="Held-out tokens to evaluate on."),
+    ctx: int = typer.Option(128, help="Tokens per sequence."),
+    as_json: bool = JSON_OPT,
+):
+    """FVU, L0, dead/dense fractions; CE-loss score and KL with the dictionaries spliced into the model."""
+    from ..cli import emit, run_verb
+
+    def go():
+        from ..evals import _as_dicts, evaluate
+        from ..models import load_model
+        t0 = time.time()
+        dicts = _as_dicts(folder)
+        m = load_model(model or next(iter(dicts.values())).cfg.model or None)
+        result = evaluate(dicts, m, _texts(heldout=True)(), tokens=tokens, ctx=ctx)
+        result["seconds"] = round(time.time() - t0, 1)
+        emit(result, as_json)
+    run_verb(go)
+
+
+def export_cmd(
+    folder: Path = typer.Argument(..., help="Native dictionary folder or set folder."),
+    out: Path = typer.Option(..., help="Folder to write."),
+    format: str = typer.Option(..., "--format", help="saelens | circuit-tracer"),
+    as_json: bool = JSON_OPT,
+):
+    """Export an SAE to SAELens, or transcoders / a CLT to circuit-tracer's format."""
+    from ..cli import emit, run_verb
+
+    def go():
+        from ..dictionaries.formats import export_circuit_tracer, export_saelens
+        from ..dictionaries.saving import load, load_transcoders
+        if format == "saelens":
+            export_saelens(load(folder), out)
+            emit({"folder": str(out), "format": "saelens"}, as_json)
+        elif format == "circuit-tracer":
+            d = load_transcoders(folder) if (folder / "set.json").exists() else load(folder)
+            emit(export_circuit_tracer(d, out), as_json)
+        else:
+            raise GlassworkError(f"--format: expected saelens or circuit-tracer (got '{format}')")
+    run_verb(go)
+
+
+def import_cmd(
+    folder: Path = typer.Argument(..., help="SAELens folder (cfg.json + sae_weights.safetensors)."),
+    out: Path = typer.Option(..., help="Native folder to write."),
+    as_json: bool = JSON_OPT,
+):
+    """Import a SAELens SAE folder as a native glasswork dictionary."""
+    from ..cli import emit, run_verb
+
+    def go():
+        from ..dictionaries.formats import import_saelens
+        from ..dictionaries.saving import save
+        sae = import_saelens(folder)
+        save(sae, out)
+        emit({"folder": str(out), "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "activation": sae.cfg.activation,
+              "hook": sae.cfg.hook_in, "model": sae.cfg.model}, as_json)
+    run_verb(go)
