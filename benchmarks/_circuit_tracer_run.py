@@ -1,0 +1,34 @@
+"""Runs inside circuit-tracer's own venv (called by benchmarks/attribute.py): one graph, its time, peak memory, and its
+adjacency written for the numerical comparison. Args: MODEL_DIR CONFIG_YAML IDS(comma-separated) BATCH THREADS OUT."""
+import json
+import resource
+import sys
+import time
+
+import torch
+import yaml
+
+model_dir, config, ids, batch, threads, out = sys.argv[1:7]
+torch.set_num_threads(int(threads))
+from circuit_tracer import ReplacementModel, attribute  # noqa: E402
+from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set  # noqa: E402
+
+cfg = yaml.safe_load(open(config))
+t0 = time.time()
+paths = {i: p for i, p in enumerate(cfg["transcoders"])}
+tcs = load_transcoder_set(paths, scan=cfg.get("scan", "glasswork-export"), feature_input_hook=cfg["feature_input_hook"],
+                          feature_output_hook=cfg["feature_output_hook"], device=torch.device("cpu"))
+model = ReplacementModel.from_pretrained_and_transcoders(model_dir, tcs, backend="nnsight", device=torch.device("cpu"),
+                                                         dtype=torch.float32)
+load_s = time.time() - t0
+tokens = torch.tensor([int(x) for x in ids.split(",")])
+t0 = time.time()
+graph = attribute(tokens, model, batch_size=int(batch))
+seconds = time.time() - t0
+from safetensors.torch import save_file  # noqa: E402
+save_file({"adjacency": graph.adjacency_matrix.float().contiguous(), "active_features": graph.active_features.contiguous(),
+           "selected_features": graph.selected_features.contiguous(),
+           "logit_tokens": torch.tensor([t.vocab_idx for t in graph.logit_targets])}, out)
+print(json.dumps({"seconds": seconds, "load_seconds": load_s, "peak_rss_mb": resource.getrusage(
+    resource.RUSAGE_SELF).ru_maxrss / 1024, "n_features": int(len(graph.selected_features)),
+    "n_nodes": int(graph.adjacency_matrix.shape[0])}))

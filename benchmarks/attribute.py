@@ -1,0 +1,264 @@
+"""Attribution speed: seconds and peak memory per graph, glasswork vs circuit-tracer, same model, same transcoders,
+same prompt, in one run; and whether the two adjacency matrices agree. Also glasswork's time vs prompt length and
+dictionary width.
+
+Peer setup (once; recorded in RESULTS.md):
+  python3 -m venv /work/peers/circuit-tracer
+  /work/peers/circuit-tracer/bin/pip install torch==2.13.0 && /work/peers/circuit-tracer/bin/pip install circuit-tracer==0.5.0
+circuit-tracer 0.5.0 loads the default model through its nnsight backend from a copy of the converted HF folder whose
+config.json also carries rope_theta at the top level (its transformers 4.57 reads it there; 5.x nests it).
+
+Transcoders: --dictionary DIR (ReLU or JumpReLU; exported to circuit-tracer's format here), or by default 30 random
+ReLU transcoders of --width features whose encoder biases are set so that ~--active features fire per token.
+Each tool runs in its own process with the same torch thread count (--threads); peak memory is that process's max RSS.
+
+  .venv/bin/python benchmarks/attribute.py [--threads 1] [--width 4608] [--no-peer] [--no-scaling] [--no-record]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_PY = Path("/work/peers/circuit-tracer/bin/python")
+PROMPTS = ["The capital of France is", "When Mary and John went to the store, John gave a drink to"]
+SCALING_TEXT = ("The old lighthouse keeper climbed the stairs every evening to light the lamp, and the ships that "
+                "passed the rocky coast at night would see its beam sweep across the dark water while he wrote")
+
+
+def random_transcoders(model, width: int, active: int, seed: int = 0) -> dict:
+    """ReLU transcoders with random unit decoder rows (encoder = decoder^T) and a per-layer encoder bias that lets
+    about `active` features fire per token on a calibration text."""
+    import glasswork as gw
+    ids = model.tokenize(SCALING_TEXT)
+    _, acts = gw.capture(model, ids, [f"blocks.{l}.ln2.hook_normalized" for l in range(model.n_layers)])
+    tcs = {}
+    for layer in range(model.n_layers):
+        cfg = gw.DictionaryConfig(kind="transcoder", d_in=model.d_model, d_sae=width, activation="relu", layer=layer,
+                                  model=model.name, hook_in=f"blocks.{layer}.ln2.hook_normalized",
+                                  hook_out=f"blocks.{layer}.hook_mlp_out")
+        tc = gw.SparseCoder(cfg)
+        tc.reset_parameters(seed=seed + layer)
+        with torch.no_grad():
+            pre = tc.pre_acts(acts[f"blocks.{layer}.ln2.hook_normalized"][0, 1:])  # [seq, width], BOS left out
+            tc.b_enc.fill_(-float(pre.flatten().quantile(1 - active / width)))
+        tcs[layer] = tc.requires_grad_(False)
+    return tcs
+
+
+def export_circuit_tracer(tcs: dict, folder: Path) -> Path:
+    """circuit-tracer's transcoder-set format: config.yaml + one safetensors per layer (W_enc [F, d], W_dec [F, d],
+    b_enc, b_dec, optional W_skip [d, d] applied as x @ W_skip.T, activation_function.threshold for JumpReLU).
+    The input-side b_dec (our b_dec_in) is folded into b_enc, since circuit-tracer encodes the raw input."""
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for layer in sorted(tcs):
+        tc = tcs[layer]
+        if tc.cfg.activation not in ("relu", "jumprelu"):
+            raise SystemExit(f"layer {layer}: circuit-tracer's loader takes ReLU or JumpReLU, not {tc.cfg.activation}")
+        b_enc = tc.b_enc - (tc.b_dec @ tc.W_enc if tc.cfg.b_dec_in else 0.0)
+        t = {"W_enc": tc.W_enc.T, "W_dec": tc.W_dec, "b_enc": b_enc, "b_dec": tc.b_dec}
+        if tc.W_skip is not None:
+            t["W_skip"] = tc.W_skip.T
+        if tc.cfg.activation == "jumprelu":
+            t["activation_function.threshold"] = tc.threshold
+        path = folder / f"layer_{layer:02d}.safetensors"
+        save_file({k: v.detach().float().contiguous() for k, v in t.items()}, str(path))
+        files.append(str(path))
+    lines = ["model_kind: transcoder_set", "model_name: smollm2-135m", "feature_input_hook: mlp.hook_in",
+             "feature_output_hook: mlp.hook_out", "scan: glasswork-export", "transcoders:"]
+    (folder / "config.yaml").write_text("\n".join(lines + [f"  - {f}" for f in files]) + "\n")
+    return folder / "config.yaml"
+
+
+def peer_model_folder() -> Path:
+    """The converted default model, readable by transformers 4.57 (rope_theta at the top level, a tokenizer class
+    it knows)."""
+    from glasswork.io import home
+    from glasswork.models import default_model_folder
+    src, dst = default_model_folder(), home() / "peers" / "smollm2-135m-tf4"
+    if not (dst / "config.json").exists():
+        tmp = Path(tempfile.mkdtemp(dir=dst.parent if dst.parent.exists() else None))
+        for f in src.iterdir():
+            if f.name not in ("config.json", "tokenizer_config.json"):
+                os.symlink(f, tmp / f.name)
+        tok = json.loads((src / "tokenizer_config.json").read_text())
+        tok["tokenizer_class"] = "PreTrainedTokenizerFast"  # 5.x writes 'TokenizersBackend', unknown to 4.57
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok, indent=2))
+        cfg = json.loads((src / "config.json").read_text())
+        cfg["rope_theta"] = cfg.get("rope_parameters", {}).get("rope_theta", 10000.0)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dst)
+    return dst
+
+
+def run_ours(dictionary: str, ids: str, batch: int, threads: int, out: str, max_features: int | None = None) -> dict:
+    """In a fresh process: load, attribute, save the graph; time and peak memory of that process."""
+    cmd = [sys.executable, __file__, "--_ours", dictionary, ids, str(batch), str(threads), out,
+           str(max_features or 0)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "GLASSWORK_PROGRESS": "0"})
+    if res.returncode:
+        raise SystemExit(f"glasswork run failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _ours_child(dictionary, ids, batch, threads, out, max_features):
+    torch.set_num_threads(int(threads))
+    import glasswork as gw
+    t0 = time.time()
+    model = gw.load_model()
+    tcs = gw.load_transcoders(dictionary)
+    load_s = time.time() - t0
+    tokens = torch.tensor([int(x) for x in ids.split(",")])
+    t0 = time.time()
+    g = gw.attribute(model, tcs, tokens, batch_size=int(batch), show_progress=False,
+                     max_features=int(max_features) or None)
+    seconds = time.time() - t0
+    g.save(out, dtype=torch.float32)
+    print(json.dumps({"seconds": seconds, "load_seconds": load_s, "n_features": g.n_features, "n_nodes": g.n_nodes,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "scores": g.meta["scores"], "edges": int((g.adjacency != 0).sum())}))
+
+
+def run_peer(config: Path, ids: str, batch: int, threads: int, out: str) -> dict:
+    cmd = [str(PEER_PY), str(ROOT / "benchmarks" / "_circuit_tracer_run.py"), str(peer_model_folder()), str(config),
+           ids, str(batch), str(threads), out]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"circuit-tracer run failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def compare(ours_path: str, peer_path: str) -> dict:
+    """Both tools order nodes features (layer, pos, index), errors (layer-major), tokens, logits; rows are targets."""
+    from safetensors.torch import load_file
+
+    from glasswork.circuits import load_graph
+    g = load_graph(ours_path)
+    peer = load_file(peer_path)
+    a, b = g.dense(), peer["adjacency"].float()
+    same_logits = g.node_index[g.n_nodes - g.n_logits:].tolist() == peer["logit_tokens"].tolist()
+    if a.shape != b.shape:
+        return {"same_shape": False, "ours": list(a.shape), "peer": list(b.shape), "same_logits": same_logits}
+    sel = peer["active_features"][peer["selected_features"].long()]  # [n, 3] (layer, pos, feature)
+    ours_ids = torch.stack([g.node_layer, g.node_pos, g.node_index.int()], 1)[:g.n_features]
+    same_features = torch.equal(sel.int(), ours_ids.int())
+    diff = (a - b).abs().max().item()
+    return {"same_shape": True, "same_features": same_features, "same_logits": same_logits,
+            "max_abs_diff": diff, "max_abs_edge": a.abs().max().item(), "rel_diff": diff / a.abs().max().item(),
+            "nonzero_edges_ours": int((a != 0).sum()), "nonzero_edges_peer": int((b != 0).sum())}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dictionary", help="transcoder set folder (default: random ReLU transcoders)")
+    ap.add_argument("--width", type=int, default=4608)
+    ap.add_argument("--active", type=int, default=32, help="features firing per token (random transcoders)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools")
+    ap.add_argument("--batch", type=int, default=64, help="glasswork targets per backward pass")
+    ap.add_argument("--peer-batch", type=int, default=128, help="circuit-tracer batch (128 was its fastest on CPU)")
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    import glasswork as gw
+    torch.set_num_threads(args.threads)
+    model = gw.load_model()
+    work = Path(tempfile.mkdtemp(prefix="gw-attr-bench-"))
+    try:
+        if args.dictionary:
+            dictionary = args.dictionary
+            tcs = gw.load_transcoders(dictionary)
+        else:
+            tcs = random_transcoders(model, args.width, args.active)
+            dictionary = str(gw.save_set({f"layer_{l:02d}": t for l, t in tcs.items()}, work / "tcs"))
+        width = next(iter(tcs.values())).d_sae
+        rows = []
+        config = None if args.no_peer else export_circuit_tracer(tcs, work / "ct")
+        for prompt in PROMPTS:
+            ids = ",".join(map(str, model.tokenize(prompt)[0].tolist()))
+            ours = run_ours(dictionary, ids, args.batch, args.threads, str(work / "ours.safetensors"))
+            row = {"prompt": prompt, "tokens": len(ids.split(",")), "ours": ours}
+            if config is not None:
+                peer = run_peer(config, ids, args.peer_batch, args.threads, str(work / "peer.safetensors"))
+                row["peer"] = peer
+                row["speedup"] = peer["seconds"] / ours["seconds"]
+                row["memory_ratio"] = peer["peak_rss_mb"] / ours["peak_rss_mb"]
+                row["agreement"] = compare(str(work / "ours.safetensors"), str(work / "peer.safetensors"))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        scaling = []
+        if not args.no_scaling:
+            words = SCALING_TEXT.split()
+            for n in (4, 8, 16, 32):
+                ids = ",".join(map(str, model.tokenize(" ".join(words[:n]))[0].tolist()))
+                r = run_ours(dictionary, ids, args.batch, args.threads, str(work / "s.safetensors"))
+                scaling.append({"kind": "length", "tokens": len(ids.split(",")), "width": width, **r})
+                print(json.dumps(scaling[-1]), flush=True)
+            if not args.dictionary:
+                ids = ",".join(map(str, model.tokenize(PROMPTS[0])[0].tolist()))
+                for w in (1152, 18432):
+                    d = str(gw.save_set({f"layer_{l:02d}": t for l, t in
+                                         random_transcoders(model, w, args.active).items()}, work / f"tcs{w}"))
+                    r = run_ours(d, ids, args.batch, args.threads, str(work / "s.safetensors"))
+                    scaling.append({"kind": "width", "tokens": len(ids.split(",")), "width": w, **r})
+                    print(json.dumps(scaling[-1]), flush=True)
+        report(args, rows, scaling, width)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args, rows, scaling, width):
+    load = os.getloadavg()
+    lines = [f"## Attribution graphs: glasswork vs circuit-tracer ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+             "",
+             f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), shared with other "
+             f"jobs: load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end. torch threads: "
+             f"{args.threads} for both tools. Transcoders: "
+             + (args.dictionary if args.dictionary else f"30 random ReLU transcoders, width {width}, ~{args.active} "
+                f"active per token") + ".",
+             f"Command: `.venv/bin/python benchmarks/attribute.py {' '.join(sys.argv[1:])}`. Peer: circuit-tracer 0.5.0 "
+             "(nnsight backend, transformers 4.57.3) in /work/peers/circuit-tracer (`pip install torch==2.13.0` then "
+             "`pip install circuit-tracer==0.5.0`); glasswork batch "
+             f"{args.batch}, circuit-tracer batch {args.peer_batch}.", "",
+             "| prompt | tokens | features | nodes | replacement | completeness | glasswork s | circuit-tracer s | "
+             "speedup | glasswork MB | circuit-tracer MB | max abs diff / max edge |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o, p, a = r["ours"], r.get("peer", {}), r.get("agreement", {})
+        agree = (f"{a['rel_diff']:.1e}" if a.get("same_shape") and a.get("same_features") else
+                 ("n/a" if not a else f"differ: {a}"))
+        lines.append(f"| {r['prompt']} | {r['tokens']} | {o['n_features']} | {o['n_nodes']} | "
+                     f"{o['scores']['replacement']:.3f} | {o['scores']['completeness']:.3f} | {o['seconds']:.1f} | "
+                     f"{p.get('seconds', float('nan')):.1f} | {r.get('speedup', float('nan')):.1f}x | "
+                     f"{o['peak_rss_mb']:.0f} | {p.get('peak_rss_mb', float('nan')):.0f} | {agree} |")
+    if scaling:
+        lines += ["", "glasswork alone, time vs prompt length and dictionary width:", "",
+                  "| varied | tokens | width | features | seconds | peak MB |", "|---|---|---|---|---|---|"]
+        lines += [f"| {s['kind']} | {s['tokens']} | {s['width']} | {s['n_features']} | {s['seconds']:.1f} | "
+                  f"{s['peak_rss_mb']:.0f} |" for s in scaling]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_record:
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--_ours":
+        _ours_child(*sys.argv[2:8])
+    else:
+        main()
