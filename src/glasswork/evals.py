@@ -164,7 +164,7 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
             seqs = [r for r in (next(chunks, None) for _ in range(batch_seqs)) if r is not None]
             if not seqs:
                 break
-            ids = torch.stack(seqs)
+            ids = torch.stack(seqs).to(next(model.hf.parameters()).device)
             clean = model.hf(ids).logits.float()
             with intervene(model, splice.edits()):
                 spliced = model.hf(ids).logits.float()

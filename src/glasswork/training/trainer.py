@@ -167,6 +167,8 @@ class Trainer:
         if missing:
             raise GlassworkError(f"the data has no hook(s) {missing[:4]} (it has {sorted(source.dims)[:6]}...)")
         self.units = make_units(tc, source.dims)
+        for u in self.units:
+            u.dictionary.to(tc.device)  # before Adam, whose moments are made beside each parameter
         self.scale = {h: 1.0 for h in tc.input_hooks()}
         self.step, self.skipped = 0, 0
         self._first = None
@@ -192,8 +194,6 @@ class Trainer:
             raise GlassworkError(f"{ckpt} exists from an earlier run: pass --resume to continue it, or choose another --out")
         else:
             self._init_from_data()
-        for u in self.units:
-            u.dictionary.to(tc.device)
 
     @staticmethod
     def _n_latents(u: Unit) -> int:
