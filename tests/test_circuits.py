@@ -162,6 +162,16 @@ def test_default_model_exactness(default_model):
     assert g.meta["logit_labels"][0] == " Paris"
 
 
+@pytest.mark.model
+def test_default_model_trained_transcoders(default_model, small_transcoders):
+    m = default_model
+    tcs = gw.load_transcoders(small_transcoders)
+    ids = m.tokenize("The capital of France is")[0]
+    g = check_exactness(m, tcs, ids, n_sources=3, batch_size=128, max_features=150)
+    assert g.n_features == 150 and 0 < g.meta["scores"]["replacement"] <= 1
+    assert 0 < g.meta["scores"]["completeness"] <= 1
+
+
 def _random_graph(seed=0, nf=30, L=2, seq=4, nl=3):
     gen = torch.Generator().manual_seed(seed)
     n = nf + L * seq + seq + nl

@@ -62,47 +62,52 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     budget = n_feat if max_features is None else min(max_features, n_feat)
     engine = _Engine(r, c, feats, constants, errors, ids, batch_size, vmap)
 
-    adjacency = torch.zeros(budget + n_logit, n_nodes)  # rows: logits first while computing, features after
+    # Rows: features (in the order computed) then logits; columns: all nodes (logit columns stay zero).
+    adjacency = torch.zeros(budget + n_logit, n_nodes)
     row_node = torch.full((budget + n_logit,), -1, dtype=torch.long)
-    row_node[:n_logit] = torch.arange(n_nodes - n_logit, n_nodes)
+    row_node[budget:] = torch.arange(n_nodes - n_logit, n_nodes)
+    src = slice(0, n_nodes - n_logit)
     with (progress("attribution", total=n_logit + budget, unit="targets") if show_progress else _no_bar()) as bar:
         logit_vecs = torch.stack([t.vector for t in targets])
-        adjacency[:n_logit, :n_nodes - n_logit] = engine.rows(
-            torch.full((n_logit,), L), torch.full((n_logit,), seq - 1), logit_vecs, bar)
+        engine.rows(torch.full((n_logit,), L), torch.full((n_logit,), seq - 1), logit_vecs, bar,
+                    out=adjacency[budget:, src])
         if budget == n_feat:
             order = torch.arange(n_feat)
-            adjacency[n_logit:, :n_nodes - n_logit] = engine.rows(
-                feats.layer, feats.pos, r.encoder_vectors(feats.layer, feats.index), bar)
-            row_node[n_logit:] = order
+            engine.rows(feats.layer, feats.pos, r.encoder_vectors(feats.layer, feats.index), bar,
+                        out=adjacency[:n_feat, src])
+            row_node[:n_feat] = order
         else:
-            order = _budgeted(engine, r, feats, adjacency, row_node, targets, n_logit, budget, bar)
+            order = _budgeted(engine, r, feats, adjacency, row_node, targets, budget, bar)
     graph = _assemble(model, r, ids, feats, targets, adjacency, row_node, order, errors.shape[0], dictionary)
     graph.meta["seconds"] = round(time.time() - t0, 3)
     graph.meta["n_active_features"] = n_feat
     return graph
 
 
-def _budgeted(engine, r, feats, adjacency, row_node, targets, n_logit, budget, bar) -> torch.Tensor:
-    """Compute feature rows in rounds, each round taking the unprocessed features of highest estimated influence."""
-    n_nodes = adjacency.shape[1]
+def _budgeted(engine, r, feats, adjacency, row_node, targets, budget, bar) -> torch.Tensor:
+    """Compute feature rows in rounds, each round taking the unprocessed features of highest estimated influence
+    (the influence on the logits through the rows computed so far)."""
+    n_rows, n_nodes = adjacency.shape
+    n_logit = n_rows - budget
     weights = torch.zeros(n_nodes)
     weights[n_nodes - n_logit:] = torch.tensor([t.weight for t in targets])
     done = torch.zeros(len(feats), dtype=torch.bool)
-    filled = n_logit
+    filled = 0
     chunk = max(engine.batch_size * 4, 1)
-    while filled < n_logit + budget:
-        rows = adjacency[:filled].abs()
-        norm = rows / rows.sum(1, keepdim=True).clamp_min(1e-30)
-        infl = influence(norm, row_node[:filled], weights)[:len(feats)]
+    while filled < budget:
+        rows = torch.cat([torch.arange(filled), torch.arange(budget, n_rows)])
+        part = adjacency[rows].abs()
+        norm = part / part.sum(1, keepdim=True).clamp_min(1e-30)
+        infl = influence(norm, row_node[rows], weights)[:len(feats)]
         infl[done] = -1.0
-        take = min(chunk, n_logit + budget - filled)
+        take = min(chunk, budget - filled)
         pick = torch.sort(torch.topk(infl, take).indices).values  # sorted: grouped by layer then position
-        adjacency[filled:filled + take, :n_nodes - n_logit] = engine.rows(
-            feats.layer[pick], feats.pos[pick], r.encoder_vectors(feats.layer[pick], feats.index[pick]), bar)
+        engine.rows(feats.layer[pick], feats.pos[pick], r.encoder_vectors(feats.layer[pick], feats.index[pick]), bar,
+                    out=adjacency[filled:filled + take, :n_nodes - n_logit])
         row_node[filled:filled + take] = pick
         done[pick] = True
         filled += take
-    return row_node[n_logit:].clone()
+    return row_node[:budget].clone()
 
 
 class _Engine:
@@ -120,11 +125,11 @@ class _Engine:
             pos = feats.pos[rows]
             self.writers[j] = [(rows[pos == p], vecs[pos == p]) for p in range(self.seq)]
 
-    def rows(self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor, bar) -> torch.Tensor:
-        """Adjacency rows [n, n_features + L * seq + seq] for targets at (layer, pos) with read-out vectors [n, d]
-        (layer == n_layers: a logit read at the final norm output)."""
+    def rows(self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor, bar,
+             out: torch.Tensor) -> torch.Tensor:
+        """Fill `out` [n, n_features + L * seq + seq] with the adjacency rows of targets at (layer, pos) with
+        read-out vectors [n, d] (layer == n_layers: a logit read at the final norm output)."""
         n = layers.numel()
-        out = torch.zeros(n, len(self.feats) + self.L * self.seq + self.seq)
         order = torch.argsort(positions * (self.L + 1) + layers, stable=True)
         start = 0
         while start < n:  # one forward per prefix length, then backward passes in batches of targets
@@ -155,7 +160,7 @@ class _Engine:
     def _backward(self, mlp_in, final, probes, layers, pos, vectors, batch) -> torch.Tensor:
         n, prefix = layers.numel(), final.shape[1]
         outputs, grads = [], []
-        for layer in layers.unique().tolist():
+        for layer in sorted(set(layers.tolist())):
             sel = (layers == layer).nonzero().flatten()
             g = torch.zeros(batch, prefix, vectors.shape[1])
             g[sel, pos] = vectors[sel].to(g.dtype)
@@ -204,12 +209,15 @@ def _assemble(model, r, ids, feats, targets, adjacency, row_node, order, L, dict
     """Nodes (selected features, errors, tokens, logits) and their adjacency in the native layout."""
     seq, n_logit = ids.numel(), len(targets)
     n_all = adjacency.shape[1]
-    order = torch.sort(order).values  # features sorted by (layer, pos, index), as feats already is
-    feat_rows = torch.empty(len(feats), dtype=torch.long)
-    feat_rows[row_node[n_logit:]] = torch.arange(n_logit, n_logit + len(order))
-    cols = torch.cat([order, torch.arange(len(feats), n_all)])
-    rows = torch.cat([feat_rows[order], torch.arange(n_logit)])
-    adj = adjacency[rows][:, cols]
+    budget = adjacency.shape[0] - n_logit
+    if not torch.equal(order, torch.arange(len(feats))):  # a budget: keep the selected features, sorted
+        order = torch.sort(order).values
+        feat_rows = torch.empty(len(feats), dtype=torch.long)
+        feat_rows[row_node[:budget]] = torch.arange(budget)
+        cols = torch.cat([order, torch.arange(len(feats), n_all)])
+        rows = torch.cat([feat_rows[order], torch.arange(budget, budget + n_logit)])
+        adjacency = adjacency[rows][:, cols]
+    adj = adjacency
     nf = len(order)
     kind = torch.cat([torch.full((nf,), FEATURE), torch.full((L * seq,), ERROR), torch.full((seq,), TOKEN),
                       torch.full((n_logit,), LOGIT)]).to(torch.int8)

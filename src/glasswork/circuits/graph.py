@@ -84,7 +84,7 @@ class Graph:
         """|A| with each row scaled to sum 1 (rows of zeros stay zero): [n_rows, n_nodes]."""
         if "norm" not in self._cache:
             a = self.adjacency.float().abs()
-            self._cache["norm"] = a / a.sum(1, keepdim=True).clamp_min(1e-30)
+            self._cache["norm"] = a.div_(a.sum(1, keepdim=True).clamp_min(1e-30))  # in place: one n_rows x n copy
         return self._cache["norm"]
 
     def node_influence(self) -> torch.Tensor:

@@ -321,10 +321,11 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
         pattern = patterns[module]  # [1, heads, seq, seq]
         p = query.shape[-2]
         pattern = pattern[..., :p, :p].to(value.dtype)
-        groups = pattern.shape[1] // value.shape[1]
-        if groups > 1:
-            value = value.repeat_interleave(groups, dim=1)
-        return (pattern @ value).transpose(1, 2).contiguous(), None
+        heads, kv = pattern.shape[1], value.shape[1]
+        # Grouped-query attention without repeating the values: the heads of one group share a [p, hd] value block.
+        pattern = pattern.reshape(1, kv, (heads // kv) * p, p)
+        out = (pattern @ value).reshape(value.shape[0], heads, p, value.shape[-1])
+        return out.transpose(1, 2).contiguous(), None
     eager = sys.modules[type(module).__module__].eager_attention_forward
     out, weights = eager(module, query, key, value, attention_mask, **kwargs)
     if mode == "record":
@@ -375,10 +376,17 @@ def _record_scale(c: Clean, m, kind):
 
 
 def _frozen_norm(c: Clean, m, kind):
+    gain = {}
+
     def hook(mod, args, out):
         x = args[0]
-        scale = c.scales[m][:, :x.shape[1]]
-        return _norm_apply(m, kind, x, scale.to(x.dtype)).to(out.dtype)
+        p = x.shape[1]
+        if kind == "layernorm":
+            return _norm_apply(m, kind, x, c.scales[m][:, :p].to(x.dtype)).to(out.dtype)
+        if p not in gain:  # scale x weight folded once per prefix length: one multiply in the pass
+            ones = torch.ones(x.shape[-1], dtype=x.dtype)
+            gain[p] = _norm_apply(m, kind, ones, c.scales[m][:, :p].to(x.dtype)).detach()
+        return (x * gain[p]).to(out.dtype)
     return hook
 
 
