@@ -17,3 +17,7 @@ from .circuits import Edit, Graph, ReplacementModel, attribute, intervene_logits
 from .training import TrainConfig, train
 from .evals import evaluate
 from .dictionaries.formats import export_saelens, import_saelens, export_circuit_tracer
+from . import data
+from .data import ActivationStore, harvest, stream_activations
+from .data import corpus
+from .demo import demo

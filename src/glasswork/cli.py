@@ -167,6 +167,30 @@ app.command("eval")(eval_cmd)
 app.command("export")(export_cmd)
 app.command("import")(import_cmd)
 
+from .data.cli import corpus_app, harvest_cmd, store_app  # noqa: E402
+app.command("harvest")(harvest_cmd)
+app.add_typer(store_app, name="store")
+app.add_typer(corpus_app, name="corpus")
+
+
+@app.command()
+def demo(out: Optional[Path] = typer.Option(None, help="Folder for the demo's stages and outputs "
+                                                      "(default: $GLASSWORK_HOME/demo)."),
+         quick: bool = typer.Option(False, help="A smaller run (about a minute on a laptop CPU)."),
+         as_json: bool = JSON_OPT):
+    """The main job on the default model, in stages that are cached and skipped when done (rerun to resume)."""
+    def go():
+        from .data.cli import _human
+        from .demo import demo as run_demo
+        t0 = time.time()
+        results = run_demo(out, quick=quick, log=lambda s: err.print(s, markup=False))
+        summary = results["summary-quick" if quick else "summary"]
+        emit({"stages": results, "seconds": round(time.time() - t0, 2)}, as_json,
+             _human(summary) + f"\n  MLP({summary['hooks'][1]}) vs stored {summary['hooks'][2]}: relative error "
+             f"{summary['mlp_check_rel_err']}")
+    run_verb(go)
+
+
 def main():
     app()
 
