@@ -151,9 +151,13 @@ def table(rows, rates, a, peer) -> str:
         g, s = r["glasswork"], r["saelens"] or {}
         gt, st = g.get("tokens_per_s"), s.get("tokens_per_s")
         ratio = f"{gt / st:.2f}x" if gt and st else "-"
-        lines.append(f"| {r['d_sae']} | {r['k']} | {gt:,.0f} | {f'{st:,.0f}' if st else '-'} | {ratio} | "
-                     f"{r['enc_gflops']:.1f} ({100 * r['enc_gflops'] / best:.0f}%) | {g.get('peak_mb', 0):,.0f} | "
-                     f"{f'{s.get('peak_mb'):,.0f}' if s.get('peak_mb') else '-'} |" if gt else f"| {r['d_sae']} | {r['k']} | error: {g.get('error')} |")
+        if not gt:
+            lines.append(f"| {r['d_sae']} | {r['k']} | error: {g.get('error')} |")
+            continue
+        st_text = f"{st:,.0f}" if st else "-"
+        sl_peak = f"{s['peak_mb']:,.0f}" if s.get("peak_mb") else "-"
+        lines.append(f"| {r['d_sae']} | {r['k']} | {gt:,.0f} | {st_text} | {ratio} | "
+                     f"{r['enc_gflops']:.1f} ({100 * r['enc_gflops'] / best:.0f}%) | {g.get('peak_mb', 0):,.0f} | {sl_peak} |")
     return "\n".join(lines) + "\n"
 
 
