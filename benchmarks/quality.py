@@ -25,14 +25,15 @@ import glasswork as gw
 from glasswork.training import ModelSource, TrainConfig, train
 
 
-def documents() -> list[str]:
-    """The project's default corpus when present, else the lines of the fixture text (see training/quick.py)."""
+def documents() -> tuple[list[str], list[str]]:
+    """(train, held-out) documents: the project's default corpus split, else the fixture text cut 90/10."""
     try:
         from glasswork.data import corpus
-        return list(corpus.default_texts())
+        return list(corpus.default_texts()), list(corpus.heldout_texts())
     except (ImportError, AttributeError):
         from glasswork.training.quick import fixture_texts
-        return [t for t in fixture_texts()() if t.strip()]
+        docs = [t for t in fixture_texts()() if t.strip()]
+        return docs[:int(len(docs) * 0.9)], docs[int(len(docs) * 0.9):]
 
 
 def run(kind: str, tc: TrainConfig, model, train_docs, eval_docs, eval_tokens: int, out: Path) -> dict:
@@ -67,9 +68,7 @@ def main():
     os.environ.setdefault("GLASSWORK_PROGRESS", "0")
     model = gw.load_model()
     model.hf.to(a.device)
-    docs = documents()
-    cut = int(len(docs) * 0.9)
-    train_docs, eval_docs = docs[:cut], docs[cut:]
+    train_docs, eval_docs = documents()
     out = Path(tempfile.mkdtemp())
     results = {}
     from glasswork.training.cli import parse_layers
@@ -102,7 +101,7 @@ def table(results: dict, a) -> str:
     dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"{os.cpu_count()}-core CPU ({platform.processor() or 'x86_64'})"
     lines = [f"\n## Dictionary quality on smollm2-135m ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
              f"Machine: {dev}; load average {load[0]:.1f}. Command: `python {' '.join(sys.argv)}`.",
-             "Trained straight from the model (no disk); evaluated on held-out documents (last 10%), BOS unspliced.\n"]
+             "Trained straight from the model (no disk), cycling the training documents; evaluated on held-out documents, BOS unspliced.\n"]
     if "sae" in results:
         r = results["sae"]
         e, d = r["eval"], next(iter(r["eval"]["dictionaries"].values()))

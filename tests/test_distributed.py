@@ -19,20 +19,22 @@ train(_cfg(tokens=128 * 12, batch_size=128, checkpoint_every=0, aux_coeff=0.0), 
 """
 
 
-def _run(tmp_path: Path, name: str, nproc: int):
-    out = tmp_path / name
-    script = tmp_path / f"{name}.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
+@pytest.fixture(scope="module")
+def torchrun_outputs(tmp_path_factory):
+    """One `torchrun --nproc-per-node 2` launch (process-group start-up is the slow part) running both checks."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    script = tmp / "both.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp / "ddp2")) +
+                      SHARD_SCRIPT.format(out=str(tmp)))
     env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "29533", str(script)]
-           if nproc > 1 else [sys.executable, str(script)])
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+                        str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    return load(out)
+    return tmp
 
 
-def test_two_processes_equal_one(tmp_path):
-    two = _run(tmp_path, "ddp2", 2)
+def test_two_processes_equal_one(tmp_path, torchrun_outputs):
+    two = load(torchrun_outputs / "ddp2")
     from test_training import _cfg, _data  # one process, in this one (same global batches)
     from glasswork.training import TensorSource, train
     train(_cfg(tokens=128 * 12, batch_size=128, checkpoint_every=0, aux_coeff=0.0), TensorSource({"h": _data()}, 128),
@@ -46,7 +48,6 @@ def test_two_processes_equal_one(tmp_path):
 
 
 SHARD_SCRIPT = """
-import torch, torch.distributed as dist
 from glasswork.training import distributed as gd
 gd.init("cpu")
 r, n = gd.rank(), gd.world()
@@ -68,13 +69,8 @@ save_file({{k_: v.contiguous() for k_, v in parts.items()}}, {out!r} + f"/rank{{
 """
 
 
-def test_sharded_topk_equals_unsharded(tmp_path):
-    script = tmp_path / "shard.py"
-    script.write_text(SHARD_SCRIPT.format(out=str(tmp_path)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534",
-                        str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_sharded_topk_equals_unsharded(torchrun_outputs):
+    tmp_path = torchrun_outputs
     from safetensors.torch import load_file
     ranks = [load_file(str(tmp_path / f"rank{i}.safetensors")) for i in range(2)]
     # the unsharded reference, float64, autograd through a dense TopK
