@@ -191,6 +191,23 @@ def demo(out: Optional[Path] = typer.Option(None, help="Folder for the demo's st
     run_verb(go)
 
 
+@app.command()
+def serve(folder: Path = typer.Option(Path("."), "--dir", help="Folder with graphs/, dictionaries (and their feature "
+                                      "indexes) and directions/ to show."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default: only this machine)."),
+          port: int = typer.Option(8765, help="Port."),
+          dictionary: Optional[list[Path]] = typer.Option(None, help="Also offer this dictionary folder (repeatable)."),
+          model: Optional[str] = typer.Option(None, help="Model for steering and tracing (default: the dictionary's)."),
+          as_json: bool = JSON_OPT):
+    """Open the web app: attribution-graph viewer, feature browser, steering playground."""
+    def go():
+        from .server import serve as run_server
+        emit({"url": f"http://{host}:{port}/", "dir": str(folder.resolve())}, as_json,
+             f"Glasswork at [bold]http://{host}:{port}/[/] serving {folder.resolve()} (Ctrl-C stops)")
+        run_server(folder, host, port, model, list(dictionary or []))
+    run_verb(go)
+
+
 def main():
     app()
 

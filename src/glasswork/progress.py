@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -26,17 +27,45 @@ def enabled() -> bool:
     return os.environ.get("GLASSWORK_PROGRESS", "1") != "0"
 
 
+_watch = threading.local()  # per thread: callbacks told of every bar's progress (the web app's job polling)
+
+
+@contextmanager
+def watch(callback) -> Iterator[None]:
+    """Inside the block, every bar opened in this thread also calls callback(description, completed, total)."""
+    stack = getattr(_watch, "stack", [])
+    _watch.stack = stack + [callback]
+    try:
+        yield
+    finally:
+        _watch.stack = stack
+
+
 class Bar:
     """Handle for one task: `bar.advance(n)`, `bar.update(description=...)`."""
 
-    def __init__(self, progress: Progress | None, task_id):
+    def __init__(self, progress: Progress | None, task_id, description: str = "", total: float | None = None,
+                 completed: float = 0):
         self._progress, self._task = progress, task_id
+        self._watchers = list(getattr(_watch, "stack", []))
+        self._state = [description, completed, total]
+        self._tell()
+
+    def _tell(self) -> None:
+        for cb in self._watchers:
+            cb(*self._state)
 
     def advance(self, n: float = 1) -> None:
+        self._state[1] += n
+        self._tell()
         if self._progress is not None:
             self._progress.advance(self._task, n)
 
     def update(self, **kwargs) -> None:
+        for i, key in enumerate(("description", "completed", "total")):
+            if key in kwargs:
+                self._state[i] = kwargs[key]
+        self._tell()
         if self._progress is not None:
             self._progress.update(self._task, **kwargs)
 
@@ -45,7 +74,7 @@ class Bar:
 def progress(description: str, total: float | None, unit: str = "tokens", completed: float = 0) -> Iterator[Bar]:
     """A progress bar on stderr with `unit`/s and an ETA; `completed` starts it part-way (resume)."""
     if not enabled():
-        yield Bar(None, None)
+        yield Bar(None, None, description, total, completed)
         return
     from rich.console import Console
 
@@ -53,4 +82,4 @@ def progress(description: str, total: float | None, unit: str = "tokens", comple
                _RateColumn(unit), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=Console(file=sys.stderr), transient=False) as p:
         task = p.add_task(description, total=total, completed=completed)
-        yield Bar(p, task)
+        yield Bar(p, task, description, total, completed)

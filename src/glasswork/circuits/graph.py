@@ -268,10 +268,11 @@ def cutoff(scores: torch.Tensor, threshold: float) -> float:
     """The smallest score among the top scores that together hold `threshold` of the total."""
     if scores.numel() == 0:
         return float("inf")
-    s = torch.sort(scores.flatten(), descending=True).values
+    flat = scores.flatten()
+    s = torch.sort(flat[flat > 0], descending=True).values  # zeros add nothing: sorting only the rest is much faster
     total = s.sum()
     if total <= 0:
         return float("inf")
     cum = torch.cumsum(s, 0) / total
-    i = min(int(torch.searchsorted(cum, torch.tensor(threshold, dtype=cum.dtype))), s.numel() - 1)
-    return float(s[i])
+    i = int(torch.searchsorted(cum, torch.tensor(threshold, dtype=cum.dtype)))
+    return float(s[i]) if i < s.numel() else float(flat.min())  # past the positives: as if sorting them all

@@ -1,0 +1,335 @@
+// The attribution-graph viewer: asks the server for pruned views, draws nodes (SVG) by layer (rows) and token
+// position (columns) over edges (canvas) coloured by sign and sized by |weight|; click, pin, group, name, save.
+import { api, el, fmt, nav, param, showError, visible } from "./common.js";
+import { renderFeature } from "./feature.js";
+
+nav("/graph");
+const NS = "http://www.w3.org/2000/svg";
+const $ = (id) => document.getElementById(id);
+const S = { name: null, view: null, pos: new Map(), clicked: null, pinned: new Set(), supernodes: [], names: {},
+            tx: 0, ty: 0, k: 1, w: 0, h: 0 };
+const ROW = 64, PAD = 40, NODE_GAP = 13, MIN_COL = 70;
+
+// ---------------------------------------------------------------- data
+async function loadList(select) {
+  const { graphs } = await api("/api/graphs");
+  $("graph-select").replaceChildren(...graphs.map((g) => el("option", { value: g.name }, g.name)));
+  const want = select || param("name") || (graphs[0] && graphs[0].name);
+  if (want) { $("graph-select").value = want; await loadView(want); }
+  else $("message").replaceChildren(el("div", { class: "card muted" }, "No graphs yet: trace a prompt above or open a JSON file."));
+}
+
+async function loadView(name) {
+  const nt = $("node-threshold").value, et = $("edge-threshold").value;
+  try {
+    const v = await api(`/api/graphs/${encodeURIComponent(name)}/view?node_threshold=${nt}&edge_threshold=${et}`);
+    if (name !== S.name) { S.clicked = null; S.tx = S.ty = 0; S.k = 1; }
+    S.name = name; S.view = v;
+    S.pinned = new Set(v.qParams.pinnedIds || []);
+    S.supernodes = (v.qParams.supernodes || []).map((s) => [...s]);
+    S.names = v.names || {};
+    history.replaceState(null, "", `/graph?name=${encodeURIComponent(name)}`);
+    $("message").replaceChildren();
+    layout(); draw();
+    const info = v.metadata.info || {};
+    $("counts").textContent = `${v.nodes.length} nodes, ${v.links.length} links shown` +
+      (info.n_nodes_total ? ` of ${info.n_nodes_total} nodes` : "") +
+      (info.links_before_cap > v.links.length ? ` (capped from ${info.links_before_cap})` : "");
+    if (S.clicked && S.pos.has(S.clicked)) select(S.clicked); else if (!S.clicked) sideSummary();
+  } catch (e) { showError($("message"), e); }
+}
+
+async function saveState() {
+  const body = { pinnedIds: [...S.pinned], supernodes: S.supernodes, names: S.names, clickedId: S.clicked || "" };
+  try { await api(`/api/graphs/${encodeURIComponent(S.name)}/state`, { method: "PUT", body }); flash("saved"); }
+  catch (e) { showError($("message"), e); }
+}
+
+function flash(text) {
+  const m = el("span", { class: "muted small", id: "saved-flash" }, ` ${text}`);
+  $("counts").after(m); setTimeout(() => m.remove(), 1500);
+}
+
+// ---------------------------------------------------------------- layout: rows = layers, columns = positions
+function rowOf(n) {
+  if (n.feature_type === "embedding" || n.layer === "E") return -1;
+  return Number(n.layer);
+}
+
+function visibleNodes() {
+  const v = S.view;
+  if (!$("pinned-only").checked || !S.pinned.size) return v.nodes;
+  return v.nodes.filter((n) => S.pinned.has(n.node_id));
+}
+
+function layout() {
+  const nodes = visibleNodes();
+  const rows = [...new Set(nodes.map(rowOf))].sort((a, b) => a - b);
+  const rowIndex = new Map(rows.map((r, i) => [r, i]));
+  const cells = new Map();
+  for (const n of nodes) {
+    const key = `${rowOf(n)}|${n.ctx_idx}`;
+    if (!cells.has(key)) cells.set(key, []);
+    cells.get(key).push(n);
+  }
+  const nPos = Math.max(1, ...nodes.map((n) => n.ctx_idx + 1), (S.view.metadata.prompt_tokens || []).length);
+  const widest = new Array(nPos).fill(1);
+  for (const [key, list] of cells) {
+    const p = Number(key.split("|")[1]);
+    widest[p] = Math.max(widest[p], list.length);
+    list.sort((a, b) => (a.influence ?? 1) - (b.influence ?? 1));
+  }
+  const colW = widest.map((c) => Math.max(MIN_COL, Math.min(c, 24) * NODE_GAP + 16));
+  const colX = []; let x = PAD;
+  for (const w of colW) { colX.push(x); x += w; }
+  S.colX = colX; S.colW = colW; S.rows = rows;
+  S.w = x + PAD; S.h = rows.length * ROW + 2 * PAD + 20;
+  S.pos = new Map();
+  for (const [key, list] of cells) {
+    const [r, p] = key.split("|").map(Number);
+    const y = S.h - PAD - 20 - rowIndex.get(r) * ROW - ROW / 2;
+    const perLine = Math.max(1, Math.floor((colW[p] - 16) / NODE_GAP));
+    list.forEach((n, i) => {
+      const line = Math.floor(i / perLine), j = i % perLine;
+      const inLine = Math.min(perLine, list.length - line * perLine);
+      const cx = colX[p] + colW[p] / 2 + (j - (inLine - 1) / 2) * NODE_GAP;
+      S.pos.set(n.node_id, { x: cx, y: y + (line % 3) * 9 - (line > 0 ? 9 : 0), n });
+    });
+  }
+  fit();
+}
+
+function fit() {
+  const box = $("canvas").getBoundingClientRect();
+  const k = Math.min(box.width / S.w, box.height / S.h, 2.5);
+  S.k = k; S.tx = (box.width - S.w * k) / 2; S.ty = (box.height - S.h * k) / 2;
+}
+
+// ---------------------------------------------------------------- drawing
+function nodeColor(n) {
+  if (n.feature_type === "embedding") return "#8a94a6";
+  if (n.feature_type === "logit") return "#2b8a3e";
+  if (n.feature_type === "mlp reconstruction error") return "#c5cad3";
+  return "#5b7fd6";
+}
+
+function superOf(id) { return S.supernodes.findIndex((s) => s.slice(1).includes(id)); }
+const SUPER_COLORS = ["#e8590c", "#9c36b5", "#0b7285", "#c2255c", "#5c940d", "#1864ab"];
+
+function draw() {
+  const svg = $("nodes"), canvas = $("edges");
+  const box = $("canvas").getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = box.width * dpr; canvas.height = box.height * dpr;
+  canvas.style.width = `${box.width}px`; canvas.style.height = `${box.height}px`;
+  svg.setAttribute("width", box.width); svg.setAttribute("height", box.height);
+  svg.style.position = canvas.style.position = "absolute"; svg.style.left = canvas.style.left = "0";
+  svg.style.top = canvas.style.top = "0";
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr * S.k, 0, 0, dpr * S.k, dpr * S.tx, dpr * S.ty);
+  ctx.clearRect(-S.tx / S.k, -S.ty / S.k, box.width / S.k, box.height / S.k);
+  // row guides and labels, token labels
+  const g = document.createElementNS(NS, "g");
+  g.setAttribute("transform", `translate(${S.tx},${S.ty}) scale(${S.k})`);
+  const rowY = (i) => S.h - PAD - 20 - i * ROW - ROW / 2;
+  S.rows.forEach((r, i) => {
+    ctx.strokeStyle = "#eef0f3"; ctx.lineWidth = 1 / S.k;
+    ctx.beginPath(); ctx.moveTo(PAD, rowY(i)); ctx.lineTo(S.w - PAD, rowY(i)); ctx.stroke();
+    const label = r < 0 ? "Emb" : (S.view.nodes.some((n) => rowOf(n) === r && n.feature_type === "logit") ? "Logit" : `L${r}`);
+    g.insertAdjacentHTML("beforeend", `<text x="${PAD - 8}" y="${rowY(i) + 4}" font-size="11" fill="#68707a" text-anchor="end">${label}</text>`);
+  });
+  (S.view.metadata.prompt_tokens || []).forEach((t, p) => {
+    if (p >= S.colX.length) return;
+    const tx = document.createElementNS(NS, "text");
+    tx.setAttribute("x", S.colX[p] + S.colW[p] / 2); tx.setAttribute("y", S.h - PAD + 6);
+    tx.setAttribute("font-size", "12"); tx.setAttribute("text-anchor", "middle"); tx.setAttribute("fill", "#1d232b");
+    tx.textContent = visible(t).slice(0, 14);
+    g.append(tx);
+  });
+  // edges: sign -> colour, |weight| -> width and opacity; the clicked node's edges drawn on top
+  const links = S.view.links.filter((l) => S.pos.has(l.source) && S.pos.has(l.target));
+  const maxW = Math.max(1e-12, ...links.map((l) => Math.abs(l.weight)));
+  const focus = S.clicked;
+  const drawLink = (l, strong) => {
+    const a = S.pos.get(l.source), b = S.pos.get(l.target);
+    const m = Math.abs(l.weight) / maxW;
+    ctx.strokeStyle = l.weight >= 0 ? "#2f6fde" : "#d9480f";
+    ctx.globalAlpha = strong ? Math.min(1, 0.35 + m) : (focus ? 0.04 : Math.min(0.7, 0.06 + 0.8 * m));
+    ctx.lineWidth = (strong ? 1.2 : 0.6) + 4 * m;
+    ctx.beginPath(); ctx.moveTo(a.x, a.y);
+    ctx.bezierCurveTo(a.x, (a.y + b.y) / 2, b.x, (a.y + b.y) / 2, b.x, b.y); ctx.stroke();
+  };
+  for (const l of links) if (!focus || (l.source !== focus && l.target !== focus)) drawLink(l, false);
+  if (focus) for (const l of links) if (l.source === focus || l.target === focus) drawLink(l, true);
+  ctx.globalAlpha = 1;
+  // nodes
+  for (const [id, { x, y, n }] of S.pos) {
+    const pinned = S.pinned.has(id), sup = superOf(id);
+    let shape;
+    if (n.feature_type === "mlp reconstruction error") {
+      shape = document.createElementNS(NS, "rect");
+      shape.setAttribute("x", x - 4.5); shape.setAttribute("y", y - 4.5); shape.setAttribute("width", 9); shape.setAttribute("height", 9);
+    } else {
+      shape = document.createElementNS(NS, "circle");
+      shape.setAttribute("cx", x); shape.setAttribute("cy", y);
+      shape.setAttribute("r", n.feature_type === "logit" || n.feature_type === "embedding" ? 6.5 : 5);
+    }
+    shape.setAttribute("fill", nodeColor(n));
+    shape.setAttribute("class", "node");
+    shape.setAttribute("data-id", id);
+    if (sup >= 0) { shape.setAttribute("stroke", SUPER_COLORS[sup % SUPER_COLORS.length]); shape.setAttribute("stroke-width", 3); }
+    if (pinned) { shape.setAttribute("stroke", "#f0a202"); shape.setAttribute("stroke-width", 3); }
+    if (id === focus) { shape.setAttribute("stroke", "#111"); shape.setAttribute("stroke-width", 3); }
+    shape.addEventListener("click", (e) => { e.stopPropagation(); select(id); });
+    shape.addEventListener("mouseenter", () => tip(n, x, y));
+    shape.addEventListener("mouseleave", () => { $("tip").style.display = "none"; });
+    g.append(shape);
+  }
+  svg.replaceChildren(g);
+}
+
+function label(n) {
+  return S.names[n.node_id] || n.clerp || (n.feature_type === "mlp reconstruction error" ? `error L${n.layer} @${n.ctx_idx}` : `feature ${n.node_id}`);
+}
+
+function tip(n, x, y) {
+  const t = $("tip");
+  t.textContent = `${label(n)} · ${n.node_id}` + (n.activation != null ? ` · act ${fmt(n.activation)}` : "") +
+    (n.influence != null ? ` · cum. influence ${fmt(n.influence, 2)}` : "");
+  t.style.display = "block";
+  t.style.left = `${x * S.k + S.tx + 10}px`; t.style.top = `${y * S.k + S.ty - 30}px`;
+}
+
+// ---------------------------------------------------------------- side panel
+function sideSummary() {
+  const m = S.view.metadata, sc = m.scores || {};
+  $("side").replaceChildren(el("h2", {}, m.prompt ? `“${m.prompt}”` : S.name),
+    el("div", { class: "muted small" }, `${m.scan || ""}` + (sc.replacement != null ? ` · replacement ${fmt(sc.replacement)} · completeness ${fmt(sc.completeness)}` : "")),
+    supernodePanel());
+}
+
+function supernodePanel() {
+  const box = el("div", { id: "supernodes" });
+  box.append(el("h3", {}, `Pinned (${S.pinned.size})`),
+    el("div", {}, [...S.pinned].map((id) => el("span", { class: "chip", onclick: () => select(id) }, S.names[id] || id))));
+  const nameIn = el("input", { id: "supernode-name", type: "text", placeholder: "supernode name", size: 16 });
+  box.append(el("div", { class: "row" }, nameIn, el("button", { id: "make-supernode", onclick: () => {
+    if (!S.pinned.size) return flash("pin nodes first");
+    const name = nameIn.value.trim() || `group ${S.supernodes.length + 1}`;
+    S.supernodes.push([name, ...S.pinned]); saveState(); draw(); refreshSide();
+  } }, "Group pinned")));
+  box.append(el("h3", {}, `Supernodes (${S.supernodes.length})`), ...S.supernodes.map((s, i) =>
+    el("div", { class: "supernode" }, el("b", { style: `color:${SUPER_COLORS[i % SUPER_COLORS.length]}` }, s[0]), " ",
+      s.slice(1).map((id) => el("span", { class: "chip", onclick: () => select(id) }, S.names[id] || id)),
+      el("button", { class: "ghost small", onclick: () => { S.supernodes.splice(i, 1); saveState(); draw(); refreshSide(); } }, "ungroup"))));
+  return box;
+}
+
+function refreshSide() { if (S.clicked) select(S.clicked); else sideSummary(); }
+
+async function select(id) {
+  S.clicked = id; draw();
+  const n = S.pos.get(id)?.n;
+  const side = $("side");
+  side.replaceChildren(el("div", { class: "muted" }, "loading…"));
+  let d;
+  try { d = await api(`/api/graphs/${encodeURIComponent(S.name)}/node/${encodeURIComponent(id)}`); }
+  catch (e) { return showError(side, e); }
+  if (S.clicked !== id) return;
+  const node = d.node;
+  const pinBtn = el("button", { id: "pin-btn", onclick: () => {
+    S.pinned.has(id) ? S.pinned.delete(id) : S.pinned.add(id); saveState(); draw(); select(id);
+  } }, S.pinned.has(id) ? "Unpin" : "Pin");
+  const nameIn = el("input", { id: "node-name", type: "text", value: S.names[id] || "", placeholder: "name this node", size: 18 });
+  const nameBtn = el("button", { class: "ghost", id: "name-btn", onclick: () => {
+    const v = nameIn.value.trim(); if (v) S.names[id] = v; else delete S.names[id];
+    saveState(); draw(); select(id);
+  } }, "Name");
+  const rows = (list) => el("table", { class: "list" }, list.map((x) =>
+    el("tr", { class: "link", onclick: () => S.pos.has(x.node_id) ? select(x.node_id) : flash("not in this pruned view") },
+      el("td", {}, x.clerp || x.node_id), el("td", { class: "muted small" }, x.node_id),
+      el("td", { class: x.weight >= 0 ? "w-pos" : "w-neg", style: "text-align:right" }, x.weight.toFixed(3)))));
+  side.replaceChildren(
+    el("h2", {}, S.names[id] || node.clerp || id),
+    el("div", { class: "muted small" }, `${node.feature_type || "node"} · ${id} · layer ${node.layer} · position ${node.ctx_idx}` +
+      (node.activation != null ? ` · activation ${fmt(node.activation)}` : "") + (n && n.influence != null ? ` · cum. influence ${fmt(n.influence, 2)}` : "")),
+    el("div", { class: "row", style: "margin:8px 0" }, pinBtn, nameIn, nameBtn),
+    el("h3", {}, "Strongest inputs"), d.inputs.length ? rows(d.inputs) : el("div", { class: "muted small" }, "none (a source node)"),
+    el("h3", {}, "Strongest outputs"), d.outputs.length ? rows(d.outputs) : el("div", { class: "muted small" }, "none"),
+    d.feature ? el("div", { id: "node-feature", style: "margin-top:10px;border-top:1px solid #dcdfe3;padding-top:8px" },
+      renderFeature(d.feature, { compact: true })) :
+      el("div", { class: "muted small", style: "margin-top:8px" }, node.feature_type && !["embedding", "logit", "mlp reconstruction error"].includes(node.feature_type) ? "no feature index for this dictionary" : ""),
+    supernodePanel());
+}
+
+// ---------------------------------------------------------------- controls
+function wire() {
+  let timer;
+  for (const id of ["node-threshold", "edge-threshold"]) {
+    $(id).addEventListener("input", () => {
+      $(`${id}-value`).textContent = Number($(id).value).toFixed(2);
+      clearTimeout(timer); timer = setTimeout(() => S.name && loadView(S.name), 250);  // ask once the slider rests
+    });
+  }
+  $("graph-select").addEventListener("change", () => loadView($("graph-select").value));
+  $("pinned-only").addEventListener("change", () => { layout(); draw(); });
+  $("upload").addEventListener("change", async () => {
+    const f = $("upload").files[0]; if (!f) return;
+    try {
+      const graph = JSON.parse(await f.text());
+      const name = f.name.replace(/\.json$/, "").replace(/[^A-Za-z0-9._-]/g, "-").slice(0, 100) || "graph";
+      const r = await api("/api/graphs/upload", { method: "POST", body: { name, graph } });
+      await loadList(r.name);
+    } catch (e) { showError($("message"), e); }
+  });
+  $("open-path-btn").addEventListener("click", async () => {
+    try { const r = await api("/api/graphs/open", { method: "POST", body: { path: $("open-path").value } }); await loadList(r.name); }
+    catch (e) { showError($("message"), e); }
+  });
+  $("attribute-btn").addEventListener("click", trace);
+  const c = $("canvas");
+  let drag = null;
+  c.addEventListener("mousedown", (e) => { drag = { x: e.clientX, y: e.clientY, tx: S.tx, ty: S.ty }; });
+  window.addEventListener("mouseup", () => { drag = null; });
+  window.addEventListener("mousemove", (e) => {
+    if (!drag) return;
+    S.tx = drag.tx + e.clientX - drag.x; S.ty = drag.ty + e.clientY - drag.y; draw();
+  });
+  c.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    const box = c.getBoundingClientRect(), mx = e.clientX - box.left, my = e.clientY - box.top;
+    const f = Math.exp(-e.deltaY * 0.0015);
+    S.tx = mx - (mx - S.tx) * f; S.ty = my - (my - S.ty) * f; S.k *= f; draw();
+  }, { passive: false });
+  c.addEventListener("click", (e) => { if (e.target.tagName !== "circle" && e.target.tagName !== "rect" && S.view) { S.clicked = null; draw(); sideSummary(); } });
+  window.addEventListener("resize", () => { if (S.view) { fit(); draw(); } });
+}
+
+async function loadDictionaries() {
+  const { dictionaries } = await api("/api/dictionaries");
+  const usable = dictionaries.filter((d) => d.kind === "set" || d.kind === "clt" || (d.kind === "transcoder" && d.layer != null));
+  $("dict-select").replaceChildren(...(usable.length ? usable.map((d) => el("option", { value: d.key }, `${d.key} (${d.kind === "set" ? d.member_kind + " set" : d.kind})`))
+    : [el("option", { value: "" }, "no transcoders in this folder")]));
+}
+
+async function trace() {
+  const prompt = $("prompt").value.trim(), dictionary = $("dict-select").value;
+  if (!prompt || !dictionary) return showError($("message"), new Error("type a prompt and pick transcoders"));
+  $("attribute-btn").disabled = true; $("job-progress").hidden = false; $("job-progress").value = 0;
+  try {
+    const { job } = await api("/api/attribute", { method: "POST", body: { prompt, dictionary } });
+    for (;;) {
+      const j = await api(`/api/jobs/${job}`);
+      if (j.total) { $("job-progress").max = j.total; $("job-progress").value = j.completed; }
+      $("job-status").textContent = `${j.state} ${j.description} ${j.total ? `${j.completed}/${j.total}` : ""} ${j.seconds}s`;
+      if (j.state === "done") { await loadList(j.result.graph); break; }
+      if (j.state === "failed") throw new Error(j.error);
+      await new Promise((r) => setTimeout(r, 400));
+    }
+  } catch (e) { showError($("message"), e); }
+  finally { $("attribute-btn").disabled = false; $("job-progress").hidden = true; }
+}
+
+wire();
+loadDictionaries().catch((e) => showError($("message"), e));
+loadList().catch((e) => showError($("message"), e));

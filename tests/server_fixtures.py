@@ -1,0 +1,64 @@
+"""Small real artifacts for the web-app tests: a tiny random Llama with the default model's tokenizer (so prompts are
+text), random transcoders saved as a set, a graph traced through them, an SAE and feature indexes, a direction."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import glasswork as gw
+from glasswork.features.stats import StatsConfig
+
+TEXTS = ["The weather today is sunny and warm, with a light breeze from the sea.",
+         "Paris is the capital of France, and Berlin is the capital of Germany.",
+         "When Mary and John went to the store, John gave a drink to Mary.",
+         "The cat sat on the mat while the dog slept by the fire all evening long.",
+         "Rain is expected tomorrow in London, so take an umbrella to work."] * 6
+PROMPT = "The capital of France is"
+
+
+def tiny_text_model(n_layers: int = 2, seed: int = 0):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from glasswork.models import Model, default_model_folder
+    tok = AutoTokenizer.from_pretrained(default_model_folder())
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id or 1)
+    return Model(LlamaForCausalLM(cfg).eval(), tok, "tiny-llama-text")
+
+
+def sparse_coder(m, kind: str, layer: int, d_sae: int, seed: int):
+    hook_in = f"blocks.{layer}.ln2.hook_normalized" if kind == "transcoder" else f"blocks.{layer}.hook_resid_post"
+    hook_out = f"blocks.{layer}.hook_mlp_out" if kind == "transcoder" else hook_in
+    cfg = gw.DictionaryConfig(kind=kind, d_in=m.d_model, d_sae=d_sae, d_out=m.d_model, activation="relu",
+                              layer=layer, model=m.name, hook_in=hook_in, hook_out=hook_out)
+    d = gw.SparseCoder(cfg)
+    d.reset_parameters(seed=seed)
+    with torch.no_grad():
+        d.b_enc.fill_(-0.05)
+    return d.requires_grad_(False)
+
+
+def build_workdir(root: Path) -> dict:
+    """root/tc (a transcoder set; layer 1 indexed), root/sae (indexed, labelled), root/graphs/france.safetensors,
+    root/directions/up. Returns the pieces for reference computations."""
+    m = tiny_text_model()
+    tcs = {layer: sparse_coder(m, "transcoder", layer, 64, seed=layer) for layer in range(m.n_layers)}
+    gw.save_set({f"layer_{layer:02d}": tc for layer, tc in tcs.items()}, root / "tc")
+    sae = sparse_coder(m, "sae", 0, 48, seed=7)
+    gw.save_dictionary(sae, root / "sae")
+    stats = StatsConfig(top_k=6, n_quantiles=3, per_quantile=2, n_zero=2)
+    for d, folder in ((sae, root / "sae"), (tcs[1], root / "tc" / "layer_01")):
+        gw.build_index(m, d, texts=TEXTS, path=folder / "features.sqlite", n_contexts=24, ctx_len=16, cfg=stats)
+    index = gw.FeatureIndex(root / "sae")
+    live = index.live_features()
+    index.set_label(live[0], "test", "weather and rain words", scores={"detection": 0.8, "detection_baseline": 0.5})
+    index.close()
+    graph = gw.attribute(m, tcs, PROMPT, show_progress=False, dictionary=str((root / "tc").resolve()))
+    graph.save(root / "graphs" / "france.safetensors")
+    vec = gw.Direction(torch.randn(m.d_model, generator=torch.Generator().manual_seed(3)), "blocks.0.hook_resid_post",
+                       model=m.name)
+    vec.save(root / "directions" / "up")
+    return {"model": m, "transcoders": tcs, "sae": sae, "graph": graph, "live": live}
