@@ -62,3 +62,48 @@ def build_workdir(root: Path) -> dict:
                        model=m.name)
     vec.save(root / "directions" / "up")
     return {"model": m, "transcoders": tcs, "sae": sae, "graph": graph, "live": live}
+
+
+_BUILT: dict = {}
+
+
+def shared_workdir() -> tuple[Path, dict]:
+    """One workdir per test process (test_server and test_browser share it)."""
+    import tempfile
+    if "root" not in _BUILT:
+        root = Path(tempfile.mkdtemp(prefix="glasswork-server-"))
+        _BUILT["parts"] = build_workdir(root)
+        _BUILT["root"] = root
+    return _BUILT["root"], _BUILT["parts"]
+
+
+def synthetic_graph(n_nodes: int = 10_000, n_edges: int = 1_000_000, n_layers: int = 4, seq: int = 10,
+                    n_logits: int = 5, seed: int = 0):
+    """A random acyclic Graph with exactly `n_edges` nonzero edges (sources in lower layers, at earlier positions)."""
+    from glasswork.circuits.graph import ERROR, FEATURE, LOGIT, TOKEN, Graph
+    g = torch.Generator().manual_seed(seed)
+    n_err, n_tok = n_layers * seq, seq
+    nf = n_nodes - n_err - n_tok - n_logits
+    kind = torch.cat([torch.full((nf,), FEATURE), torch.full((n_err,), ERROR), torch.full((n_tok,), TOKEN),
+                      torch.full((n_logits,), LOGIT)]).to(torch.int8)
+    layer = torch.cat([torch.sort(torch.randint(0, n_layers, (nf,), generator=g)).values,
+                       torch.arange(n_layers).repeat_interleave(seq), torch.full((n_tok,), -1),
+                       torch.full((n_logits,), n_layers)]).int()
+    pos = torch.cat([torch.randint(0, seq, (nf,), generator=g), torch.arange(seq).repeat(n_layers), torch.arange(seq),
+                     torch.full((n_logits,), seq - 1)]).int()
+    index = torch.cat([torch.randint(0, 4096, (nf,), generator=g), torch.full((n_err,), -1),
+                       torch.randint(0, 97, (n_tok + n_logits,), generator=g)])
+    rows = torch.cat([torch.arange(nf), torch.arange(n_nodes - n_logits, n_nodes)])
+    r = torch.randint(0, len(rows), (6 * n_edges,), generator=g)
+    c = torch.randint(0, n_nodes - n_logits, (6 * n_edges,), generator=g)
+    ok = (layer[c] < layer[rows[r]]) & (pos[c] <= pos[rows[r]])
+    flat = torch.unique(r[ok] * n_nodes + c[ok])
+    flat = flat[torch.randperm(len(flat), generator=g)[:n_edges]]
+    assert len(flat) == n_edges
+    adj = torch.zeros(len(rows), n_nodes)
+    adj.view(-1)[flat] = torch.randn(n_edges, generator=g)
+    meta = {"prompt": "synthetic", "str_tokens": [f"t{i}" for i in range(seq)], "model": "synthetic",
+            "n_layers": n_layers, "d_sae": 4096, "feature_type": "transcoder",
+            "logit_labels": [f"l{j}" for j in range(n_logits)]}
+    return Graph(adj, kind, layer, pos, index, torch.rand(n_nodes, generator=g), torch.full((n_logits,), 1 / n_logits),
+                 torch.arange(seq), meta)

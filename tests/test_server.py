@@ -1,0 +1,254 @@
+"""The web app over HTTP: views equal the circuits API's, node details equal the adjacency, state is saved, features
+and steering equal their Python API, attribution jobs report progress, a 10k-node / 1M-edge graph is served capped
+and fast, and bad requests get clear 4xx answers while the server keeps serving."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+import glasswork as gw
+from glasswork import steering as st
+from glasswork.server import create_app
+
+from server_fixtures import PROMPT, shared_workdir, synthetic_graph
+
+
+@pytest.fixture(scope="module")
+def env():
+    root, parts = shared_workdir()
+    app = create_app(root, model=parts["model"], hosts={"testserver", "127.0.0.1", "localhost"})
+    return TestClient(app), root, parts
+
+
+def alive(client):
+    r = client.get("/api/graphs")
+    assert r.status_code == 200 and "graphs" in r.json()
+
+
+def test_pages_and_static(env):
+    c, _, _ = env
+    for page in ("/", "/graph", "/features", "/steer"):
+        r = c.get(page)
+        assert r.status_code == 200 and r.text.startswith("<!doctype html>")
+    for js in ("common", "graph", "feature", "features", "steer"):
+        r = c.get(f"/static/js/{js}.js")
+        assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+
+
+def test_view_equals_circuits_api(env):
+    c, _, parts = env
+    g = parts["graph"]
+    for nt, et in ((0.8, 0.98), (0.5, 0.9)):
+        v = c.get("/api/graphs/france/view", params={"node_threshold": nt, "edge_threshold": et}).json()
+        ref = g.view(nt, et)
+        assert {n["node_id"] for n in v["nodes"]} == {n["node_id"] for n in ref["nodes"]}
+        got = {(x["source"], x["target"]): x["weight"] for x in v["links"]}
+        want = {(x["source"], x["target"]): x["weight"] for x in ref["links"]}
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-6 for k in want)
+        assert v["metadata"]["prompt"] == PROMPT
+    small = c.get("/api/graphs/france/view", params={"node_threshold": 0.3}).json()
+    assert len(small["nodes"]) < len(c.get("/api/graphs/france/view").json()["nodes"])
+
+
+def test_node_details_are_the_strongest_adjacency_entries(env):
+    c, _, parts = env
+    g = parts["graph"]
+    dense = g.dense()  # [n, n]: target row, source column
+    ids = [g.node_id(i) for i in range(g.n_nodes)]
+    feat = int(torch.nonzero(g.node_kind == 0).flatten()[-1])  # a feature in the last layer: it has inputs
+    d = c.get(f"/api/graphs/france/node/{ids[feat]}", params={"top": 5}).json()
+    want_in = torch.topk(dense[feat].abs(), 5).indices.tolist()
+    assert [x["node_id"] for x in d["inputs"]] == [ids[j] for j in want_in]
+    assert [x["weight"] for x in d["inputs"]] == pytest.approx(dense[feat, want_in].tolist(), abs=1e-6)
+    n_out = int((dense[:, feat] != 0).sum())
+    want_out = torch.topk(dense[:, feat].abs(), min(5, n_out)).indices.tolist()
+    assert [x["node_id"] for x in d["outputs"]] == [ids[j] for j in want_out]
+    # a layer-1 feature: its set member has a feature index, so the node comes with its feature page
+    layer1 = [i for i in range(g.n_features) if int(g.node_layer[i]) == 1][0]
+    d1 = c.get(f"/api/graphs/france/node/{ids[layer1]}").json()
+    assert d1["feature"]["feature"] == int(g.node_index[layer1])
+    index = gw.FeatureIndex(env[1] / "tc" / "layer_01")
+    assert d1["feature"]["max_act"] == index.feature(int(g.node_index[layer1]))["max_act"]
+    assert c.get("/api/graphs/france/node/9_9_9").status_code == 404
+
+
+def test_state_saved_with_the_graph(env):
+    c, root, parts = env
+    ids = [n["node_id"] for n in c.get("/api/graphs/france/view").json()["nodes"]][:3]
+    state = {"pinnedIds": ids, "supernodes": [["capital", ids[0], ids[1]]], "names": {ids[0]: "France!"},
+             "clickedId": ids[0]}
+    r = c.put("/api/graphs/france/state", json=state)
+    assert r.status_code == 200
+    assert json.loads((root / "graphs" / "france.state.json").read_text())["supernodes"] == [["capital", *ids[:2]]]
+    fresh = TestClient(create_app(root, model=parts["model"]))  # a new server reads it back
+    v = fresh.get("/api/graphs/france/view").json()
+    assert v["qParams"]["pinnedIds"] == ids and v["qParams"]["supernodes"] == [["capital", *ids[:2]]]
+    assert [n["clerp"] for n in v["nodes"] if n["node_id"] == ids[0]] == ["France!"]
+    assert not list((root / "graphs").glob(".*.tmp"))  # atomic writes leave no temp files
+    c.put("/api/graphs/france/state", json={})  # back to empty for the other tests
+
+
+def test_viewer_json_from_other_tools(env, tmp_path):
+    c, root, parts = env
+    viewer = parts["graph"].view(0.9, 0.99)  # the same schema circuit-tracer and Neuronpedia write
+    r = c.post("/api/graphs/upload", json={"name": "uploaded", "graph": viewer})
+    assert r.status_code == 200
+    v = c.get("/api/graphs/uploaded/view", params={"node_threshold": 1.0, "edge_threshold": 1.0}).json()
+    assert len(v["nodes"]) == len(viewer["nodes"]) and len(v["links"]) == len(viewer["links"])
+    target = max(viewer["nodes"], key=lambda n: sum(x["target"] == n["node_id"] for x in viewer["links"]))["node_id"]
+    d = c.get(f"/api/graphs/uploaded/node/{target}", params={"top": 3}).json()
+    want = sorted((x for x in viewer["links"] if x["target"] == target), key=lambda x: -abs(x["weight"]))[:3]
+    assert [x["node_id"] for x in d["inputs"]] == [x["source"] for x in want]
+    path = tmp_path / "neuronpedia graph.json"
+    path.write_text(json.dumps(viewer))
+    r = c.post("/api/graphs/open", json={"path": str(path)})
+    assert r.status_code == 200 and r.json()["name"] == "neuronpedia-graph"
+    names = {g["name"] for g in c.get("/api/graphs").json()["graphs"]}
+    assert {"france", "uploaded", "neuronpedia-graph"} <= names
+    bad = {**viewer, "links": viewer["links"] + [{"source": "nope", "target": target, "weight": 1.0}]}
+    r = c.post("/api/graphs/upload", json={"name": "bad", "graph": bad})
+    assert r.status_code == 400 and "links[" in r.json()["detail"]
+    assert not (root / "graphs" / "bad.json").exists()
+    assert c.post("/api/graphs/open", json={"path": "/etc/passwd"}).status_code == 400
+
+
+def test_features_search_and_page(env):
+    c, root, parts = env
+    index = gw.FeatureIndex(root / "sae")
+    f = parts["live"][0]
+    hits = c.get("/api/features/search", params={"index": "sae", "q": "rain", "mode": "label"}).json()["hits"]
+    assert hits[0]["feature"] == f and hits[0]["label"] == "weather and rain words"
+    tok = c.get("/api/features/search", params={"index": "sae", "q": " the", "mode": "token"}).json()["hits"]
+    assert [h["feature"] for h in tok] == [h["feature"] for h in index.by_token(" the")]
+    text = c.get("/api/features/search", params={"index": "sae", "q": "umbrella", "mode": "text"}).json()["hits"]
+    assert [h["feature"] for h in text] == [h["feature"] for h in index.search("umbrella")][:20]
+    page = c.get(f"/api/features/{f}", params={"index": "sae"}).json()
+    ref = index.feature(f)
+    for key in ("max_act", "freq", "hist", "top_logits", "neighbors"):
+        assert page[key] == ref[key]
+    assert [e["acts"] for e in page["top"]] == [e["acts"] for e in ref["top"]]
+    assert c.get("/api/features/100000", params={"index": "sae"}).status_code == 400
+    assert c.get("/api/features/1", params={"index": "../etc"}).status_code == 404
+    assert c.get("/api/features/1", params={"index": "tc"}).status_code == 404  # a set has no index of its own
+
+
+def test_steer_equals_python_api(env):
+    c, root, parts = env
+    m, f = parts["model"], parts["live"][0]
+    body = {"prompt": "The weather today", "edits": [{"dictionary": "sae", "feature": f, "value": 25.0}],
+            "max_new_tokens": 6, "seed": 3, "temperature": 0}
+    r = c.post("/api/steer", json=body)
+    assert r.status_code == 200, r.text
+    iv = st.clamp_feature(m, parts["sae"], f, 25.0)
+    ref = st.compare(m, "The weather today", [iv], 6, 3, 0)
+    assert r.json()["baseline"] == ref["baseline"] and r.json()["steered"] == ref["steered"]
+    assert r.json()["steered"] != r.json()["baseline"]  # a 25x-max clamp changes a greedy completion here
+    direction = {"prompt": "The weather today", "edits": [{"direction": "up", "coeff": 8.0}], "max_new_tokens": 4,
+                 "temperature": 0}
+    r = c.post("/api/steer", json=direction)
+    vec = gw.load_direction(root / "directions" / "up")
+    ref = st.compare(m, "The weather today", [st.add_direction(m, vec.hook, vec.vector, 8.0)], 4, 0, 0)
+    assert r.status_code == 200 and r.json()["steered"] == ref["steered"]
+    bad = c.post("/api/steer", json={**body, "edits": [{"dictionary": "sae", "feature": 10 ** 6}]})
+    assert bad.status_code == 400 and "out of range" in bad.json()["detail"]
+    assert c.post("/api/steer", json={**body, "edits": [{"dictionary": "nope", "feature": 1}]}).status_code == 404
+
+
+def test_attribution_job_reports_progress_and_equals_api(env):
+    c, root, parts = env
+    j = c.post("/api/attribute", json={"prompt": "Rain is expected", "dictionary": "tc", "name": "rain"}).json()
+    seen = []
+    for _ in range(600):
+        s = c.get(f"/api/jobs/{j['job']}").json()
+        seen.append(s)
+        if s["state"] in ("done", "failed"):
+            break
+        time.sleep(0.05)
+    assert s["state"] == "done", s
+    assert s["total"] and s["completed"] == s["total"] and s["description"] == "attribution"
+    ref = gw.attribute(parts["model"], parts["transcoders"], "Rain is expected", show_progress=False)
+    got = gw.load_graph(root / "graphs" / "rain.safetensors")
+    assert torch.allclose(got.adjacency, ref.adjacency, atol=1e-5)
+    assert c.get("/api/graphs/rain/view").status_code == 200
+    assert c.get("/api/jobs/ffffffffffff").status_code == 404
+    r = c.post("/api/attribute", json={"prompt": "x", "dictionary": "sae"})  # an SAE is not a transcoder
+    s = c.get(f"/api/jobs/{r.json()['job']}").json()
+    for _ in range(100):
+        if s["state"] in ("done", "failed"):
+            break
+        time.sleep(0.05)
+        s = c.get(f"/api/jobs/{r.json()['job']}").json()
+    assert s["state"] == "failed" and "transcoder" in s["error"]
+
+
+@pytest.mark.parametrize("path", ["/static/../../etc/passwd", "/static/%2e%2e/%2e%2e/etc/passwd",
+                                  "/static/..%2f..%2f..%2fetc%2fpasswd", "/static/%252e%252e/etc/passwd",
+                                  "/api/graphs/..%2f..%2fetc%2fpasswd/view", "/api/graphs/a%2fb/view",
+                                  "/api/graphs/..passwd/view", "/api/graphs/.hidden/view",
+                                  "/api/graphs/france/node/%2e%2e%2f%2e%2e%2fetc%2fpasswd"])
+def test_path_traversal_refused(env, path):
+    c = env[0]
+    r = c.get(path)
+    assert 400 <= r.status_code < 500 and "root:" not in r.text
+    alive(c)
+
+
+def test_malformed_and_oversized_requests(env):
+    c = env[0]
+    h = {"Content-Type": "application/json"}
+    cases = [
+        (c.put("/api/graphs/france/state", content=b"{not json", headers=h), 422),
+        (c.put("/api/graphs/france/state", json={"pinnedIds": 5}), 422),
+        (c.put("/api/graphs/france/state", json={"supernodes": [["a", 3]]}), 422),
+        (c.put("/api/graphs/france/state", content=b"pinnedIds=1", headers={"Content-Type": "text/plain"}), 415),
+        (c.put("/api/graphs/france/state", json={"names": {"a": "x" * 2_000_000}}), 413),
+        (c.post("/api/steer", json={"prompt": "x" * 5000, "edits": [{"dictionary": "sae", "feature": 1}]}), 422),
+        (c.post("/api/steer", json={"prompt": "hi", "edits": [], "max_new_tokens": 10}), 422),
+        (c.post("/api/steer", json={"prompt": "hi", "edits": [{"dictionary": "sae", "feature": 1}],
+                                    "max_new_tokens": 100000}), 422),
+        (c.post("/api/attribute", json={"prompt": "hi", "dictionary": "tc", "name": "../escape"}), 400),
+        (c.post("/api/graphs/upload", json={"name": "x/y", "graph": {"nodes": [], "links": []}}), 400),
+        (c.post("/api/graphs/upload", json={"name": "x", "graph": {"nodes": "no"}}), 400),
+        (c.get("/api/graphs/france/view", params={"node_threshold": 2}), 422),
+        (c.get("/api/graphs/france/view", params={"node_threshold": "abc"}), 422),
+        (c.get("/api/graphs/missing/view"), 404),
+        (c.put("/api/graphs/france/state", json={}, headers={"Origin": "http://evil.example"}), 403),
+        (c.get("/api/graphs", headers={"Host": "evil.example"}), 421),
+    ]
+    for r, code in cases:
+        assert r.status_code == code, (r.request.url, r.text[:200])
+        assert r.json()["detail"]  # a readable reason
+    alive(c)
+
+
+def test_big_graph_view_is_capped_and_fast(tmp_path):
+    root = tmp_path
+    g = synthetic_graph()
+    assert g.n_nodes == 10_000 and int((g.adjacency != 0).sum()) == 1_000_000
+    g.save(root / "graphs" / "big.safetensors", dtype=torch.float32)
+    del g
+    c = TestClient(create_app(root, max_nodes=1500, max_links=8000))
+    t0 = time.perf_counter()
+    r = c.get("/api/graphs/big/view", params={"node_threshold": 0.95, "edge_threshold": 0.99})
+    cold = time.perf_counter() - t0
+    v = r.json()
+    assert r.status_code == 200
+    assert len(v["nodes"]) <= 1500 and len(v["links"]) <= 8000
+    info = v["metadata"]["info"]
+    assert info["links_before_cap"] > 8000 and info["n_nodes_total"] == 10_000
+    assert len(r.content) < 3_000_000  # what the browser gets stays small
+    kept = {n["node_id"] for n in v["nodes"]}
+    assert all(x["source"] in kept and x["target"] in kept for x in v["links"])
+    t0 = time.perf_counter()
+    again = c.get("/api/graphs/big/view", params={"node_threshold": 0.95, "edge_threshold": 0.99})
+    warm = time.perf_counter() - t0
+    assert again.json()["links"] == v["links"] and warm < 1.0
+    t0 = time.perf_counter()
+    d = c.get(f"/api/graphs/big/node/{v['nodes'][0]['node_id']}")
+    assert d.status_code == 200 and time.perf_counter() - t0 < 2.0
+    print(f"10k nodes / 1M edges: cold view {cold:.2f} s, cached {warm * 1000:.0f} ms, {len(r.content) / 1e6:.2f} MB")
+    assert cold < 60
