@@ -132,6 +132,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     done = len(read_json(out / "manifest.json")["shards"])
     assert 2 <= done < 25, "the kill should land midway"
     make_store(out, n=200)
+    assert not list(out.glob(".*.tmp"))  # a killed write leaves no debris after the resume
     make_store(tmp_path / "ref", n=200)
     same_store(tmp_path / "ref", out)
 

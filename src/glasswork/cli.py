@@ -176,7 +176,7 @@ app.add_typer(corpus_app, name="corpus")
 @app.command()
 def demo(out: Optional[Path] = typer.Option(None, help="Folder for the demo's stages and outputs "
                                                       "(default: $GLASSWORK_HOME/demo)."),
-         quick: bool = typer.Option(False, help="A smaller run (about a minute on a laptop CPU)."),
+         quick: bool = typer.Option(False, help="A smaller run (20k tokens instead of 100k)."),
          as_json: bool = JSON_OPT):
     """The main job on the default model, in stages that are cached and skipped when done (rerun to resume)."""
     def go():

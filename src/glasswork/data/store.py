@@ -101,6 +101,8 @@ def harvest(model, hooks: list[str], out: str | os.PathLike, tokens: int, ctx_le
     manifest = _start_manifest(out, cfg)
     if manifest["complete"]:
         return out
+    for tmp in out.glob(".*.tmp"):  # half-written files of a killed run (atomic writes never left them in place)
+        tmp.unlink()
     if ids is None:
         from .corpus import contexts
         ids = contexts(model, source, ctx_len, split, seed, n_contexts=n_ctx, field=field)
@@ -255,14 +257,15 @@ class ActivationStore:
         self.peak_rows = 0  # the most rows held at once (buffer + the shard being mixed in): for tests and tuning
         step = 0
         epoch = 0
-        buf: dict[str, torch.Tensor] = {h: torch.empty(0, self.dims[h], dtype=dtype) for h in hooks}
+        stored = DTYPES[self.config["dtype"]]  # the buffer keeps the stored dtype (bf16 stays half the size)
+        buf: dict[str, torch.Tensor] = {h: torch.empty(0, self.dims[h], dtype=stored) for h in hooks}
         while True:
             g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             order = torch.randperm(len(self.shards), generator=g).tolist() if shuffle else range(len(self.shards))
             for i in order:
                 shard = self.read_shard(i, hooks)
                 keep = torch.arange(shard["token_ids"].shape[0]) % self.ctx_len != 0 if drop_bos else slice(None)
-                buf = {h: torch.cat([buf[h], shard[h][keep].to(dtype)]) for h in hooks}
+                buf = {h: torch.cat([buf[h], shard[h][keep]]) for h in hooks}
                 del shard
                 n = len(buf[hooks[0]])
                 self.peak_rows = max(self.peak_rows, n)
@@ -273,14 +276,14 @@ class ActivationStore:
                 n_out = max(0, n - buffer_rows) // batch_size * batch_size
                 for b in range(0, n_out, batch_size):
                     if step >= start:
-                        yield {h: a[b:b + batch_size] for h, a in buf.items()}
+                        yield {h: a[b:b + batch_size].to(dtype) for h, a in buf.items()}
                     step += 1
                 buf = {h: a[n_out:] for h, a in buf.items()}
             n = len(buf[hooks[0]])
             last = n // batch_size * batch_size if loop or drop_last else n
             for b in range(0, last, batch_size):
                 if step >= start:
-                    yield {h: a[b:b + batch_size] for h, a in buf.items()}
+                    yield {h: a[b:b + batch_size].to(dtype) for h, a in buf.items()}
                 step += 1
             buf = {h: a[last:] for h, a in buf.items()}
             if not loop:
