@@ -142,16 +142,17 @@ class _Engine:
             mlp_in, final, probes = self._forward(p + 1, 1 if self.vmap else batch)
             for s in range(0, len(group), batch):
                 idx = group[s:s + batch]
-                out[idx] = self._backward(mlp_in, final, probes, layers[idx], p, vectors[idx], batch)
+                out[idx] = self._backward(mlp_in, final, probes, layers[idx], p, vectors[idx], batch).cpu()
                 bar.advance(len(idx))
             start = end
         return out
 
     def _forward(self, prefix: int, batch: int):
         d = self.r.model.d_model
-        probes = {"embed": torch.zeros(batch, prefix, d, requires_grad=True)}
+        dev = self.r.model.device
+        probes = {"embed": torch.zeros(batch, prefix, d, requires_grad=True, device=dev)}
         for layer in range(self.L):
-            probes[layer] = torch.zeros(batch, prefix, d, requires_grad=True)
+            probes[layer] = torch.zeros(batch, prefix, d, requires_grad=True, device=dev)
         ids = self.ids[:prefix].view(1, -1).expand(batch, -1)
         with torch.enable_grad():
             mlp_in, final = self.r.frozen(self.c, self.constants, ids, probes)
@@ -162,8 +163,8 @@ class _Engine:
         outputs, grads = [], []
         for layer in sorted(set(layers.tolist())):
             sel = (layers == layer).nonzero().flatten()
-            g = torch.zeros(batch, prefix, vectors.shape[1])
-            g[sel, pos] = vectors[sel].to(g.dtype)
+            g = torch.zeros(batch, prefix, vectors.shape[1], device=final.device)
+            g[sel.to(g.device), pos] = vectors[sel].to(g.device, g.dtype)
             if self.vmap:
                 g = g[:, None]
             outputs.append(final if layer == self.L else mlp_in[layer])
@@ -177,7 +178,7 @@ class _Engine:
         if self.vmap:
             got = [None if x is None else x[:, 0] for x in got]
         g_embed, g_mlp = got[0], dict(zip(src_layers, got[1:]))
-        row = torch.zeros(batch, len(self.feats) + self.L * self.seq + self.seq)
+        row = torch.zeros(batch, len(self.feats) + self.L * self.seq + self.seq, device=final.device)
         n_feat = len(self.feats)
         tok = n_feat + self.L * self.seq
         if g_embed is not None:
@@ -225,6 +226,7 @@ def _assemble(model, r, ids, feats, targets, adjacency, row_node, order, L, dict
                        torch.full((n_logit,), L)]).to(torch.int32)
     pos = torch.cat([feats.pos[order], torch.arange(seq).repeat(L), torch.arange(seq),
                      torch.full((n_logit,), seq - 1)]).to(torch.int32)
+    ids = ids.cpu()
     index = torch.cat([feats.index[order], torch.full((L * seq,), -1), ids, torch.tensor([t.token for t in targets])])
     act = torch.cat([feats.activation[order], torch.zeros(L * seq + seq), torch.tensor([t.prob for t in targets])])
     str_tokens = (model.to_str_tokens(ids) if model.tokenizer is not None else [str(i) for i in ids.tolist()])

@@ -73,7 +73,7 @@ def feature_edits(model, transcoders: dict, edits: list[Edit]) -> Iterator[None]
 
         def edit(out, _l=layer, _es=es, _tc=tc):
             x = inputs.pop(_l)
-            feats = torch.tensor([e.feature for e in _es])
+            feats = torch.tensor([e.feature for e in _es], device=x.device)
             acts = _tc.encode(x.to(_tc.W_enc.dtype))[..., feats]  # [b, s, n]: the current activations
             delta = torch.zeros_like(acts)
             s = acts.shape[1]
@@ -123,7 +123,7 @@ def _frozen_logits(model, transcoders, ids, edits: list[Edit]) -> torch.Tensor:
         tc = transcoders[e.layer]
         acts = tc.encode(c.mlp_in[e.layer])[:, e.feature]  # [seq]
         pos = list(range(seq)) if e.positions is None else [p for p in e.positions if p < seq]
-        probe = probes.setdefault(e.layer, torch.zeros(1, seq, model.d_model))
+        probe = probes.setdefault(e.layer, torch.zeros(1, seq, model.d_model, device=model.device))
         for p in pos:
             probe[0, p] += (e.target(acts[p]) - acts[p]) * tc.W_dec[e.feature].detach()
     constants = [c.mlp_out[layer] - (c.mlp_in[layer] @ transcoders[layer].W_skip.detach()

@@ -203,8 +203,9 @@ class ReplacementModel:
                 idxs.append(idx)
                 acts.append(codes[pos, idx].float())
         cat = (lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt))
-        return Features(cat(layers, torch.long), cat(poss, torch.long), cat(idxs, torch.long),
-                        cat(acts, torch.float32)), recon
+        feats = Features(*(cat(xs, dt).cpu() for xs, dt in ((layers, torch.long), (poss, torch.long),
+                                                             (idxs, torch.long), (acts, torch.float32))))
+        return feats, recon  # the feature table lives on the CPU; vectors go to the model's device
 
     def decoder_vectors(self, feats: Features) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """What each feature adds to each MLP output it writes to: {layer j: (rows [m] into feats,
@@ -217,25 +218,26 @@ class ReplacementModel:
                 if self.clt is None:
                     if j not in self.transcoders or not len(sel):
                         continue
-                    w = self.transcoders[j].W_dec.detach()[feats.index[sel]]
+                    w_dec = self.transcoders[j].W_dec.detach()
+                    w = w_dec[feats.index[sel].to(w_dec.device)]
                 else:
                     w_dec = self.clt.W_dec[i]
                     if j - i >= w_dec.shape[1] or not len(sel):
                         continue
-                    w = w_dec.detach()[feats.index[sel], j - i]
+                    w = w_dec.detach()[feats.index[sel].to(w_dec.device), j - i]
                 rows.append(sel)
-                vecs.append(feats.activation[sel, None] * w.float())
+                vecs.append(feats.activation[sel, None].to(w.device) * w.float())
             if rows:
                 out[j] = (torch.cat(rows), torch.cat(vecs))
         return out
 
     def encoder_vectors(self, layer: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Encoder columns [n, d] of features (layer, index): the gradient of their pre-activation w.r.t. x_l."""
-        out = torch.zeros(layer.numel(), self.model.d_model)
+        out = torch.zeros(layer.numel(), self.model.d_model, device=self.model.device)
         for lyr in layer.unique().tolist():
             sel = layer == lyr
             w = self.clt.W_enc[lyr] if self.clt is not None else self.transcoders[lyr].W_enc
-            out[sel] = w.detach()[:, index[sel]].T.float()
+            out[sel.to(out.device)] = w.detach()[:, index[sel].to(w.device)].T.float()
         return out
 
     # --- the frozen pass --------------------------------------------------------------------------------------
