@@ -386,7 +386,7 @@ def _frozen_norm(c: Clean, m, kind):
         if kind == "layernorm":
             return _norm_apply(m, kind, x, c.scales[m][:, :p].to(x.dtype)).to(out.dtype)
         if p not in gain:  # scale x weight folded once per prefix length: one multiply in the pass
-            ones = torch.ones(x.shape[-1], dtype=x.dtype)
+            ones = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
             gain[p] = _norm_apply(m, kind, ones, c.scales[m][:, :p].to(x.dtype)).detach()
         return (x * gain[p]).to(out.dtype)
     return hook
