@@ -123,6 +123,10 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
     def view(name: str, node_threshold: float = Query(0.8, gt=0, le=1), edge_threshold: float = Query(0.98, gt=0, le=1)):
         t0 = time.perf_counter()
         out = store.view(graph_or_404(name), node_threshold, edge_threshold)
+        if len(out["nodes"]) <= 5000:  # hover labels: the feature labels from the index, where there is one
+            out["nodes"] = [dict(n) for n in out["nodes"]]
+            name_features(store.dictionary_of(name), [n for n in out["nodes"] if n.get("feature_type") not in
+                                                      ("embedding", "logit")])
         out["metadata"] = {**out["metadata"], "served_seconds": round(time.perf_counter() - t0, 4)}
         return out
 
@@ -135,8 +139,40 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
             out = store.node(name, node_id, top)
         except KeyError:
             raise HTTPException(404, f"graph '{name}' has no node '{node_id}'") from None
-        out["feature"], out["feature_index"] = feature_of(store.dictionary_of(name), out["node"])
+        dictionary = store.dictionary_of(name)
+        out["feature"], out["feature_index"] = feature_of(dictionary, out["node"])
+        name_features(dictionary, [out["node"], *out["inputs"], *out["outputs"]])
         return out
+
+    def name_features(dictionary: str, nodes: list[dict]) -> None:
+        """Give nodes without a label a readable one: the feature's label from its index, else 'L{layer} #{id}';
+        errors 'error L{layer} @{pos}'."""
+        for n in nodes:
+            if n.get("clerp"):
+                continue
+            parts = n["node_id"].split("_")
+            kind = n.get("feature_type", "")
+            if kind == "mlp reconstruction error" and len(parts) == 3:
+                n["clerp"] = f"error L{parts[1]} @{parts[2]}"
+            elif len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
+                n["clerp"] = layer_labels(dictionary, int(parts[0])).get(int(parts[1])) or f"L{parts[0]} #{parts[1]}"
+
+    def layer_labels(dictionary: str, layer: int) -> dict:
+        folder = resolve_dictionary(dictionary)
+        try:
+            index = res.index(member_for_layer(folder, layer)) if folder is not None and folder.exists() else None
+        except GlassworkError:
+            index = None
+        if index is None:
+            return {}
+        with res._lock:
+            return index.labels()
+
+    def resolve_dictionary(dictionary: str) -> Path | None:
+        if not dictionary:
+            return None
+        folder = Path(dictionary)
+        return (root / folder) if not folder.is_absolute() and (root / folder).exists() else folder
 
     def feature_of(dictionary: str, node: dict):
         """The feature page of a graph node when its dictionary (a set member for its layer) has an index."""
@@ -144,9 +180,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
         if not dictionary or not m or node.get("feature_type") in ("embedding", "logit", "mlp reconstruction error"):
             return None, None
         layer, feat = int(m.group(1)), int(m.group(2))
-        folder = Path(dictionary)
-        if not folder.is_absolute():
-            folder = (root / folder) if (root / folder).exists() else folder
+        folder = resolve_dictionary(dictionary)
         try:
             index = res.index(member_for_layer(folder, layer)) if folder.exists() else None
         except GlassworkError:

@@ -202,7 +202,8 @@ class GraphStore:
             inputs = _strongest(g.adjacency[int(row[0])], top, lambda j: g.node_id(j)) if len(row) else []
             col = g.adjacency[:, i]
             outputs = _strongest(col, top, lambda r: g.node_id(int(rows[r])))
-            label = lambda nid: ""  # noqa: E731
+            ids = g._cache["ids"]
+            label = lambda nid: g._node_json(ids[nid], nid, 0.0, "")["clerp"]  # noqa: E731
         names = self.state(name).get("names", {})
         described = lambda pairs: [{"node_id": n, "weight": w, "clerp": names.get(n) or label(n)}  # noqa: E731
                                    for n, w in pairs]

@@ -15,7 +15,7 @@ export function renderFeature(rec, { onFeature, compact = false } = {}) {
       `fires on ${(100 * rec.freq).toFixed(3)}% of tokens (${rec.n_fired}) · max ${fmt(rec.max_act)} · ` +
       `mean when firing ${fmt(rec.mean_act)}` + (rec.meta ? ` · ${rec.meta.hook || ""}` : "")));
   const logits = (xs, cls) => el("table", { class: "list" }, xs.slice(0, 8).map(([, s, v]) =>
-    el("tr", {}, el("td", {}, el("code", {}, visible(s))), el("td", { class: cls, style: "text-align:right" }, v.toFixed(2)))));
+    el("tr", {}, el("td", {}, el("code", { class: "tok" }, s.replace(/\n/g, "⏎"))), el("td", { class: cls, style: "text-align:right" }, v.toFixed(2)))));
   const neighbours = el("table", { class: "list" }, (rec.neighbors || []).slice(0, 8).map(([f, c]) =>
     el("tr", { class: "link", onclick: () => onFeature && onFeature(f) }, el("td", {}, `#${f}`),
       el("td", { style: "text-align:right" }, `cos ${c.toFixed(2)}`))));

@@ -46,8 +46,10 @@ async function saveState() {
 }
 
 function flash(text) {
-  const m = el("span", { class: "muted small", id: "saved-flash" }, ` ${text}`);
-  $("counts").after(m); setTimeout(() => m.remove(), 1500);
+  let m = $("saved-flash");
+  if (!m) { m = el("span", { class: "muted small", id: "saved-flash" }); $("counts").after(m); }
+  m.textContent = ` · ${text}`;
+  clearTimeout(flash.timer); flash.timer = setTimeout(() => { m.textContent = ""; }, 1500);
 }
 
 // ---------------------------------------------------------------- layout: rows = layers, columns = positions
@@ -83,11 +85,11 @@ function layout() {
   const colX = []; let x = PAD;
   for (const w of colW) { colX.push(x); x += w; }
   S.colX = colX; S.colW = colW; S.rows = rows;
-  S.w = x + PAD; S.h = rows.length * ROW + 2 * PAD + 20;
+  S.w = x + PAD; S.h = rows.length * ROW + 2 * PAD + 50;
   S.pos = new Map();
   for (const [key, list] of cells) {
     const [r, p] = key.split("|").map(Number);
-    const y = S.h - PAD - 20 - rowIndex.get(r) * ROW - ROW / 2;
+    const y = S.h - PAD - 20 - rowIndex.get(r) * ROW - ROW / 2;  // logits on top, embeddings at the bottom
     const perLine = Math.max(1, Math.floor((colW[p] - 16) / NODE_GAP));
     list.forEach((n, i) => {
       const line = Math.floor(i / perLine), j = i % perLine;
@@ -146,6 +148,15 @@ function draw() {
     tx.textContent = visible(t).slice(0, 14);
     g.append(tx);
   });
+  for (const [, { x, y, n }] of S.pos) {
+    if (n.feature_type !== "logit") continue;
+    const m = /"(.*)"/.exec(n.clerp || "");
+    const tx = document.createElementNS(NS, "text");
+    tx.setAttribute("transform", `translate(${x + 2},${y - 10}) rotate(-55)`);
+    tx.setAttribute("font-size", "10.5"); tx.setAttribute("fill", "#2b8a3e");
+    tx.textContent = visible(m ? m[1] : n.node_id).slice(0, 16);
+    g.append(tx);
+  }
   // edges: sign -> colour, |weight| -> width and opacity; the clicked node's edges drawn on top
   const links = S.view.links.filter((l) => S.pos.has(l.source) && S.pos.has(l.target));
   const maxW = Math.max(1e-12, ...links.map((l) => Math.abs(l.weight)));
@@ -247,11 +258,12 @@ async function select(id) {
   } }, "Name");
   const rows = (list) => el("table", { class: "list" }, list.map((x) =>
     el("tr", { class: "link", onclick: () => S.pos.has(x.node_id) ? select(x.node_id) : flash("not in this pruned view") },
-      el("td", {}, x.clerp || x.node_id), el("td", { class: "muted small" }, x.node_id),
+      el("td", {}, x.clerp || x.node_id, el("div", { class: "muted small" }, x.node_id)),
       el("td", { class: x.weight >= 0 ? "w-pos" : "w-neg", style: "text-align:right" }, x.weight.toFixed(3)))));
   side.replaceChildren(
-    el("h2", {}, S.names[id] || node.clerp || id),
-    el("div", { class: "muted small" }, `${node.feature_type || "node"} · ${id} · layer ${node.layer} · position ${node.ctx_idx}` +
+    el("h2", {}, S.names[id] || node.clerp || id, S.pinned.has(id) ? el("span", { class: "chip" }, "pinned") : ""),
+    el("div", { class: "muted small" }, `${node.feature_type || "node"} · ${id} · layer ${node.layer} · on ` +
+      `“${visible((S.view.metadata.prompt_tokens || [])[node.ctx_idx] ?? node.ctx_idx)}” (position ${node.ctx_idx})` +
       (node.activation != null ? ` · activation ${fmt(node.activation)}` : "") + (n && n.influence != null ? ` · cum. influence ${fmt(n.influence, 2)}` : "")),
     el("div", { class: "row", style: "margin:8px 0" }, pinBtn, nameIn, nameBtn),
     el("h3", {}, "Strongest inputs"), d.inputs.length ? rows(d.inputs) : el("div", { class: "muted small" }, "none (a source node)"),
