@@ -155,6 +155,8 @@ class Trainer:
     def __init__(self, tc: TrainConfig, source, out: str | Path, resume: bool = False):
         self.tc, self.source, self.out = tc, source, Path(out)
         dist.init(tc.device)
+        if getattr(source, "batch_size", tc.batch_size) != tc.batch_size:
+            tc.batch_size = source.batch_size  # a model source rounds to whole sequences
         self.rank, self.world = dist.rank(), dist.world()
         if tc.batch_size % self.world:
             raise GlassworkError(f"batch size {tc.batch_size} must divide evenly over {self.world} ranks")
