@@ -109,6 +109,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--configs", default="4608:32,18432:32,4608:64,4608:128", help="d_sae:k pairs to measure")
     a = p.parse_args()
     import torch
     from safetensors.torch import save_file
@@ -117,7 +118,7 @@ def main():
     rates = matmul_rates(a.device)
     peer = a.saelens if Path(a.saelens).exists() else None
     rows = []
-    for d_sae, k in [(4608, 32), (18432, 32), (4608, 64), (4608, 128)]:
+    for d_sae, k in [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",")]:
         gw = measure(sys.executable, GLASSWORK_STEP, acts, d_sae, k, a.steps, a.device)
         sl = measure(peer, SAELENS_STEP, acts, d_sae, k, a.steps, a.device) if peer and k == 32 else None
         enc_gflop = 2 * BATCH * D_IN * d_sae / 1e9
