@@ -5,6 +5,7 @@ dictionary width.
 Peer setup (once; recorded in RESULTS.md):
   python3 -m venv /work/peers/circuit-tracer
   /work/peers/circuit-tracer/bin/pip install torch==2.13.0 && /work/peers/circuit-tracer/bin/pip install circuit-tracer==0.5.0
+  /work/peers/circuit-tracer/bin/pip install "nnsight>=0.6,<0.7"    # nnsight 0.8.1 breaks circuit-tracer 0.5.0's import
 circuit-tracer 0.5.0 loads the default model through its nnsight backend from a copy of the converted HF folder whose
 config.json also carries rope_theta at the top level (its transformers 4.57 reads it there; 5.x nests it).
 
@@ -128,7 +129,9 @@ def _ours_child(dictionary, ids, batch, threads, out, max_features):
                      max_features=int(max_features) or None)
     seconds = time.time() - t0
     g.save(out, dtype=torch.float32)
-    print(json.dumps({"seconds": seconds, "load_seconds": load_s, "n_features": g.n_features, "n_nodes": g.n_nodes,
+    node_mask, edge_mask, _ = g.prune(0.8, 0.98)
+    print(json.dumps({"pruned_nodes": int(node_mask.sum()), "pruned_edges": int(edge_mask.sum()),
+                      "top_logit": g.meta["logit_labels"][0], "seconds": seconds, "load_seconds": load_s, "n_features": g.n_features, "n_nodes": g.n_nodes,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "scores": g.meta["scores"], "edges": int((g.adjacency != 0).sum())}))
 
@@ -203,7 +206,7 @@ def main():
         scaling = []
         if not args.no_scaling:
             words = SCALING_TEXT.split()
-            for n in (4, 8, 16, 32):
+            for n in (4, 8, 16):
                 ids = ",".join(map(str, model.tokenize(" ".join(words[:n]))[0].tolist()))
                 r = run_ours(dictionary, ids, args.batch, args.threads, str(work / "s.safetensors"))
                 scaling.append({"kind": "length", "tokens": len(ids.split(",")), "width": width, **r})
@@ -234,15 +237,16 @@ def report(args, rows, scaling, width):
              "(nnsight backend, transformers 4.57.3) in /work/peers/circuit-tracer (`pip install torch==2.13.0` then "
              "`pip install circuit-tracer==0.5.0`); glasswork batch "
              f"{args.batch}, circuit-tracer batch {args.peer_batch}.", "",
-             "| prompt | tokens | features | nodes | replacement | completeness | glasswork s | circuit-tracer s | "
-             "speedup | glasswork MB | circuit-tracer MB | max abs diff / max edge |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| prompt | tokens | features | nodes | edges | pruned nodes / edges (0.8 / 0.98) | replacement | "
+             "completeness | glasswork s | circuit-tracer s | speedup | glasswork MB | circuit-tracer MB | "
+             "max abs diff / max edge |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         o, p, a = r["ours"], r.get("peer", {}), r.get("agreement", {})
         agree = (f"{a['rel_diff']:.1e}" if a.get("same_shape") and a.get("same_features") else
                  ("n/a" if not a else f"differ: {a}"))
-        lines.append(f"| {r['prompt']} | {r['tokens']} | {o['n_features']} | {o['n_nodes']} | "
-                     f"{o['scores']['replacement']:.3f} | {o['scores']['completeness']:.3f} | {o['seconds']:.1f} | "
+        lines.append(f"| {r['prompt']} | {r['tokens']} | {o['n_features']} | {o['n_nodes']} | {o['edges']:,} | "
+                     f"{o['pruned_nodes']} / {o['pruned_edges']} | {o['scores']['replacement']:.3f} | {o['scores']['completeness']:.3f} | {o['seconds']:.1f} | "
                      f"{p.get('seconds', float('nan')):.1f} | {r.get('speedup', float('nan')):.1f}x | "
                      f"{o['peak_rss_mb']:.0f} | {p.get('peak_rss_mb', float('nan')):.0f} | {agree} |")
     if scaling:
