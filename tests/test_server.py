@@ -252,3 +252,36 @@ def test_big_graph_view_is_capped_and_fast(tmp_path):
     assert d.status_code == 200 and time.perf_counter() - t0 < 2.0
     print(f"10k nodes / 1M edges: cold view {cold:.2f} s, cached {warm * 1000:.0f} ms, {len(r.content) / 1e6:.2f} MB")
     assert cold < 60
+
+
+def test_serve_verb_listens_on_loopback(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = os.path.join(os.path.dirname(sys.executable), "glasswork")
+    proc = subprocess.Popen([exe, "serve", "--dir", str(tmp_path), "--port", str(port), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        summary = json.loads(proc.stdout.readline())
+        assert summary["url"] == f"http://127.0.0.1:{port}/"
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/graphs", timeout=2) as r:
+                    assert json.loads(r.read()) == {"graphs": [], "folder": str(tmp_path / "graphs")}
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("glasswork serve did not answer")
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/graphs", headers={"Host": "attacker.example"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=2)
+        assert e.value.code == 421  # DNS rebinding: a foreign Host name is refused
+    finally:
+        proc.terminate()
+        proc.wait(10)
