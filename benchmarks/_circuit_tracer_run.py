@@ -15,7 +15,8 @@ from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_se
 
 cfg = yaml.safe_load(open(config))
 t0 = time.time()
-paths = {i: p for i, p in enumerate(cfg["transcoders"])}
+from pathlib import Path  # noqa: E402
+paths = {i: str(Path(config).parent / p) for i, p in enumerate(cfg["transcoders"])}  # files are relative to the config
 tcs = load_transcoder_set(paths, scan=cfg.get("scan", "glasswork-export"), feature_input_hook=cfg["feature_input_hook"],
                           feature_output_hook=cfg["feature_output_hook"], device=torch.device("cpu"))
 model = ReplacementModel.from_pretrained_and_transcoders(model_dir, tcs, backend="nnsight", device=torch.device("cpu"),

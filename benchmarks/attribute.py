@@ -59,28 +59,11 @@ def random_transcoders(model, width: int, active: int, seed: int = 0) -> dict:
 
 
 def export_circuit_tracer(tcs: dict, folder: Path) -> Path:
-    """circuit-tracer's transcoder-set format: config.yaml + one safetensors per layer (W_enc [F, d], W_dec [F, d],
-    b_enc, b_dec, optional W_skip [d, d] applied as x @ W_skip.T, activation_function.threshold for JumpReLU).
-    The input-side b_dec (our b_dec_in) is folded into b_enc, since circuit-tracer encodes the raw input."""
-    from safetensors.torch import save_file
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for layer in sorted(tcs):
-        tc = tcs[layer]
-        if tc.cfg.activation not in ("relu", "jumprelu"):
-            raise SystemExit(f"layer {layer}: circuit-tracer's loader takes ReLU or JumpReLU, not {tc.cfg.activation}")
-        b_enc = tc.b_enc - (tc.b_dec @ tc.W_enc if tc.cfg.b_dec_in else 0.0)
-        t = {"W_enc": tc.W_enc.T, "W_dec": tc.W_dec, "b_enc": b_enc, "b_dec": tc.b_dec}
-        if tc.W_skip is not None:
-            t["W_skip"] = tc.W_skip.T
-        if tc.cfg.activation == "jumprelu":
-            t["activation_function.threshold"] = tc.threshold
-        path = folder / f"layer_{layer:02d}.safetensors"
-        save_file({k: v.detach().float().contiguous() for k, v in t.items()}, str(path))
-        files.append(str(path))
-    lines = ["model_kind: transcoder_set", "model_name: smollm2-135m", "feature_input_hook: mlp.hook_in",
-             "feature_output_hook: mlp.hook_out", "scan: glasswork-export", "transcoders:"]
-    (folder / "config.yaml").write_text("\n".join(lines + [f"  - {f}" for f in files]) + "\n")
+    """circuit-tracer's transcoder-set format, written by glasswork's own exporter (dictionaries/formats.py)."""
+    from glasswork.dictionaries.formats import export_circuit_tracer as export
+    if any(t.cfg.b_dec_in and bool(t.b_dec.any()) for t in tcs.values()):
+        raise SystemExit("these transcoders subtract b_dec before encoding; circuit-tracer encodes the raw input")
+    export(tcs, folder)
     return folder / "config.yaml"
 
 
