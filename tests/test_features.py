@@ -44,6 +44,9 @@ def built(tmp_path_factory):
     model = make_tiny("llama")
     sae = tiny_sae(model)
     ctx = tiny_contexts(model)
+    with torch.no_grad():  # sparse like a trained SAE: each feature fires on about 10% of tokens
+        _, cache = gw.capture(model, ctx, [HOOK])
+        sae.b_enc -= sae.pre_acts(cache[HOOK]).flatten(0, 1).quantile(0.9, dim=0)
     path = build_index(model, sae, ctx, path=tmp_path_factory.mktemp("fi") / "features.sqlite", batch_size=7,
                        cfg=StatsConfig(top_k=5, n_quantiles=3, per_quantile=2, n_zero=3))
     with torch.no_grad():
@@ -223,3 +226,179 @@ def test_killed_build_never_leaves_a_half_written_index(tmp_path):
     ix = FeatureIndex(path)
     assert ix.meta["complete"] is True and ix.meta["n_contexts"] == 20
     assert not list(tmp_path.glob(".features.sqlite.*")), f"stale temp files kept: {leftovers}"
+
+
+# ---------------------------------------------------------------------------------------------------- labels
+
+import http.server  # noqa: E402
+import threading  # noqa: E402
+
+from glasswork.features import explain, scoring  # noqa: E402
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    calls = {"n": 0}
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert body["model"] == "tiny-chat" and body["messages"][-1]["role"] == "user"
+        _Handler.calls["n"] += 1
+        mode = self.path.split("/")[1]
+        if mode == "slow":
+            time.sleep(1.5)
+            self.close_connection = True
+            return  # the client has given up by now
+        elif mode == "html":
+            raw = b"<html>502 Bad Gateway</html>"
+            self.send_response(200), self.send_header("Content-Length", str(len(raw))), self.end_headers()
+            self.wfile.write(raw)
+            return
+        elif mode == "alternate":  # every other answer is garbage
+            content = "Label: numbers in lists" if _Handler.calls["n"] % 2 else "#### 1234 ????"
+        else:
+            content = "Label: \"numbers in lists\"\nextra line"
+        raw = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        self.send_response(200), self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw))), self.end_headers()
+        self.wfile.write(raw)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_openai_client_good_timeout_and_garbage(built, server):
+    model, sae, ctx, acts, ix = built
+    rec = ix.feature(live(acts)[0])
+    good = explain.make_explainer("openai", f"{server}/good/v1", "tiny-chat")
+    assert good.explain(rec) == "numbers in lists"
+    slow = explain.LMExplainer(explain.OpenAIChat(f"{server}/slow/v1", "tiny-chat", timeout=0.3, retries=1,
+                                                  backoff=0.01))
+    t0 = time.time()
+    with pytest.raises(gw.GlassworkError, match="no answer after 2 tries"):
+        slow.explain(rec)
+    assert time.time() - t0 < 3
+    with pytest.raises(gw.GlassworkError, match="not an OpenAI chat completion"):
+        explain.make_explainer("openai", f"{server}/html/v1", "tiny-chat").explain(rec)
+    with pytest.raises(gw.GlassworkError, match="no answer"):  # nothing listens there
+        explain.LMExplainer(explain.OpenAIChat("http://127.0.0.1:9/v1", "tiny-chat", timeout=0.3, retries=0)).explain(rec)
+    with pytest.raises(gw.GlassworkError, match="base-url"):
+        explain.make_explainer("openai")
+
+
+def test_failed_labels_are_recorded_and_the_rest_kept(built, server, tmp_path):
+    model, sae, ctx, acts, _ = built
+    import shutil
+    path = tmp_path / "f.sqlite"
+    shutil.copy(built[4].path, path)
+    ix = FeatureIndex(path)
+    feats = live(acts, 6)
+    _Handler.calls["n"] = 0
+    ex = explain.make_explainer("openai", f"{server}/alternate/v1", "tiny-chat")
+    res = scoring.label_features(ix, ex, features=feats)
+    assert res["n_labeled"] == 3 and res["n_errors"] == 3
+    rows = {lab["feature"]: lab for f in feats for lab in ix.labels_of(f)}
+    assert sorted(rows) == sorted(feats)
+    assert sum(r["label"] == "numbers in lists" for r in rows.values()) == 3
+    assert all("garbage answer" in r["error"] for r in rows.values() if r["label"] is None)
+    assert ix.search("lists")[0]["feature"] in feats
+
+
+def test_builtin_labels_beat_random_labels_on_distinct_features(built):
+    model, sae, ctx, acts, ix = built
+    feats = live(acts, 12)
+    res = scoring.label_features(ix, explain.BuiltinExplainer(), scoring.KeywordScorer(), features=feats)
+    assert res["n_errors"] == 0
+    for f in feats:
+        rec = ix.feature(f)
+        lab = ix.labels_of(f)[0]
+        top_tok = explain.firing_tokens(rec).most_common(1)[0][0]
+        assert json.dumps(top_tok) in lab["label"]
+        assert 0 <= lab["detection"] <= 1 and 0 <= lab["fuzzing"] <= 1
+    # the keyword scorer is a real test: a label naming tokens absent from the contexts scores at chance
+    rec = ix.feature(next(f for f in feats if ix.examples(f, "zero")))
+    nothing = scoring.score_label(scoring.KeywordScorer(), 'fires on "zzzqqq"', rec, [])
+    assert nothing["detection"] == 0.5 and nothing["fuzzing"] <= 0.5  # fuzzing: only one class when all tokens fire
+
+
+class _Client:
+    """A chat client that answers from a fixed rule, to check that LMScorer parses answers and keeps their order."""
+    name = "rule"
+
+    def chat(self, messages, max_tokens=64):
+        n = messages[-1]["content"].count("\n") - 1
+        return "\n".join(f"{i + 1}: {i % 2}" for i in range(n))
+
+
+def test_lm_scorer_parses_answers_and_rejects_garbage(built):
+    preds = scoring.LMScorer(_Client()).detect("x", [{"tokens": ["a"]}, {"tokens": ["b"]}, {"tokens": ["c"]}])
+    assert preds == [False, True, False]
+    bad = type("Bad", (), {"name": "bad", "chat": lambda self, m, max_tokens=0: "I think so"})()
+    with pytest.raises(gw.GlassworkError, match="garbage answer"):
+        scoring.LMScorer(bad).detect("x", [{"tokens": ["a"]}])
+
+
+def test_fires_render_export_and_cli(built, tmp_path):
+    model, sae, ctx, acts, ix = built
+    from rich.console import Console
+
+    from glasswork.features import neuronpedia, render
+    f = live(acts)[0]
+    con = Console(record=True, width=120)
+    render.show(ix.feature(f), ix.meta, con)
+    page = con.export_text()
+    assert f"feature {f}" in page and "top contexts" in page
+    res = neuronpedia.export(ix, tmp_path / "np", features=[f, live(acts)[1]])
+    batch = json.loads(Path(res["files"][0]).read_text())
+    feat = batch["features"][0]
+    assert feat["feature_index"] == f and len(feat["pos_str"]) == 10
+    assert feat["frac_nonzero"] == pytest.approx(ix.feature(f, False)["freq"])
+    top = feat["activations"][0]
+    assert len(top["tokens"]) == len(top["values"]) and max(top["values"]) == pytest.approx(
+        ix.examples(f)[0]["act"], rel=2e-3)
+    with pytest.raises(gw.GlassworkError, match="out of range"):
+        neuronpedia.export(ix, tmp_path / "np2", features=[10**6])
+    # fires: per token, the top features, matching a brute-force encode
+    text_ids = ctx[0]
+    sae_acts = acts[0]
+    out = fires_ids(model, sae, text_ids)
+    assert [x["feature"] for x in out[3]["features"]] == [int(i) for i in sae_acts[4].topk(3).indices
+                                                          if sae_acts[4, i] > 0]
+
+
+def fires_ids(model, sae, ids):
+    """gw.fires on token ids (tiny models have no tokenizer): patch tokenize for this model."""
+    model.tokenize = lambda text, bos=True: ids[None]
+    model.to_str_tokens = lambda t: [f"<{i}>" for i in t.flatten().tolist()]
+    return gw.fires(model, sae, "ignored", top=3)
+
+
+@pytest.mark.model
+def test_cli_build_show_label_fires_on_the_default_model(small_sae, tmp_path):
+    import shutil
+    d = tmp_path / "sae"
+    shutil.copytree(small_sae, d)
+    run = lambda *a: subprocess.run([str(Path(sys.executable).parent / "glasswork"), *a], capture_output=True, text=True,  # noqa
+                                    env={**os.environ, "GLASSWORK_PROGRESS": "0"})
+    out = run("features", "build", str(d), "--contexts", "24", "--ctx-len", "32", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["d_sae"] == 2304 and summary["n_tokens"] == 24 * 32
+    ix = FeatureIndex(d)
+    f = ix.live_features()[0]
+    out = run("features", "label", str(d), "--features", str(f), "--json")
+    assert json.loads(out.stdout)["n_labeled"] == 1, out.stderr
+    out = run("features", "show", str(d), str(f))
+    assert out.returncode == 0 and f"feature {f}" in out.stdout
+    out = run("features", "show", str(d), "99999")
+    assert out.returncode == 2 and "out of range" in out.stderr
+    out = run("fires", str(d), "--text", "The capital of France is Paris", "--json")
+    rows = json.loads(out.stdout)["tokens"]
+    assert [r["token"] for r in rows][-1] == " Paris" and len(rows[0]["features"]) == 5

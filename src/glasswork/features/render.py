@@ -43,9 +43,10 @@ def page(rec: dict, meta: dict, n_top: int = 8, per_quantile: int = 2) -> Group:
     for lab in rec.get("labels", []):
         line = Text.assemble(("label ", "bold"), (f"[{lab['explainer']}] ", "dim"),
                              lab["label"] or f"(failed: {lab['error']})")
+        num = lambda key: "n/a" if lab.get(key) is None else f"{lab[key]:.2f}"  # noqa: E731 (NaN is stored as NULL)
         if lab.get("detection") is not None:
-            line.append(f"   detection {lab['detection']:.2f} vs random {lab['detection_baseline']:.2f}, fuzzing "
-                        f"{lab['fuzzing']:.2f} vs {lab['fuzzing_baseline']:.2f}", style="dim")
+            line.append(f"   detection {num('detection')} vs random {num('detection_baseline')}, fuzzing "
+                        f"{num('fuzzing')} vs {num('fuzzing_baseline')}", style="dim")
         parts.append(line)
     side = Table.grid(padding=(0, 3))
     for _ in range(4):
