@@ -71,7 +71,10 @@ def shared_workdir() -> tuple[Path, dict]:
     """One workdir per test process (test_server and test_browser share it)."""
     import tempfile
     if "root" not in _BUILT:
+        import atexit
+        import shutil
         root = Path(tempfile.mkdtemp(prefix="glasswork-server-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
         _BUILT["parts"] = build_workdir(root)
         _BUILT["root"] = root
     return _BUILT["root"], _BUILT["parts"]
