@@ -122,23 +122,35 @@ class Graph:
         kind, rows = self.node_kind, self.row_nodes
         always = (kind == TOKEN) | (kind == LOGIT)
         node_mask = always | (infl >= cutoff(infl[~always], node_threshold))
-        pruned = self.adjacency.float() * node_mask[rows, None] * node_mask[None, :]
-        norm = pruned.abs()
+        # Edges are scored on the subgraph of kept nodes only (small), then mapped back.
+        kept = node_mask.nonzero().flatten()  # [k] node ids
+        row_sel = node_mask[rows].nonzero().flatten()  # adjacency rows whose target is kept
+        local = torch.full((self.n_nodes,), -1, dtype=torch.long)
+        local[kept] = torch.arange(len(kept))
+        sub_rows = local[rows[row_sel]]  # [k_rows] local index of each row's target
+        sub = self.adjacency[row_sel][:, kept].float()  # [k_rows, k]
+        norm = sub.abs()
         norm = norm / norm.sum(1, keepdim=True).clamp_min(1e-30)
-        w = self._logit_vector()
-        edge_infl = influence(norm, rows, w) + w  # the influence of each target node, logits included
-        edge_scores = norm * edge_infl[rows, None]
-        edge_mask = edge_scores >= cutoff(edge_scores.flatten(), edge_threshold)
-        edge_mask &= pruned != 0
+        w = self._logit_vector()[kept]
+        edge_infl = influence(norm, sub_rows, w) + w  # the influence of each target node, logits included
+        edge_scores = norm * edge_infl[sub_rows, None]
+        nonzero = sub != 0
+        sub_mask = (edge_scores >= cutoff(edge_scores[nonzero], edge_threshold)) & nonzero
+        k_kind, k_always = kind[kept], always[kept]
+        k_mask = torch.ones(len(kept), dtype=torch.bool)
         while True:  # drop nodes left without edges to or from the kept graph, until nothing changes
-            has_out = edge_mask.any(0)
-            has_in = torch.zeros(self.n_nodes, dtype=torch.bool)
-            has_in[rows] = edge_mask.any(1)
-            keep = always | (node_mask & has_out & (has_in | (kind == ERROR)))
-            if torch.equal(keep, node_mask):
+            has_out = sub_mask.any(0)
+            has_in = torch.zeros(len(kept), dtype=torch.bool)
+            has_in[sub_rows] = sub_mask.any(1)
+            keep = k_always | (k_mask & has_out & (has_in | (k_kind == ERROR)))
+            if torch.equal(keep, k_mask):
                 break
-            node_mask = keep
-            edge_mask &= node_mask[rows, None] & node_mask[None, :]
+            k_mask = keep
+            sub_mask &= k_mask[sub_rows, None] & k_mask[None, :]
+        node_mask = torch.zeros(self.n_nodes, dtype=torch.bool)
+        node_mask[kept[k_mask]] = True
+        edge_mask = torch.zeros(self.adjacency.shape, dtype=torch.bool)
+        edge_mask[row_sel[:, None], kept[None, :]] = sub_mask
         order = torch.argsort(infl, descending=True)
         cum = torch.zeros_like(infl)
         cum[order] = torch.cumsum(infl[order], 0) / infl.sum().clamp_min(1e-30)
