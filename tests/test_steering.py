@@ -174,3 +174,24 @@ def test_bad_input_is_a_clear_error():
     wide = SparseCoder(DictionaryConfig(kind="sae", d_in=64, d_sae=8, hook_in=HOOK, hook_out=HOOK, k=4))
     with pytest.raises(gw.GlassworkError, match="not trained on this model"):
         st.clamp_feature(model, wide, 1, 1.0)
+
+
+@pytest.mark.model
+def test_trained_sae_on_the_default_model(default_model, small_sae):
+    """With a trained SAE: zeroing a feature that is silent on the prompt leaves the logits exactly as they were (the
+    error term is kept, not re-added), and a 10x clamp writes (10 max - f) W_dec at the hook."""
+    model, sae = default_model, gw.load_dictionary(small_sae)
+    hook = sae.cfg.hook_in
+    ids = model.tokenize("The capital of France is Paris, and the capital of Italy is")
+    clean_logits, clean = gw.capture(model, ids, [hook], stop_early=False)
+    codes = sae.encode(clean[hook]).detach()[0]  # [seq, d_sae]
+    silent = int((codes.amax(0) == 0).nonzero()[0])
+    with st.steer(model, [st.zero_feature(model, sae, silent)]):
+        assert torch.equal(model.logits(ids), clean_logits)
+    active = int(codes[1:].amax(0).argmax())
+    max_act = st.max_activation(model, sae, active, contexts=ids)
+    iv = st.clamp_feature(model, sae, active, "10x", positions="prompt", dictionary_folder=None, max_act=max_act)
+    with st.steer(model, [iv]):
+        _, cache = gw.capture(model, ids, [hook])
+    expected = clean[hook] + (10 * max_act - codes[:, active])[None, :, None] * sae.W_dec[active].detach()
+    assert torch.allclose(cache[hook], expected, atol=1e-3)

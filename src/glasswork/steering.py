@@ -247,7 +247,8 @@ class _Tracker:
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is None:
                 ids = kwargs.get("inputs_embeds")
-            self.prompt_len = ids.shape[1]  # the first pass over a new sequence is its prompt
+            if ids is not None:
+                self.prompt_len = ids.shape[1]  # the first pass over a new sequence is its prompt
 
     def mask(self, seq: int, positions: Positions, device) -> torch.Tensor | None:
         """Bool mask [seq] of the positions to edit; None means all of them."""
