@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,10 +48,16 @@ def peak_memory(mode: str, batch_size: int) -> None:
     """Child process: peak RSS growth (MB) of 2 batches of one mode over the loaded model."""
     model = gw.load_model()
     ids = gw.corpus.contexts(model, n_contexts=batch_size)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) so model loading is not counted
+    base = _status_kb("VmRSS")
     for _ in range(2):
         modes(model)[mode](ids)
-    print(json.dumps({"peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+    print(json.dumps({"peak_mb": (_status_kb("VmHWM") - base) / 1024}))
+
+
+def _status_kb(field: str) -> int:
+    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(field + ":"))
+    return int(line.split()[1])
 
 
 @torch.no_grad()
@@ -107,7 +112,8 @@ def main() -> None:
                 f"{cli['shards']} shard(s)): {wall:.1f} s wall including process start and model load = "
                 f"{args.cli_tokens / wall:,.0f} tokens/s; the verb's own count (load + corpus + harvest + write): "
                 f"{cli['tokens_per_s']:,.0f} tokens/s.")
-    cmd_line = f".venv/bin/python benchmarks/harvest.py --batches {args.batches} --batch-size {args.batch_size}"
+    cmd_line = (f".venv/bin/python benchmarks/harvest.py --batches {args.batches} --batch-size {args.batch_size} "
+                f"--cli-tokens {args.cli_tokens}")
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads; load average {load_before[0]:.1f} before, {load_after[0]:.1f} "
                f"after (the machine is shared)")
