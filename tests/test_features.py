@@ -220,11 +220,11 @@ def test_killed_build_never_leaves_a_half_written_index(tmp_path):
             with pytest.raises(gw.GlassworkError):
                 FeatureIndex(path)
     leftovers = list(tmp_path.glob(".features.sqlite.*"))
-    out = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(tests=tests, n=20, path=str(path))],
+    out = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(tests=tests, n=8, path=str(path))],
                          capture_output=True, env=env)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     ix = FeatureIndex(path)
-    assert ix.meta["complete"] is True and ix.meta["n_contexts"] == 20
+    assert ix.meta["complete"] is True and ix.meta["n_contexts"] == 8
     assert not list(tmp_path.glob(".features.sqlite.*")), f"stale temp files kept: {leftovers}"
 
 
