@@ -21,8 +21,11 @@ async function loadList(select) {
 
 async function loadView(name) {
   const nt = $("node-threshold").value, et = $("edge-threshold").value;
+  const ticket = (S.ticket = (S.ticket || 0) + 1);
+  $("counts").textContent = "loading view…";
   try {
     const v = await api(`/api/graphs/${encodeURIComponent(name)}/view?node_threshold=${nt}&edge_threshold=${et}`);
+    if (ticket !== S.ticket) return;  // a later slider position already asked: drop this answer
     if (name !== S.name) { S.clicked = null; S.tx = S.ty = 0; S.k = 1; }
     S.name = name; S.view = v;
     S.pinned = new Set(v.qParams.pinnedIds || []);
