@@ -84,21 +84,25 @@ function layout() {
     widest[p] = Math.max(widest[p], list.length);
     list.sort((a, b) => (a.influence ?? 1) - (b.influence ?? 1));
   }
-  const colW = widest.map((c) => Math.max(MIN_COL, Math.min(c, 24) * NODE_GAP + 16));
+  const box = $("canvas").getBoundingClientRect();
+  let colW = widest.map((c) => Math.max(MIN_COL, Math.min(c, 24) * NODE_GAP + 16));
+  const spare = (box.width - 2 * PAD) / colW.reduce((a, b) => a + b, 0);
+  if (spare > 1) colW = colW.map((w) => w * spare);  // narrow graphs use the whole width
+  S.rowH = Math.max(18, Math.min(ROW, (box.height - 2 * PAD - 50) / Math.max(1, rows.length)));  // many layers fit
   const colX = []; let x = PAD;
   for (const w of colW) { colX.push(x); x += w; }
   S.colX = colX; S.colW = colW; S.rows = rows;
-  S.w = x + PAD; S.h = rows.length * ROW + 2 * PAD + 50;
+  S.w = x + PAD; S.h = rows.length * S.rowH + 2 * PAD + 50;
   S.pos = new Map();
   for (const [key, list] of cells) {
     const [r, p] = key.split("|").map(Number);
-    const y = S.h - PAD - 20 - rowIndex.get(r) * ROW - ROW / 2;  // logits on top, embeddings at the bottom
+    const y = S.h - PAD - 20 - rowIndex.get(r) * S.rowH - S.rowH / 2;  // logits on top, embeddings at the bottom
     const perLine = Math.max(1, Math.floor((colW[p] - 16) / NODE_GAP));
     list.forEach((n, i) => {
       const line = Math.floor(i / perLine), j = i % perLine;
       const inLine = Math.min(perLine, list.length - line * perLine);
       const cx = colX[p] + colW[p] / 2 + (j - (inLine - 1) / 2) * NODE_GAP;
-      S.pos.set(n.node_id, { x: cx, y: y + (line % 3) * 9 - (line > 0 ? 9 : 0), n });
+      S.pos.set(n.node_id, { x: cx, y: y + (line % 3) * Math.min(9, S.rowH / 3) - (line > 0 ? Math.min(9, S.rowH / 3) : 0), n });
     });
   }
   fit();
@@ -136,7 +140,7 @@ function draw() {
   // row guides and labels, token labels
   const g = document.createElementNS(NS, "g");
   g.setAttribute("transform", `translate(${S.tx},${S.ty}) scale(${S.k})`);
-  const rowY = (i) => S.h - PAD - 20 - i * ROW - ROW / 2;
+  const rowY = (i) => S.h - PAD - 20 - i * S.rowH - S.rowH / 2;
   S.rows.forEach((r, i) => {
     ctx.strokeStyle = "#eef0f3"; ctx.lineWidth = 1 / S.k;
     ctx.beginPath(); ctx.moveTo(PAD, rowY(i)); ctx.lineTo(S.w - PAD, rowY(i)); ctx.stroke();
