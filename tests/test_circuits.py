@@ -209,6 +209,22 @@ def test_influence_matches_inverse_and_pruning_keeps_logits():
         assert small <= big
 
 
+def test_node_ids_are_unique_across_kinds():
+    # Feature 3 of layer 0 at position 1 and the error node of layer 3 at position 1 once shared the id '0_3_1'.
+    kind = torch.tensor([FEATURE, ERROR, TOKEN, TOKEN, LOGIT], dtype=torch.int8)
+    layer = torch.tensor([0, 3, 0, 0, 4], dtype=torch.int32)
+    pos = torch.tensor([1, 1, 0, 1, 1], dtype=torch.int32)
+    index = torch.tensor([3, 0, 7, 8, 9])
+    adj = torch.zeros(2, 5)
+    adj[0, 2:4] = 1.0
+    adj[1, :4] = 1.0
+    g = Graph(adj, kind, layer, pos, index, torch.ones(5), torch.tensor([1.0]), torch.arange(2),
+              meta={"prompt": "p", "str_tokens": ["a", "b"], "logit_labels": ["x"]})
+    ids = [g.node_id(i) for i in range(g.n_nodes)]
+    assert len(set(ids)) == len(ids), ids
+    assert ids[0] == "0_3_1" and ids[1] != ids[0]
+
+
 def test_view_schema_and_file_round_trip(tmp_path):
     g = _random_graph(1)
     v = g.view(0.8, 0.98)

@@ -181,14 +181,15 @@ class Graph:
             "nodes": nodes, "links": links}
 
     def node_id(self, i: int) -> str:
-        """Viewer ids: features '{layer}_{feature}_{pos}', errors '0_{layer}_{pos}', tokens 'E_{token}_{pos}',
-        logits '{n_layers}_{token}_{pos}' (custom targets use -1-j as the token)."""
+        """Viewer ids: features '{layer}_{feature}_{pos}', errors 'err_{layer}_{pos}', tokens 'E_{token}_{pos}',
+        logits '{n_layers}_{token}_{pos}' (custom targets use -1-j as the token). Errors get their own prefix: a
+        '0_{layer}_{pos}' id would collide with feature {layer} of layer 0."""
         kind, layer, pos, idx = (int(self.node_kind[i]), int(self.node_layer[i]), int(self.node_pos[i]),
                                  int(self.node_index[i]))
         if kind == FEATURE:
             return f"{layer}_{idx}_{pos}"
         if kind == ERROR:
-            return f"0_{layer}_{pos}"
+            return f"err_{layer}_{pos}"
         if kind == TOKEN:
             return f"E_{idx}_{pos}"
         j = i - (self.n_nodes - self.n_logits)
