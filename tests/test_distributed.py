@@ -19,6 +19,16 @@ train(_cfg(tokens=128 * 12, batch_size=128, checkpoint_every=0, aux_coeff=0.0), 
 """
 
 
+@pytest.fixture
+def fp32(monkeypatch):
+    """This process trains in fp32 too (the torchrun ranks get GLASSWORK_BF16=0)."""
+    from glasswork.precision import bf16_is_fast
+    monkeypatch.setenv("GLASSWORK_BF16", "0")
+    bf16_is_fast.cache_clear()
+    yield
+    bf16_is_fast.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def torchrun_outputs(tmp_path_factory):
     """One `torchrun --nproc-per-node 2` launch (process-group start-up is the slow part) running both checks."""
@@ -26,14 +36,15 @@ def torchrun_outputs(tmp_path_factory):
     script = tmp / "both.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp / "ddp2")) +
                       SHARD_SCRIPT.format(out=str(tmp)))
-    env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    # fp32 on both sides: bf16 autocast (used where this CPU runs it faster) rounds half batches differently
+    env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1", "GLASSWORK_BF16": "0"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
                         str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp
 
 
-def test_two_processes_equal_one(tmp_path, torchrun_outputs):
+def test_two_processes_equal_one(tmp_path, torchrun_outputs, fp32):
     two = load(torchrun_outputs / "ddp2")
     from test_training import _cfg, _data  # one process, in this one (same global batches)
     from glasswork.training import TensorSource, train

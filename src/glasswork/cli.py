@@ -175,19 +175,30 @@ app.add_typer(corpus_app, name="corpus")
 
 @app.command()
 def demo(out: Optional[Path] = typer.Option(None, help="Folder for the demo's stages and outputs "
-                                                      "(default: $GLASSWORK_HOME/demo)."),
-         quick: bool = typer.Option(False, help="A smaller run (20k tokens instead of 100k)."),
+                                                      "(default: $GLASSWORK_HOME/demo, or demo-quick with --quick)."),
+         quick: bool = typer.Option(False, help="A smaller run (about 5 minutes on 2 cores instead of 20)."),
+         serve: bool = typer.Option(True, "--serve/--no-serve", help="Open the results in the web app at the end."),
+         port: int = typer.Option(8765, help="Port for the web app."),
+         fresh: bool = typer.Option(False, help="Delete the demo folder first and start over."),
          as_json: bool = JSON_OPT):
-    """The main job on the default model, in stages that are cached and skipped when done (rerun to resume)."""
+    """The main job on the default model: harvest, train an SAE and 30 transcoders, index and label features,
+    trace two prompts, steer, then serve it all. Stages are cached (a rerun resumes)."""
     def go():
-        from .data.cli import _human
-        from .demo import demo as run_demo
+        from .demo import clean, demo_folder, report, demo as run_demo
         t0 = time.time()
-        results = run_demo(out, quick=quick, log=lambda s: err.print(s, markup=False))
-        summary = results["summary-quick" if quick else "summary"]
-        emit({"stages": results, "seconds": round(time.time() - t0, 2)}, as_json,
-             _human(summary) + f"\n  MLP({summary['hooks'][1]}) vs stored {summary['hooks'][2]}: relative error "
-             f"{summary['mlp_check_rel_err']}")
+        folder = demo_folder(out, quick)
+        if fresh:
+            clean(folder)
+        results = run_demo(folder, quick=quick, log=lambda s: err.print(s, markup=False))
+        summary = {"out": str(folder), "stages": results, "seconds": round(time.time() - t0, 2)}
+        url = f"http://127.0.0.1:{port}/"
+        if serve:
+            summary["url"] = url
+        emit(summary, as_json, "\n" + report(results) + f"\n\nall in {folder} ({summary['seconds']} s)")
+        if serve:
+            from .server import serve as run_server
+            err.print(f"\nweb app: [bold]{url}[/]  (graphs, features, steering; Ctrl-C stops it)")
+            run_server(folder, port=port)
     run_verb(go)
 
 

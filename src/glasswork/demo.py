@@ -1,12 +1,20 @@
-"""`glasswork demo`: the main job on the default model, as stages. Each stage's result is recorded in
-OUT/stages/<stage>.json (default OUT = $GLASSWORK_HOME/demo) and a stage already recorded is skipped, so a rerun
-(or a run after a kill) picks up where the last one stopped; a stage's own long work (the harvest) resumes too.
+"""`glasswork demo`: the main job on the default model, from nothing to an explored model, as cached stages.
 
-Stages so far: corpus (fetch + tokenize the default corpus) -> harvest (a small activation store: the residual
-stream after layer 15 and the MLP input/output of layer 15) -> summary. Later issues add training, feature pages,
-attribution graphs."""
+    corpus       fetch + tokenize the default corpus
+    harvest      the residual stream after layer 15 into an activation store          OUT/store
+    sae          a TopK SAE on it (trained from the store), evaluated on held-out text  OUT/sae-l15
+    transcoders  TopK transcoders for all 30 MLPs, one pass straight from the model    OUT/transcoders
+    features     the SAE's feature index (SQLite) with built-in labels and scores     OUT/sae-l15/features.sqlite
+    graphs       attribution graphs for two prompts through the transcoders            OUT/graphs/*.safetensors
+    steering     one SAE feature clamped, baseline and steered text side by side       OUT/stages/steering.json
+    then `serve` opens OUT in the web app (skipped with serve=False / --no-serve).
+
+Each stage's result is kept in OUT/stages/<stage>.json and a stage already recorded is skipped, so a rerun (or a run
+after a kill) picks up where the last one stopped; the harvest and the training resume inside a stage too.
+OUT defaults to $GLASSWORK_HOME/demo (quick runs: $GLASSWORK_HOME/demo-quick)."""
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,47 +22,98 @@ from typing import Callable
 
 from .io import GlassworkError, home, read_json, write_json
 
-LAYER = 15
+LAYER = 15  # the SAE's layer: the middle of SmolLM2-135M's 30
+PROMPTS = {"france": "The capital of France is",
+           "mary-john": "When Mary and John went to the store, John gave a drink to"}
+STEER_TEXT = "I love Paris, the capital of France."  # the steered feature is the SAE's strongest on " Paris" here
+STEER_PROMPT = "My favourite thing to do on a weekend is"
 
 
 @dataclass
 class DemoConfig:
-    tokens: int = 100_000
+    harvest_tokens: int = 120_000
+    sae_d: int = 4608
+    sae_k: int = 32
+    sae_epochs: int = 3  # passes over the harvested store
+    tc_tokens: int = 80_000
+    tc_d: int = 2304
+    tc_k: int = 16
+    index_contexts: int = 512
+    index_ctx: int = 64
+    label_features: int = 200  # the most frequent live features get built-in labels and detection scores
+    eval_tokens: int = 4096
+    max_features: int = 4096  # attribution feature budget
     ctx_len: int = 128
-    batch_size: int = 16
-    dtype: str = "bf16"  # storage only (halves the disk); activations are computed in the model's dtype
-    hooks: tuple[str, ...] = (f"blocks.{LAYER}.hook_resid_post", f"blocks.{LAYER}.ln2.hook_normalized",
-                              f"blocks.{LAYER}.hook_mlp_out")
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        return cls(tokens=20_480)
+        return cls(harvest_tokens=24_000, sae_d=2304, sae_epochs=2, tc_tokens=16_000, tc_d=1152, index_contexts=128,
+                   label_features=50, eval_tokens=1024, max_features=1024)
 
 
 def _stage(out: Path, name: str, fn: Callable[[], dict], log: Callable[[str], None]) -> dict:
     """Run a stage once: its result is kept in OUT/stages/NAME.json and returned from there afterwards."""
     path = out / "stages" / f"{name}.json"
     if path.exists():
-        log(f"[{name}] done before, skipped ({path})")
-        return read_json(path, f"demo stage record '{name}'")
+        rec = read_json(path, f"demo stage record '{name}'")
+        log(f"[{name}] done before ({rec.get('seconds', '?')} s then), skipped: {path}")
+        return rec
     t0 = time.time()
     log(f"[{name}] ...")
     result = {**fn(), "seconds": round(time.time() - t0, 2)}
     write_json(path, result)
-    log(f"[{name}] done in {result['seconds']} s")
+    log(f"[{name}] done in {result['seconds']} s: {_brief(name, result)}")
     return result
 
 
+def _brief(name: str, r: dict) -> str:
+    """One line a person reads: what the stage made and where."""
+    if name == "corpus":
+        return f"{r['train_tokens']:,} training tokens"
+    if name == "harvest":
+        return f"{r['tokens']:,} tokens of {r['hooks'][0]} in {r['store']}"
+    if name in ("sae", "transcoders"):
+        return f"{r['path']} ({', '.join(f'{k} {v}' for k, v in r['metrics'].items())})"
+    if name == "features":
+        return f"{r['live']} live features, {r['labelled']} labelled, index {r['index']}"
+    if name == "graphs":
+        return "; ".join(f"{k}: {g['nodes']} nodes, {g['edges']} edges, replacement {g['replacement_score']}"
+                         for k, g in r["graphs"].items())
+    if name == "steering":
+        return f"feature {r['feature']} ({r['label']!r}) clamped to {r['clamp']}"
+    return ""
+
+
+def _train(tc, source, folder: Path) -> dict:
+    """Train into `folder`, resuming from its checkpoint after a kill; a folder already complete is just returned."""
+    from .training import train
+    if (folder / "config.json").exists() or (folder / "set.json").exists():
+        return {}
+    res = train(tc, source, folder, resume=(folder / "checkpoint.safetensors").exists())
+    res.pop("dicts", None)
+    return res
+
+
 def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the demo; returns {stage: result}."""
+    """Run (or resume) the demo; returns {stage: result}. Serving is separate: `serve_demo(out)`."""
+    import torch
+
+    from . import evals, load_dictionary, load_transcoders
     from .data import corpus
     from .data.store import ActivationStore, harvest
     from .models import load_model
+    from .training import TrainConfig
+    from .training.sources import ModelSource, StoreSource
     cfg = DemoConfig.quick() if quick else DemoConfig()
-    out = Path(out) if out is not None else home() / "demo"
-    store_dir = out / ("store-quick" if quick else "store")
+    out = demo_folder(out, quick)
+    store_dir, sae_dir, tc_dir, graph_dir = out / "store", out / "sae-l15", out / "transcoders", out / "graphs"
+    hook = f"blocks.{LAYER}.hook_resid_post"
     results: dict[str, dict] = {}
+    t_load = time.time()
     model = load_model()
+    log(f"model {model.name}: {model.n_layers} layers, d_model {model.d_model} (loaded in {time.time() - t_load:.1f} s);"
+        f" demo folder {out}")
+    torch.manual_seed(0)
 
     def corpus_stage() -> dict:
         info = corpus.info()
@@ -63,24 +122,136 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
 
     def harvest_stage() -> dict:
         t0 = time.time()
-        harvest(model, list(cfg.hooks), store_dir, cfg.tokens, ctx_len=cfg.ctx_len, batch_size=cfg.batch_size,
-                dtype=cfg.dtype)
-        secs = time.time() - t0
-        return {"store": str(store_dir), "config": asdict(cfg), "tokens_per_s": round(cfg.tokens / secs, 1)}
+        harvest(model, [hook], store_dir, cfg.harvest_tokens, ctx_len=cfg.ctx_len, dtype="bf16")
+        info = ActivationStore(store_dir, model=model).info()
+        return {"store": str(store_dir), "hooks": info["hooks"], "tokens": info["tokens"], "mb": round(info["bytes"] / 1e6, 1),
+                "tokens_per_s": round(cfg.harvest_tokens / (time.time() - t0), 1)}
 
-    def summary_stage() -> dict:
+    def sae_stage() -> dict:
         store = ActivationStore(store_dir, model=model)
-        batch = next(store.batches(1024, seed=0))
-        mlp_in, mlp_out = batch[cfg.hooks[1]], batch[cfg.hooks[2]]
-        # Sanity check that the stored rows belong together: the layer's MLP maps its stored input to its stored output.
-        err = (model.mlp(LAYER, mlp_in) - mlp_out).norm() / mlp_out.norm()
-        return {**store.info(verify=True), "mlp_check_rel_err": round(err.item(), 5)}
+        tc = TrainConfig(kind="sae", arch="topk", hooks=[hook], d_sae=cfg.sae_d, k=cfg.sae_k, batch_size=1024,
+                         tokens=cfg.sae_epochs * store.info()["tokens"], lr=2e-3 if quick else 1e-3, warmup_steps=20,
+                         model=model.name)
+        res = _train(tc, StoreSource(store, [hook], tc.batch_size, seed=0), sae_dir)
+        sae = load_dictionary(sae_dir)
+        ev = evals.evaluate(sae, model, corpus.heldout_texts(), tokens=cfg.eval_tokens)
+        return {"path": str(sae_dir), "d_sae": cfg.sae_d, "k": cfg.sae_k, "tokens": tc.tokens,
+                "tokens_per_s": res.get("tokens_per_second"), "metrics": _metrics(ev, sae_dir.name)}
 
-    suffix = "-quick" if quick else ""  # quick and full runs keep separate stores and records
-    for name, fn in (("corpus", corpus_stage), ("harvest" + suffix, harvest_stage), ("summary" + suffix, summary_stage)):
+    def transcoders_stage() -> dict:
+        tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(model.n_layers)), d_sae=cfg.tc_d, k=cfg.tc_k,
+                         tokens=cfg.tc_tokens, batch_size=1016, ctx=cfg.ctx_len, lr=2e-3 if quick else 1e-3,
+                         warmup_steps=10, b_dec_init="mean", model=model.name)
+        source = ModelSource(model, corpus.default_texts, tc.input_hooks(), tc.batch_size, ctx=tc.ctx)
+        res = _train(tc, source, tc_dir)
+        tcs = load_transcoders(tc_dir)
+        ev = evals.evaluate({f"layer{l}": d for l, d in tcs.items()}, model, corpus.heldout_texts(),
+                            tokens=cfg.eval_tokens)
+        per_layer = {str(l): {"fvu": round(ev["dictionaries"][f"layer{l}"]["fvu"], 3),
+                              "l0": round(ev["dictionaries"][f"layer{l}"]["l0"], 1)} for l in tcs}
+        return {"path": str(tc_dir), "layers": len(tcs), "d_sae": cfg.tc_d, "k": cfg.tc_k, "tokens": cfg.tc_tokens,
+                "tokens_per_s": res.get("tokens_per_second"), "metrics": _metrics(ev, None), "per_layer": per_layer}
+
+    def features_stage() -> dict:
+        from .features import BuiltinExplainer, FeatureIndex, build_index, label_features
+        path = sae_dir / "features.sqlite"
+        if not path.exists():
+            build_index(model, sae_dir, n_contexts=cfg.index_contexts, ctx_len=cfg.index_ctx)
+        ix = FeatureIndex(path)
+        live = ix.live_features()
+        freq = {f: ix.feature(f, with_examples=False)["n_fired"] for f in live}
+        pick = sorted(live, key=lambda f: -freq[f])[:cfg.label_features]
+        done = set(ix.labels("builtin"))
+        todo = [f for f in pick if f not in done]  # a resumed stage labels only what is left
+        res = label_features(ix, BuiltinExplainer(), features=todo) if todo else {}
+        labelled = ix.labels("builtin")
+        scored = [r for r in ix.db.execute("SELECT detection, detection_baseline FROM labels WHERE explainer = 'builtin' "
+                                           "AND detection IS NOT NULL")]
+        beats = sum(1 for d, b in scored if b is not None and d > b)
+        return {"index": str(path), "live": len(live), "d_sae": ix.d_sae, "labelled": len(labelled),
+                "beat_random_baseline": f"{beats}/{len(scored)}", "errors": res.get("n_errors", 0),
+                "examples": {str(f): labelled.get(f, "") for f in pick[:8]}}
+
+    def graphs_stage() -> dict:
+        from .circuits import attribute
+        tcs = load_transcoders(tc_dir)
+        graph_dir.mkdir(parents=True, exist_ok=True)
+        made = {}
+        for name, prompt in PROMPTS.items():
+            t0 = time.time()
+            g = attribute(model, tcs, prompt, max_features=cfg.max_features, dictionary=str(tc_dir))
+            g.save(graph_dir / f"{name}.safetensors")
+            view = g.view(0.8, 0.98)
+            scores = g.meta.get("scores", {})
+            top = [n for n in view["nodes"] if n["feature_type"] == "logit"][:3]
+            made[name] = {"prompt": prompt, "path": str(graph_dir / f"{name}.safetensors"),
+                          "nodes": len(view["nodes"]), "edges": len(view["links"]),
+                          "nodes_total": g.n_nodes, "features_total": g.n_features,
+                          "replacement_score": round(float(scores.get("replacement", float("nan"))), 3),
+                          "completeness_score": round(float(scores.get("completeness", float("nan"))), 3),
+                          "targets": [f"{n['clerp']} (p={n['token_prob']:.2f})" for n in top],
+                          "seconds": round(time.time() - t0, 1)}
+        return {"graphs": made}
+
+    def steering_stage() -> dict:
+        from . import steering
+        from .features import FeatureIndex, fires
+        sae = load_dictionary(sae_dir)
+        ix = FeatureIndex(sae_dir / "features.sqlite")
+        rows = fires(model, sae, STEER_TEXT, top=3, index=ix)
+        paris = next(r for r in rows if r["token"].strip() == "Paris")
+        feature = paris["features"][0]["feature"]
+        clamp = steering.clamp_feature(model, sae, feature, "10x", positions="all", dictionary_folder=sae_dir)
+        res = steering.compare(model, STEER_PROMPT, [clamp], max_new_tokens=30, seed=0, temperature=0.7)
+        return {"feature": f"{LAYER}/{feature}", "label": ix.labels().get(feature, ""), "clamp": "10x",
+                "prompt": STEER_PROMPT, "baseline": res["baseline"][0], "steered": res["steered"][0],
+                "command": f"glasswork steer --feature {LAYER}/{feature} --dictionary {sae_dir} --clamp 10x "
+                           f"--prompt \"{STEER_PROMPT}\""}
+
+    stages = [("corpus", corpus_stage), ("harvest", harvest_stage), ("sae", sae_stage),
+              ("transcoders", transcoders_stage), ("features", features_stage), ("graphs", graphs_stage),
+              ("steering", steering_stage)]
+    for i, (name, fn) in enumerate(stages):
+        log(f"stage {i + 1}/{len(stages)}")
         results[name] = _stage(out, name, fn, log)
-    summary = results["summary" + suffix]
-    if summary["mlp_check_rel_err"] > 0.02:  # bf16 storage rounds to ~0.4%; far more means misaligned rows
-        raise GlassworkError(f"{store_dir}: stored MLP input and output do not match the model "
-                             f"(relative error {summary['mlp_check_rel_err']})")
     return results
+
+
+def _metrics(ev: dict, name: str | None) -> dict:
+    """The few numbers a person wants from an eval: reconstruction, sparsity and what splicing costs the model."""
+    m = {"ce_loss_score": round(ev["ce_loss_score"], 3), "kl": round(ev["kl"], 3)}
+    if name is not None:
+        d = next(iter(ev["dictionaries"].values()))
+        m = {"fvu": round(d["fvu"], 3), "l0": round(d["l0"], 1), "dead": round(d.get("dead_fraction", 0.0), 3), **m}
+    else:
+        fvus = [d["fvu"] for d in ev["dictionaries"].values()]
+        m = {"mean_fvu": round(sum(fvus) / len(fvus), 3), **m}
+    return m
+
+
+def demo_folder(out: str | Path | None, quick: bool) -> Path:
+    return Path(out) if out is not None else home() / ("demo-quick" if quick else "demo")
+
+
+def report(results: dict) -> str:
+    """What the demo made, for a person: one block per stage."""
+    lines = []
+    for name, r in results.items():
+        lines.append(f"{name:12s} {_brief(name, r)}")
+    st = results.get("steering")
+    if st:
+        lines += ["", f"steering {st['feature']} ({st['label']!r}) x10 on {st['prompt']!r}:",
+                  f"  baseline: {st['baseline']!r}", f"  steered:  {st['steered']!r}", f"  again: {st['command']}"]
+    return "\n".join(lines)
+
+
+def clean(out: Path) -> None:
+    """Remove a demo folder (for `glasswork demo --fresh`)."""
+    if out.exists():
+        if not (out / "stages").exists():
+            raise GlassworkError(f"{out} does not look like a demo folder (no stages/): not removing it")
+        shutil.rmtree(out)
+
+
+def config_of(quick: bool) -> dict:
+    return asdict(DemoConfig.quick() if quick else DemoConfig())
