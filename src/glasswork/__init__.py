@@ -21,3 +21,4 @@ from . import data
 from .data import ActivationStore, harvest, stream_activations
 from .data import corpus
 from .demo import demo
+from . import toy

@@ -171,6 +171,8 @@ from .data.cli import corpus_app, harvest_cmd, store_app  # noqa: E402
 app.command("harvest")(harvest_cmd)
 app.add_typer(store_app, name="store")
 app.add_typer(corpus_app, name="corpus")
+from .toy.cli import toy_cmd  # noqa: E402
+app.command("toy")(toy_cmd)
 
 
 @app.command()

@@ -80,8 +80,9 @@ def decaying_importance(n: int, base: float = 0.9) -> torch.Tensor:
 def sample(batch: int, sparsity: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """x: [inst, batch, n]. One uniform u per entry: active when u < 1-S, and then u / (1-S) is uniform in [0, 1)."""
     density = (1 - sparsity)[:, None, :]  # [inst, 1, n]
-    u = torch.rand(sparsity.shape[0], batch, sparsity.shape[1], generator=gen)
-    return torch.where(u < density, u / density, torch.zeros(()))
+    x = torch.rand(sparsity.shape[0], batch, sparsity.shape[1], generator=gen)
+    x.div_(density)  # in place: the data passes dominate a step's time
+    return x.masked_fill_(x >= 1, 0.0)
 
 
 class ToyModel(nn.Module):
@@ -115,6 +116,23 @@ class ToyModel(nn.Module):
         return (self.importance[:, None, :] * (x - self(x)) ** 2).sum(-1).mean(-1)
 
 
+@torch.no_grad()
+def gradients(model: "ToyModel", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d(sum of per-instance losses)/d(W, b) for x [inst, batch, n], written out by hand: autograd's extra passes over
+    [inst, batch, n] made a step 2-3x slower here. Returns gW [inst, m, n], gb [inst, n]."""
+    W, b = model.W, model.b
+    B = x.shape[1]
+    h = torch.bmm(x, W.transpose(1, 2))  # [inst, batch, m]
+    out = torch.baddbmm(b[:, None, :], h, W).clamp_min_(0)  # x' [inst, batch, n]
+    g = out.sub(x).masked_fill_(out == 0, 0.0)  # x' - x where the ReLU is open (torch's ReLU gradient at 0 is 0 too)
+    c = model.importance * (2.0 / B)  # [inst, n]: folded in after the batch reductions, never multiplied over [inst, batch, n]
+    gb = g.sum(1) * c
+    gW = torch.bmm(h.transpose(1, 2), g) * c[:, None, :]  # through the decoder W^T h
+    dh = torch.bmm(g, (W * c[:, None, :]).transpose(1, 2))  # [inst, batch, m]
+    gW += torch.bmm(dh.transpose(1, 2), x)  # through the encoder W x
+    return gW, gb
+
+
 def train(cfg: ToyConfig, sparsity, importance=1.0, desc: str = "toy model") -> tuple[ToyModel, torch.Tensor]:
     """Train every instance at once. sparsity: [inst] or [inst, n] in [0, 1); importance: number, [n], [inst] or
     [inst, n]. Returns the model and its final loss per instance [inst] (on a fresh batch of 8x the size)."""
@@ -123,13 +141,11 @@ def train(cfg: ToyConfig, sparsity, importance=1.0, desc: str = "toy model") -> 
     importance = check_importance(importance, sparsity.shape[0], cfg.n_features)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = ToyModel(cfg.n_features, cfg.n_hidden, sparsity, importance, gen)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, foreach=True)  # torch's default weight decay 0.01
     chunk = max(1, cfg.steps // 100)
     with progress(desc, cfg.steps, unit="steps") as bar:
         for step in range(cfg.steps):
-            loss = model.loss(sample(cfg.batch, sparsity, gen)).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            model.W.grad, model.b.grad = gradients(model, sample(cfg.batch, sparsity, gen))
             opt.step()
             if (step + 1) % chunk == 0 or step + 1 == cfg.steps:
                 bar.advance(chunk if (step + 1) % chunk == 0 else (step + 1) % chunk)
