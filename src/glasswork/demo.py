@@ -22,10 +22,14 @@ from typing import Callable
 
 from .io import GlassworkError, home, read_json, write_json
 
+
+def torch_no_grad():
+    import torch
+    return torch.no_grad()
+
 LAYER = 15  # the SAE's layer: the middle of SmolLM2-135M's 30
 PROMPTS = {"france": "The capital of France is",
            "mary-john": "When Mary and John went to the store, John gave a drink to"}
-STEER_TEXT = "I love Paris, the capital of France."  # the steered feature is the SAE's strongest on " Paris" here
 STEER_PROMPT = "My favourite thing to do on a weekend is"
 
 
@@ -35,20 +39,23 @@ class DemoConfig:
     sae_d: int = 4608
     sae_k: int = 32
     sae_epochs: int = 3  # passes over the harvested store
-    tc_tokens: int = 80_000
+    sae_batch: int = 512
+    tc_tokens: int = 100_000
     tc_d: int = 2304
     tc_k: int = 16
+    tc_batch: int = 254  # two 128-token sequences (BOS dropped): many small steps beat few large ones at this budget
     index_contexts: int = 512
     index_ctx: int = 64
     label_features: int = 200  # the most frequent live features get built-in labels and detection scores
-    eval_tokens: int = 4096
+    eval_tokens: int = 4032  # 4 batches of 8 sequences x 126 scored tokens
     max_features: int = 4096  # attribution feature budget
+    steer_clamp: str = "4x"
     ctx_len: int = 128
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        return cls(harvest_tokens=24_000, sae_d=2304, sae_epochs=2, tc_tokens=16_000, tc_d=1152, index_contexts=128,
-                   label_features=50, eval_tokens=1024, max_features=1024)
+        return cls(harvest_tokens=24_000, sae_d=2304, sae_epochs=2, sae_batch=256, tc_tokens=24_000, tc_d=1152,
+                   index_contexts=128, label_features=60, eval_tokens=1008, max_features=1024)
 
 
 def _stage(out: Path, name: str, fn: Callable[[], dict], log: Callable[[str], None]) -> dict:
@@ -80,7 +87,9 @@ def _brief(name: str, r: dict) -> str:
         return "; ".join(f"{k}: {g['nodes']} nodes, {g['edges']} edges, replacement {g['replacement_score']}"
                          for k, g in r["graphs"].items())
     if name == "steering":
-        return f"feature {r['feature']} ({r['label']!r}) clamped to {r['clamp']}"
+        return (f"feature {r['feature']} (fires on {', '.join(r['fires_on'])}) clamped to {r['clamp']}: its words in "
+                f"{r['words_in_steered']} steered vs {r['words_in_baseline']} baseline completions, its activation on "
+                f"them {r['activation_steered']} vs {r['activation_baseline']}")
     return ""
 
 
@@ -129,9 +138,8 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
 
     def sae_stage() -> dict:
         store = ActivationStore(store_dir, model=model)
-        tc = TrainConfig(kind="sae", arch="topk", hooks=[hook], d_sae=cfg.sae_d, k=cfg.sae_k, batch_size=1024,
-                         tokens=cfg.sae_epochs * store.info()["tokens"], lr=2e-3 if quick else 1e-3, warmup_steps=20,
-                         model=model.name)
+        tc = TrainConfig(kind="sae", arch="topk", hooks=[hook], d_sae=cfg.sae_d, k=cfg.sae_k, batch_size=cfg.sae_batch,
+                         tokens=cfg.sae_epochs * store.info()["tokens"], lr=2e-3, warmup_steps=20, model=model.name)
         res = _train(tc, StoreSource(store, [hook], tc.batch_size, seed=0), sae_dir)
         sae = load_dictionary(sae_dir)
         ev = evals.evaluate(sae, model, corpus.heldout_texts(), tokens=cfg.eval_tokens)
@@ -140,8 +148,8 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
 
     def transcoders_stage() -> dict:
         tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(model.n_layers)), d_sae=cfg.tc_d, k=cfg.tc_k,
-                         tokens=cfg.tc_tokens, batch_size=1016, ctx=cfg.ctx_len, lr=2e-3 if quick else 1e-3,
-                         warmup_steps=10, b_dec_init="mean", model=model.name)
+                         tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=3e-3, warmup_steps=10,
+                         b_dec_init="mean", model=model.name)
         source = ModelSource(model, corpus.default_texts, tc.input_hooks(), tc.batch_size, ctx=tc.ctx)
         res = _train(tc, source, tc_dir)
         tcs = load_transcoders(tc_dir)
@@ -195,18 +203,21 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
 
     def steering_stage() -> dict:
         from . import steering
-        from .features import FeatureIndex, fires
+        from .features import FeatureIndex
         sae = load_dictionary(sae_dir)
         ix = FeatureIndex(sae_dir / "features.sqlite")
-        rows = fires(model, sae, STEER_TEXT, top=3, index=ix)
-        paris = next(r for r in rows if r["token"].strip() == "Paris")
-        feature = paris["features"][0]["feature"]
-        clamp = steering.clamp_feature(model, sae, feature, "10x", positions="all", dictionary_folder=sae_dir)
-        res = steering.compare(model, STEER_PROMPT, [clamp], max_new_tokens=30, seed=0, temperature=0.7)
-        return {"feature": f"{LAYER}/{feature}", "label": ix.labels().get(feature, ""), "clamp": "10x",
-                "prompt": STEER_PROMPT, "baseline": res["baseline"][0], "steered": res["steered"][0],
-                "command": f"glasswork steer --feature {LAYER}/{feature} --dictionary {sae_dir} --clamp 10x "
-                           f"--prompt \"{STEER_PROMPT}\""}
+        feature, label, words = steer_feature(ix)
+        clamp = steering.clamp_feature(model, sae, feature, cfg.steer_clamp, positions="all", dictionary_folder=sae_dir)
+        res = steering.compare(model, STEER_PROMPT, [clamp], max_new_tokens=30, seed=0, temperature=0.7, n=4)
+        hits = lambda texts: sum(any(w.lower() in t.lower() for w in words) for t in texts)  # noqa: E731
+        return {"feature": f"{LAYER}/{feature}", "label": label, "fires_on": words, "clamp": cfg.steer_clamp,
+                "prompt": STEER_PROMPT, "baseline": res["baseline"], "steered": res["steered"],
+                "words_in_baseline": f"{hits(res['baseline'])}/{len(res['baseline'])}",
+                "words_in_steered": f"{hits(res['steered'])}/{len(res['steered'])}",
+                "activation_baseline": concept_activation(model, sae, feature, STEER_PROMPT, res["baseline"]),
+                "activation_steered": concept_activation(model, sae, feature, STEER_PROMPT, res["steered"]),
+                "command": f"glasswork steer --feature {LAYER}/{feature} --dictionary {sae_dir} --clamp "
+                           f"{cfg.steer_clamp} --n 4 --prompt \"{STEER_PROMPT}\""}
 
     stages = [("corpus", corpus_stage), ("harvest", harvest_stage), ("sae", sae_stage),
               ("transcoders", transcoders_stage), ("features", features_stage), ("graphs", graphs_stage),
@@ -215,6 +226,47 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
         log(f"stage {i + 1}/{len(stages)}")
         results[name] = _stage(out, name, fn, log)
     return results
+
+
+STOPWORDS = {"the", "and", "that", "this", "with", "from", "were", "have", "which", "their", "there", "when", "been",
+             "also", "into", "they", "than", "then", "what", "some", "such", "used", "using", "other", "more", "most"}
+
+
+def steer_feature(ix) -> tuple[int, str, list[str]]:
+    """The feature to steer: among labelled features whose label beats the random-label baseline, the best one that
+    fires on content words (a concept a person can spot in text). Returns (feature, label, its top words)."""
+    rows = ix.db.execute("SELECT l.feature, l.label, f.top_tokens FROM labels l JOIN features f ON f.feature = l.feature "
+                         "WHERE l.explainer = 'builtin' AND l.label IS NOT NULL AND l.detection > l.detection_baseline "
+                         "ORDER BY l.detection - l.detection_baseline DESC").fetchall()
+    if not rows:
+        raise GlassworkError(f"{ix.path}: no labelled feature beats its random-label baseline: nothing to steer with")
+    import json
+
+    def words(top_tokens: str) -> list[str]:
+        return [t[1].strip() for t in json.loads(top_tokens)[:3]]
+
+    for feature, label, top in rows:
+        w = words(top)
+        if all(x.isalpha() and len(x) >= 4 and x.lower() not in STOPWORDS for x in w):
+            return int(feature), label, w
+    return int(rows[0][0]), rows[0][1], words(rows[0][2])
+
+
+@torch_no_grad()
+def concept_activation(model, sae, feature: int, prompt: str, completions: list[str]) -> float:
+    """How much the concept is in the text: the feature's mean activation over the completions' tokens, read by the
+    unsteered model (the clamp itself is not in this forward)."""
+    from .hooks import capture
+    n_prompt = model.tokenize(prompt).shape[1]
+    acts = []
+    for text in completions:
+        ids = model.tokenize(prompt + text)
+        if ids.shape[1] <= n_prompt:
+            continue
+        _, cache = capture(model, ids, [sae.cfg.hook_in])
+        codes = sae.encode(cache[sae.cfg.hook_in][0, n_prompt:].float())  # [new tokens, d_sae]
+        acts.append(codes[:, feature].mean())
+    return round(float(sum(acts) / max(1, len(acts))), 4)
 
 
 def _metrics(ev: dict, name: str | None) -> dict:
@@ -240,8 +292,9 @@ def report(results: dict) -> str:
         lines.append(f"{name:12s} {_brief(name, r)}")
     st = results.get("steering")
     if st:
-        lines += ["", f"steering {st['feature']} ({st['label']!r}) x10 on {st['prompt']!r}:",
-                  f"  baseline: {st['baseline']!r}", f"  steered:  {st['steered']!r}", f"  again: {st['command']}"]
+        lines += ["", f"steering: feature {st['feature']} ({st['label']}) clamped to {st['clamp']} its max activation, "
+                      f"prompt {st['prompt']!r}, seed 0:",
+                  f"  baseline: {st['baseline'][0]!r}", f"  steered:  {st['steered'][0]!r}", f"  again: {st['command']}"]
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """How good is a dictionary: reconstruction on held-out activations, and the model's loss with it spliced in.
 
 - fvu = ||x - x_hat||^2 / ||x - mean(x)||^2 per batch (about the batch mean, not scaled by batch size), averaged
-  over batches; l0 = active latents per token; dead = never fired on the eval tokens; dense = fires on > 10%.
+  over batches, on the clean model's activations; fvu_spliced: the same with every dictionary spliced in (errors
+  upstream compound); l0 = active latents per token; dead = never fired on the eval tokens; dense = fires on > 10%.
 - Spliced: the dictionary's output replaces its hook_out in the forward pass (SAE: its own hook point; transcoders:
   every MLP output at once, each transcoder reading the spliced model's own MLP input; CLT: likewise, features of
   layer i adding into the outputs of i and later layers). CE-loss score = (CE_zero - CE_spliced) / (CE_zero -
@@ -65,8 +66,9 @@ def _clt_layer_codes(clt: CrossLayerTranscoder, x: torch.Tensor, i: int) -> torc
 class _Splice:
     """Builds the intervene() edits that put the dictionaries in the forward pass, and records what they saw."""
 
-    def __init__(self, dicts: dict, zero: bool = False):
-        self.dicts, self.zero = dicts, zero
+    def __init__(self, dicts: dict, zero: bool = False, observe: bool = False):
+        # observe: compute and record each reconstruction but pass the real activation on (the clean forward)
+        self.dicts, self.zero, self.observe = dicts, zero, observe
         self.records: dict[str, list] = {n: [] for n in dicts}  # (target, recon, codes) per batch
         self.record = False
 
@@ -92,6 +94,8 @@ class _Splice:
                     if self.record:
                         self.records[name].append((act[:, 1:].flatten(0, 1), new[:, 1:].flatten(0, 1),
                                                    codes[:, 1:].flatten(0, 1)))
+                if self.observe:
+                    return act
                 new[:, :1] = act[:, :1]  # BOS stays clean
                 return new
 
@@ -130,6 +134,8 @@ class _Splice:
                         r = torch.stack([b for _, b in state["targets"]], -2)[:, 1:].flatten(0, 1)
                         c = torch.stack(state["codes"], -2)[:, 1:].flatten(0, 1)
                         self.records[name].append((t, r, c))
+                if self.observe:
+                    return act
                 new[:, :1] = act[:, :1]
                 return new
 
@@ -151,13 +157,14 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
         if d.cfg.model and d.cfg.model != model.name:
             raise GlassworkError(f"dictionary '{name}' was trained on model '{d.cfg.model}', not '{model.name}'")
     chunks = iter(texts) if torch.is_tensor(texts) else token_chunks(model, iter(texts), ctx)
-    splice, zero = _Splice(dicts), _Splice(dicts, zero=True)
-    splice.record = True
+    splice, zero, observe = _Splice(dicts), _Splice(dicts, zero=True), _Splice(dicts, observe=True)
+    splice.record = observe.record = True
     sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0}
     n_tok, n_batches = 0, 0
     fired = {n: None for n in dicts}
     rows = {n: 0 for n in dicts}
-    fvus: dict[str, list] = {n: [] for n in dicts}
+    fvus: dict[str, list] = {n: [] for n in dicts}  # on the clean model's inputs (the usual FVU)
+    fvus_spliced: dict[str, list] = {n: [] for n in dicts}  # with every dictionary spliced in upstream too
     l0s: dict[str, list] = {n: [] for n in dicts}
     with progress("eval", total=tokens) as bar:
         while n_tok < tokens:
@@ -165,7 +172,8 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
             if not seqs:
                 break
             ids = torch.stack(seqs).to(next(model.hf.parameters()).device)
-            clean = model.hf(ids).logits.float()
+            with intervene(model, observe.edits()):
+                clean = model.hf(ids).logits.float()
             with intervene(model, splice.edits()):
                 spliced = model.hf(ids).logits.float()
             with intervene(model, zero.edits()):
@@ -180,6 +188,9 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
             n_tok += n
             n_batches += 1
             for name, recs in splice.records.items():
+                fvus_spliced[name].append(fvu(torch.cat([t for t, _, _ in recs]), torch.cat([r for _, r, _ in recs])))
+                recs.clear()
+            for name, recs in observe.records.items():
                 target = torch.cat([t for t, _, _ in recs])
                 recon = torch.cat([r for _, r, _ in recs])
                 codes = torch.cat([c for _, _, c in recs])
@@ -196,7 +207,8 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
     per = {}
     for name in dicts:
         freq = fired[name].double() / rows[name]
-        per[name] = {"fvu": sum(fvus[name]) / len(fvus[name]), "l0": sum(l0s[name]) / len(l0s[name]),
+        per[name] = {"fvu": sum(fvus[name]) / len(fvus[name]),
+                     "fvu_spliced": sum(fvus_spliced[name]) / len(fvus_spliced[name]), "l0": sum(l0s[name]) / len(l0s[name]),
                      "dead_fraction": float((fired[name] == 0).double().mean()),
                      "dense_fraction": float((freq > dense_fraction).double().mean())}
     return {"tokens": n_tok, "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"],

@@ -173,12 +173,10 @@ def feature_dimensionality_html(dim: dict, path: Path) -> Path:
 
 
 def phase_html(phase: dict, path: Path) -> Path:
+    from .figures import _edges
     r, dens = phase["relative_importance"], phase["density"]
-    ax = Axes(560, 460, (r[0] / 1.3, r[-1] * 1.3), (dens[0] * 1.3, dens[-1] / 1.3), xlog=True, ylog=True,
-              pad=(60, 20, 20, 50))
-    ex = [r[0] ** 2 / (r[0] * r[1]) ** 0.5] + [(a * b) ** 0.5 for a, b in zip(r, r[1:])] + [r[-1] ** 2 / (r[-1] * r[-2]) ** 0.5]
-    ey = [dens[0] ** 2 / (dens[0] * dens[1]) ** 0.5] + [(a * b) ** 0.5 for a, b in zip(dens, dens[1:])] + \
-         [dens[-1] ** 2 / (dens[-1] * dens[-2]) ** 0.5]
+    ex, ey = _edges(r), _edges(dens)  # cell edges: the axes end exactly at the outer cells
+    ax = Axes(560, 460, (ex[0], ex[-1]), (ey[0], ey[-1]), xlog=True, ylog=True, pad=(60, 20, 20, 50))
     for i, row in enumerate(phase["phase"]):
         for j, ph in enumerate(row):
             x0, x1, y0, y1 = ax.x(ex[j]), ax.x(ex[j + 1]), ax.y(ey[i]), ax.y(ey[i + 1])

@@ -68,6 +68,8 @@ def fraction_clustering(dims: torch.Tensor, norms: torch.Tensor, tol: float = 0.
 
 
 def _name(f: float) -> str:
+    if math.isclose(f, 1.0):
+        return "1"
     for num in range(1, 9):
         for den in range(1, 9):
             if math.isclose(num / den, f):

@@ -154,6 +154,26 @@ def train(cfg: ToyConfig, sparsity, importance=1.0, desc: str = "toy model") -> 
     return model, final
 
 
+@torch.no_grad()
+def best_of(model: ToyModel, replicates: int, rows: int = 16_384, seed: int = 0) -> tuple[ToyModel, torch.Tensor]:
+    """Keep the best of each run of `replicates` consecutive instances (same setting, different init): the one with the
+    lowest loss on one shared sample of `rows` inputs. Gradient descent here has local minima (a feature left out, or
+    stuck on the wrong side of its partner), and the paper's figures show the better solution.
+    Returns a model of inst / replicates instances and every replicate's loss [inst / replicates, replicates]."""
+    inst, m, n = model.W.shape
+    if replicates < 1 or inst % replicates:
+        raise GlassworkError(f"toy model: {inst} instances do not split into runs of {replicates} replicates")
+    cells = inst // replicates
+    gen = torch.Generator().manual_seed(seed)
+    x = sample(rows, model.sparsity[::replicates], gen).repeat_interleave(replicates, 0)  # [inst, rows, n], shared per cell
+    losses = model.loss(x).view(cells, replicates)
+    keep = torch.arange(cells) * replicates + losses.argmin(1)  # [cells]
+    best = ToyModel(n, m, model.sparsity[keep].clone(), model.importance[keep].clone())
+    best.W.copy_(model.W[keep])
+    best.b.copy_(model.b[keep])
+    return best, losses
+
+
 # ---- measures of superposition (all on W [inst, m, n]) ----
 
 def dims_per_feature(W: torch.Tensor) -> torch.Tensor:

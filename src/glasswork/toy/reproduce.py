@@ -20,7 +20,7 @@ import torch
 from .. import __version__
 from ..io import GlassworkError, save_tensors, write_json, write_text
 from .measures import fraction_clustering, geometry_2d, phase_2_1, plateau, polygon_error
-from .model import ToyConfig, decaying_importance, dims_per_feature, feature_dimensionality, train
+from .model import ToyConfig, best_of, decaying_importance, dims_per_feature, feature_dimensionality, train
 from .sae import SAESettings, sae_recovery
 
 PARTS = ("geometry", "dimensionality", "phase", "sae")
@@ -37,8 +37,9 @@ class ReproduceSettings:
     dim_hidden: int = 5
     dim_instances: int = 24
     dim_max_inverse_density: float = 20.0  # the sparsest model: 1/(1-S); the 1/2 plateau lies near 2.5-4
-    phase_grid: int = 12
+    phase_grid: int = 10
     phase_steps: int = 10_000
+    replicates: int = 3  # geometry and phase: inits per setting, the lowest-loss one kept (local minima)
     sae: SAESettings = field(default_factory=SAESettings)
     sae_every: int = 3  # train an SAE on every `sae_every`-th dimensionality instance (and the sparsest)
 
@@ -49,7 +50,7 @@ class ReproduceSettings:
     @classmethod
     def quick(cls) -> "ReproduceSettings":
         return cls(steps=2000, batch=256, dim_features=16, dim_hidden=4, dim_instances=8, dim_max_inverse_density=10,
-                   phase_grid=5, phase_steps=1000, sae=SAESettings(rows=8192, tokens=100_000), sae_every=4)
+                   phase_grid=5, phase_steps=1000, replicates=2, sae=SAESettings(rows=8192, tokens=100_000), sae_every=4)
 
 
 def run_geometry(st: ReproduceSettings, seed: int) -> tuple[dict, dict]:
@@ -57,7 +58,11 @@ def run_geometry(st: ReproduceSettings, seed: int) -> tuple[dict, dict]:
     density = 20 ** -torch.linspace(0, 1, st.geometry_instances, dtype=torch.float64)  # 1 .. 0.05
     sparsity = (1 - density).float()
     importance = decaying_importance(n, base)
-    model, loss = train(ToyConfig(n, m, st.steps, st.batch, seed=seed), sparsity, importance, desc="toy geometry n=5 m=2")
+    R = st.replicates
+    model, _ = train(ToyConfig(n, m, st.steps, st.batch, seed=seed), sparsity.repeat_interleave(R), importance,
+                     desc="toy geometry n=5 m=2")
+    model, losses = best_of(model, R, seed=seed + 10)
+    loss = losses.min(1).values
     W = model.W.detach()  # [inst, 2, 5]
     dpf = dims_per_feature(W)
     instances = []
@@ -69,7 +74,8 @@ def run_geometry(st: ReproduceSettings, seed: int) -> tuple[dict, dict]:
     pentagon = {"sparsity": last["sparsity"], "n_represented": last["n_represented"], "norms": last["norms"],
                 "gaps_degrees": last["gaps"], "max_gap_error_degrees": polygon_error(last["gaps"])}
     data = {"n": n, "m": m, "importance_base": base, "importance": importance.tolist(), "steps": st.steps,
-            "batch": st.batch, "instances": instances, "pentagon": pentagon}
+            "batch": st.batch, "replicates": R, "replicate_losses": losses.tolist(), "instances": instances,
+            "pentagon": pentagon}
     return data, {"geometry.W": W, "geometry.b": model.b.detach(), "geometry.sparsity": sparsity}
 
 
@@ -96,14 +102,19 @@ def run_phase(st: ReproduceSettings, seed: int) -> tuple[dict, dict]:
     rel = torch.logspace(-1, 1, k, dtype=torch.float64)  # columns: 0.1 .. 10
     sparsity = (1 - density).float()[:, None].expand(k, k).reshape(-1)  # [k*k], row-major [density, importance]
     importance = torch.stack([torch.ones(k * k), rel.float()[None, :].expand(k, k).reshape(-1)], 1)  # [k*k, 2]
-    model, _ = train(ToyConfig(2, 1, st.phase_steps, st.batch, seed=seed + 2), sparsity, importance,
-                     desc="toy phase diagram n=2 m=1")
+    R = st.replicates
+    model, _ = train(ToyConfig(2, 1, st.phase_steps, st.batch, seed=seed + 2), sparsity.repeat_interleave(R),
+                     importance.repeat_interleave(R, 0), desc="toy phase diagram n=2 m=1")
+    model, _ = best_of(model, R, seed=seed + 12)
     W = model.W.detach()  # [k*k, 1, 2]
     phases = phase_2_1(W)
-    data = {"steps": st.phase_steps, "density": density.tolist(), "relative_importance": rel.tolist(),
+    data = {"steps": st.phase_steps, "replicates": R, "density": density.tolist(), "relative_importance": rel.tolist(),
             "phase": [phases[i * k:(i + 1) * k] for i in range(k)],
             "W": [[W[i * k + j, 0].tolist() for j in range(k)] for i in range(k)],
-            "counts": {p: phases.count(p) for p in sorted(set(phases))}}
+            "counts": {p: phases.count(p) for p in sorted(set(phases))},
+            # superposition in n=2, m=1 should be antipodal (W_0 W_1 < 0): count the cells where it is
+            "superposition_antipodal": sum(p == "superposition" and float(W[i, 0, 0] * W[i, 0, 1]) < 0
+                                           for i, p in enumerate(phases))}
     return data, {"phase.W": W, "phase.b": model.b.detach()}
 
 
@@ -208,7 +219,7 @@ def numbers(data: dict) -> dict:
                                    "near_a_fraction": round(d["clustering"]["near_a_fraction"], 3),
                                    "fraction_counts": d["clustering"]["counts"]}
     if "phase" in data:
-        res["phase"] = data["phase"]["counts"]
+        res["phase"] = {**data["phase"]["counts"], "superposition_antipodal": data["phase"]["superposition_antipodal"]}
     if "sae" in data:
         res["sae_recovery"] = [{"sparsity": round(r["sparsity"], 4), "inverse_density": round(1 / (1 - r["sparsity"]), 1),
                                 "recovery": r["recovery"] and round(r["recovery"], 4),
