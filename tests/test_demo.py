@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import glasswork as gw
@@ -15,8 +16,9 @@ pytestmark = [pytest.mark.model, pytest.mark.slow]
 def run_demo(out, timeout=600):
     env = {**os.environ, "GLASSWORK_PROGRESS": "0"}
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "glasswork.cli", "demo", "--quick", "--no-serve", "--json", "--out",
-                        str(out)], env=env, capture_output=True, text=True, timeout=timeout)
+    cli = str(Path(sys.executable).parent / "glasswork")  # the installed command, as a user runs it
+    r = subprocess.run([cli, "demo", "--quick", "--no-serve", "--json", "--out", str(out)], env=env,
+                       capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1]), time.time() - t0, r.stderr
 
@@ -80,7 +82,6 @@ def test_demo_opens_in_the_browser(demo_run):
     import shutil
     import socket
     import threading
-    from pathlib import Path
 
     from test_browser import ARGS, CHROMIUM, shot
     if not Path(CHROMIUM).exists():
@@ -104,7 +105,7 @@ def test_demo_opens_in_the_browser(demo_run):
     feature = max(ix.labels("builtin"), key=lambda f: ix.feature(f, with_examples=False)["n_fired"])
     view = gw.load_graph(out / "graphs" / "france.safetensors").view(0.8, 0.98)
     feats = [n for n in view["nodes"] if n["feature_type"] not in ("logit", "embedding", "mlp reconstruction error")]
-    node = max(feats, key=lambda n: n["influence"])["node_id"]
+    node = min(feats, key=lambda n: n["influence"])["node_id"]  # cumulative influence: smallest = most influential
     try:
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)

@@ -6,7 +6,8 @@
     transcoders  TopK transcoders for all 30 MLPs, one pass straight from the model    OUT/transcoders
     features     the SAE's feature index (SQLite) with built-in labels and scores     OUT/sae-l15/features.sqlite
     graphs       attribution graphs for two prompts through the transcoders            OUT/graphs/*.safetensors
-    steering     one SAE feature clamped, baseline and steered text side by side       OUT/stages/steering.json
+    steering     one SAE feature clamped (the clearest of a few tried), baseline and steered text side by side
+                                                                                       OUT/stages/steering.json
     then `serve` opens OUT in the web app (skipped with serve=False / --no-serve).
 
 Each stage's result is kept in OUT/stages/<stage>.json and a stage already recorded is skipped, so a rerun (or a run
@@ -49,7 +50,6 @@ class DemoConfig:
     label_features: int = 200  # the most frequent live features get built-in labels and detection scores
     eval_tokens: int = 4032  # 4 batches of 8 sequences x 126 scored tokens
     max_features: int = 4096  # attribution feature budget
-    steer_clamp: str = "4x"
     ctx_len: int = 128
 
     @classmethod
@@ -197,7 +197,7 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
                           "nodes_total": g.n_nodes, "features_total": g.n_features,
                           "replacement_score": round(float(scores.get("replacement", float("nan"))), 3),
                           "completeness_score": round(float(scores.get("completeness", float("nan"))), 3),
-                          "targets": [f"{n['clerp']} (p={n['token_prob']:.2f})" for n in top],
+                          "targets": [n["clerp"] for n in top],  # 'Output " Paris" (p=0.749)'
                           "seconds": round(time.time() - t0, 1)}
         return {"graphs": made}
 
@@ -206,18 +206,19 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
         from .features import FeatureIndex
         sae = load_dictionary(sae_dir)
         ix = FeatureIndex(sae_dir / "features.sqlite")
-        feature, label, words = steer_feature(ix)
-        clamp = steering.clamp_feature(model, sae, feature, cfg.steer_clamp, positions="all", dictionary_folder=sae_dir)
+        best, tried = pick_steering(model, sae, ix, sae_dir, STEER_PROMPT)
+        feature, words, clamp_to = best["feature"], best["words"], best["clamp"]
+        clamp = steering.clamp_feature(model, sae, feature, clamp_to, positions="all", dictionary_folder=sae_dir)
         res = steering.compare(model, STEER_PROMPT, [clamp], max_new_tokens=30, seed=0, temperature=0.7, n=4)
-        hits = lambda texts: sum(any(w.lower() in t.lower() for w in words) for t in texts)  # noqa: E731
-        return {"feature": f"{LAYER}/{feature}", "label": label, "fires_on": words, "clamp": cfg.steer_clamp,
+        return {"feature": f"{LAYER}/{feature}", "label": best["label"], "fires_on": words, "clamp": clamp_to,
                 "prompt": STEER_PROMPT, "baseline": res["baseline"], "steered": res["steered"],
-                "words_in_baseline": f"{hits(res['baseline'])}/{len(res['baseline'])}",
-                "words_in_steered": f"{hits(res['steered'])}/{len(res['steered'])}",
+                "words_in_baseline": f"{word_hits(res['baseline'], words)}/{len(res['baseline'])}",
+                "words_in_steered": f"{word_hits(res['steered'], words)}/{len(res['steered'])}",
                 "activation_baseline": concept_activation(model, sae, feature, STEER_PROMPT, res["baseline"]),
                 "activation_steered": concept_activation(model, sae, feature, STEER_PROMPT, res["steered"]),
+                "tried": tried,
                 "command": f"glasswork steer --feature {LAYER}/{feature} --dictionary {sae_dir} --clamp "
-                           f"{cfg.steer_clamp} --n 4 --prompt \"{STEER_PROMPT}\""}
+                           f"{clamp_to} --n 4 --prompt \"{STEER_PROMPT}\""}
 
     stages = [("corpus", corpus_stage), ("harvest", harvest_stage), ("sae", sae_stage),
               ("transcoders", transcoders_stage), ("features", features_stage), ("graphs", graphs_stage),
@@ -232,24 +233,45 @@ STOPWORDS = {"the", "and", "that", "this", "with", "from", "were", "have", "whic
              "also", "into", "they", "than", "then", "what", "some", "such", "used", "using", "other", "more", "most"}
 
 
-def steer_feature(ix) -> tuple[int, str, list[str]]:
-    """The feature to steer: among labelled features whose label beats the random-label baseline, the best one that
-    fires on content words (a concept a person can spot in text). Returns (feature, label, its top words)."""
-    rows = ix.db.execute("SELECT l.feature, l.label, f.top_tokens FROM labels l JOIN features f ON f.feature = l.feature "
-                         "WHERE l.explainer = 'builtin' AND l.label IS NOT NULL AND l.detection > l.detection_baseline "
-                         "ORDER BY l.detection - l.detection_baseline DESC").fetchall()
+def steer_candidates(ix, n: int = 6) -> list[tuple[int, str, list[str]]]:
+    """Features worth steering with: labelled ones whose label beats the random-label baseline (best margin first)
+    and that fire on content words (a concept a person can spot in text). Returns [(feature, label, words)]."""
+    from .features.explain import firing_tokens
+    rows = ix.db.execute("SELECT feature, label FROM labels WHERE explainer = 'builtin' AND label IS NOT NULL "
+                         "AND detection > detection_baseline ORDER BY detection - detection_baseline DESC").fetchall()
     if not rows:
         raise GlassworkError(f"{ix.path}: no labelled feature beats its random-label baseline: nothing to steer with")
-    import json
+    out = []
+    for feature, label in rows:
+        words = [w.strip() for w, _ in firing_tokens(ix.feature(int(feature))).most_common(8)]
+        words = [w for w in dict.fromkeys(words) if w.isalpha() and len(w) >= 4 and w.lower() not in STOPWORDS][:3]
+        if len(words) >= 2:
+            out.append((int(feature), label, words))
+        if len(out) == n:
+            break
+    return out or [(int(rows[0][0]), rows[0][1], [])]
 
-    def words(top_tokens: str) -> list[str]:
-        return [t[1].strip() for t in json.loads(top_tokens)[:3]]
 
-    for feature, label, top in rows:
-        w = words(top)
-        if all(x.isalpha() and len(x) >= 4 and x.lower() not in STOPWORDS for x in w):
-            return int(feature), label, w
-    return int(rows[0][0]), rows[0][1], words(rows[0][2])
+def word_hits(texts: list[str], words: list[str]) -> int:
+    """How many texts contain one of `words` as a word (case-insensitive; 'line' counts in 'lines', not 'online')."""
+    import re
+    pats = [re.compile(rf"\b{re.escape(w)}", re.I) for w in words]
+    return sum(any(p.search(t) for p in pats) for t in texts)
+
+
+def pick_steering(model, sae, ix, folder, prompt: str, clamps=("2x", "4x"), n: int = 6) -> tuple[dict, list[dict]]:
+    """Try each candidate feature at each clamp (2 samples of 20 tokens, seed 0) and keep the one whose concept words
+    show up most in the steered text (ties: the weaker clamp, whose text stays more readable). Returns (best, tried)."""
+    from . import steering
+    tried = []
+    for feature, label, words in steer_candidates(ix, n):
+        for clamp in clamps:
+            edit = steering.clamp_feature(model, sae, feature, clamp, positions="all", dictionary_folder=folder)
+            res = steering.compare(model, prompt, [edit], max_new_tokens=20, seed=0, temperature=0.7, n=2)
+            tried.append({"feature": feature, "label": label, "words": words, "clamp": clamp,
+                          "hits": word_hits(res["steered"], words), "baseline_hits": word_hits(res["baseline"], words)})
+    best = max(tried, key=lambda t: (t["hits"] - t["baseline_hits"], -clamps.index(t["clamp"])))
+    return best, tried
 
 
 @torch_no_grad()
