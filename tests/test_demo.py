@@ -13,7 +13,7 @@ import glasswork as gw
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 
-def run_demo(out, timeout=600):
+def run_demo(out, timeout=1500):
     env = {**os.environ, "GLASSWORK_PROGRESS": "0"}
     t0 = time.time()
     cli = str(Path(sys.executable).parent / "glasswork")  # the installed command, as a user runs it

@@ -243,8 +243,8 @@ def steer_candidates(ix, n: int = 6) -> list[tuple[int, str, list[str]]]:
         raise GlassworkError(f"{ix.path}: no labelled feature beats its random-label baseline: nothing to steer with")
     out = []
     for feature, label in rows:
-        words = [w.strip() for w, _ in firing_tokens(ix.feature(int(feature))).most_common(8)]
-        words = [w for w in dict.fromkeys(words) if w.isalpha() and len(w) >= 4 and w.lower() not in STOPWORDS][:3]
+        top = [w.strip() for w, _ in firing_tokens(ix.feature(int(feature))).most_common(3)]  # what the label names
+        words = [w for w in dict.fromkeys(top) if w.isalpha() and len(w) >= 4 and w.lower() not in STOPWORDS]
         if len(words) >= 2:
             out.append((int(feature), label, words))
         if len(out) == n:
