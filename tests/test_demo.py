@@ -76,8 +76,8 @@ def test_second_run_reuses_the_cache(demo_run):
 
 
 def test_demo_opens_in_the_browser(demo_run):
-    """The demo's folder in the real web app and headless Chromium: the France graph (click its most influential
-    feature) and the SAE's most frequent feature's page. GLASSWORK_README_IMAGES=docs/img also writes the README's
+    """The demo's folder in the real web app and headless Chromium: the France graph (click the most influential
+    feature at the last token) and the page of the feature the steering stage clamped. GLASSWORK_README_IMAGES=docs/img also writes the README's
     first-screen images from here."""
     import shutil
     import socket
@@ -102,10 +102,11 @@ def test_demo_opens_in_the_browser(demo_run):
     shots = gw.home() / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     ix = gw.FeatureIndex(out / "sae-l15" / "features.sqlite")
-    feature = max(ix.labels("builtin"), key=lambda f: ix.feature(f, with_examples=False)["n_fired"])
+    feature = int(summary["stages"]["steering"]["feature"].split("/")[1])  # labelled, fires on content words
     view = gw.load_graph(out / "graphs" / "france.safetensors").view(0.8, 0.98)
-    feats = [n for n in view["nodes"] if n["feature_type"] not in ("logit", "embedding", "mlp reconstruction error")]
-    node = min(feats, key=lambda n: n["influence"])["node_id"]  # cumulative influence: smallest = most influential
+    last = len(view["metadata"]["prompt_tokens"]) - 1
+    feats = [n for n in view["nodes"] if n["feature_type"] == "transcoder" and n["ctx_idx"] == last]
+    node = min(feats, key=lambda n: n["influence"])["node_id"]  # at " is"; cumulative influence: smallest = most
     try:
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
