@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ import torch
 
 import glasswork as gw
 from glasswork.training import ModelSource, TrainConfig, train
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 
 def documents() -> tuple[list[str], list[str]]:
@@ -167,16 +167,6 @@ def main():
     if not a.no_record:
         with open(Path(__file__).parent / "RESULTS.md", "a") as f:
             f.write(report)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def table(results: dict, a) -> str:

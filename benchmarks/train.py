@@ -20,6 +20,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 
 D_IN, BATCH = 576, 4096
 
@@ -150,16 +151,6 @@ def main():
     if not a.no_record:
         with open(Path(__file__).parent / "RESULTS.md", "a") as f:
             f.write(report)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU"
 
 
 def table(rows, rates, a, peer) -> str:
