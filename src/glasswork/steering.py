@@ -241,7 +241,7 @@ class _Tracker:
         self.offset, self.prompt_len, self.fixed = 0, prompt_len, prompt_len is not None
 
     def pre_forward(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))  # transformers >= 5.2x calls it `cache`
         self.offset = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
         if self.offset == 0 and not self.fixed:
             ids = kwargs.get("input_ids", args[0] if args else None)
