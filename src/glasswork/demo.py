@@ -23,11 +23,6 @@ from typing import Callable
 
 from .io import GlassworkError, home, read_json, write_json
 
-
-def torch_no_grad():
-    import torch
-    return torch.no_grad()
-
 LAYER = 15  # the SAE's layer: the middle of SmolLM2-135M's 30
 PROMPTS = {"france": "The capital of France is",
            "mary-john": "When Mary and John went to the store, John gave a drink to"}
@@ -263,31 +258,35 @@ def pick_steering(model, sae, ix, folder, prompt: str, clamps=("2x", "4x"), n: i
     """Try each candidate feature at each clamp (2 samples of 20 tokens, seed 0) and keep the one whose concept words
     show up most in the steered text (ties: the weaker clamp, whose text stays more readable). Returns (best, tried)."""
     from . import steering
+    sample = dict(max_new_tokens=20, seed=0, temperature=0.7, n=2)
+    baseline = steering.generate(model, prompt, (), **sample)  # the same for every candidate: generated once
     tried = []
     for feature, label, words in steer_candidates(ix, n):
         for clamp in clamps:
             edit = steering.clamp_feature(model, sae, feature, clamp, positions="all", dictionary_folder=folder)
-            res = steering.compare(model, prompt, [edit], max_new_tokens=20, seed=0, temperature=0.7, n=2)
+            steered = steering.generate(model, prompt, [edit], **sample)
             tried.append({"feature": feature, "label": label, "words": words, "clamp": clamp,
-                          "hits": word_hits(res["steered"], words), "baseline_hits": word_hits(res["baseline"], words)})
+                          "hits": word_hits(steered, words), "baseline_hits": word_hits(baseline, words)})
     best = max(tried, key=lambda t: (t["hits"] - t["baseline_hits"], -clamps.index(t["clamp"])))
     return best, tried
 
 
-@torch_no_grad()
 def concept_activation(model, sae, feature: int, prompt: str, completions: list[str]) -> float:
     """How much the concept is in the text: the feature's mean activation over the completions' tokens, read by the
     unsteered model (the clamp itself is not in this forward)."""
+    import torch
+
     from .hooks import capture
     n_prompt = model.tokenize(prompt).shape[1]
     acts = []
-    for text in completions:
-        ids = model.tokenize(prompt + text)
-        if ids.shape[1] <= n_prompt:
-            continue
-        _, cache = capture(model, ids, [sae.cfg.hook_in])
-        codes = sae.encode(cache[sae.cfg.hook_in][0, n_prompt:].float())  # [new tokens, d_sae]
-        acts.append(codes[:, feature].mean())
+    with torch.no_grad():
+        for text in completions:
+            ids = model.tokenize(prompt + text)
+            if ids.shape[1] <= n_prompt:
+                continue
+            _, cache = capture(model, ids, [sae.cfg.hook_in])
+            codes = sae.encode(cache[sae.cfg.hook_in][0, n_prompt:].float())  # [new tokens, d_sae]
+            acts.append(codes[:, feature].mean())
     return round(float(sum(acts) / max(1, len(acts))), 4)
 
 

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..io import write_text
-from .figures import PHASE_COLORS
+from .figures import PHASE_COLORS, _edges
 from .measures import FRACTIONS, PHASES, REPRESENTED, _name
 
 TOOLTIP_JS = """
@@ -173,7 +173,6 @@ def feature_dimensionality_html(dim: dict, path: Path) -> Path:
 
 
 def phase_html(phase: dict, path: Path) -> Path:
-    from .figures import _edges
     r, dens = phase["relative_importance"], phase["density"]
     ex, ey = _edges(r), _edges(dens)  # cell edges: the axes end exactly at the outer cells
     ax = Axes(560, 460, (ex[0], ex[-1]), (ey[0], ey[-1]), xlog=True, ylog=True, pad=(60, 20, 20, 50))
