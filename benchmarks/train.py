@@ -58,11 +58,13 @@ from safetensors.torch import load_file
 if int(os.environ.get("BENCH_THREADS", "0")):
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 amp = os.environ.get("BENCH_AUTOCAST") == "1"  # SAELens's trainer option autocast=True: bf16 autocast of the step
+sparse = os.environ.get("BENCH_SPARSE") == "1"  # its TopK option use_sparse_activations: a sparse decoder matmul
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.saes.sae import TrainStepInput
 acts = load_file(sys.argv[1])["acts"]
 d_sae, k, steps, device = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=acts.shape[1], d_sae=d_sae, k=k, device=device))
+sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=acts.shape[1], d_sae=d_sae, k=k, device=device,
+                                             use_sparse_activations=sparse))
 opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
 x = acts.to(device)
 dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
@@ -112,7 +114,8 @@ def measure(python: str, code: str, acts: Path, d_sae: int, k: int, steps: int, 
     r = subprocess.run([python, "-c", code, str(acts), str(d_sae), str(k), str(steps), device],
                        capture_output=True, text=True, env=env, timeout=3000)
     if r.returncode:
-        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
+        errors = [line for line in r.stderr.splitlines() if "Error" in line.split(":")[0]]  # the exception's line
+        return {"error": (errors or r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]}
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -139,10 +142,13 @@ def main():
     for d_sae, k in [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",")]:
         gw = measure(sys.executable, GLASSWORK_STEP, acts, d_sae, k, a.steps, a.device)
         sl = measure(peer, SAELENS_STEP, acts, d_sae, k, a.steps, a.device) if peer and k == 32 else None
+        sl_sparse = (measure(peer, SAELENS_STEP, acts, d_sae, k, a.steps, a.device, BENCH_SPARSE="1")
+                     if peer and k == 32 else None)
+        bf16_fast = rates["bf16"] > rates["fp32"]  # else a bf16 step takes minutes here and cannot be the peer's best
         sl_bf16 = (measure(peer, SAELENS_STEP, acts, d_sae, k, a.steps, a.device, BENCH_AUTOCAST="1")
-                   if peer and k == 32 else None)
+                   if peer and k == 32 and bf16_fast else None)
         enc_gflop = 2 * BATCH * D_IN * d_sae / 1e9
-        row = {"d_sae": d_sae, "k": k, "glasswork": gw, "saelens": sl, "saelens_bf16": sl_bf16,
+        row = {"d_sae": d_sae, "k": k, "glasswork": gw, "saelens": sl, "saelens_sparse": sl_sparse, "saelens_bf16": sl_bf16,
                "enc_gflops": enc_gflop * gw.get("tokens_per_s", 0) / BATCH}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -164,29 +170,41 @@ def table(rows, rates, a, peer) -> str:
         machine = (f"{os.cpu_count()}-core {cpu_name()} ({isa}), torch {torch.__version__}, "
                    f"{a.threads or torch.get_num_threads()} torch thread(s); load average {a.load_start[0]:.1f} at the "
                    f"start, {load[0]:.1f} at the end (shared with other jobs)")
-    bf16 = rates["bf16"]
+    best = max(rates.values())
+    best_name = max(rates, key=rates.get)
+    bf16_note = ("" if rates["bf16"] > rates["fp32"] else
+                 "; SAELens with bf16 autocast (its trainer option autocast=True) not run: bf16 matmuls are slower than "
+                 "fp32 on this CPU, so it cannot be its best (a step takes minutes)")
     lines = [f"\n## Training speed, TopK SAE, d_in {D_IN}, batch {BATCH} ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
              f"Machine: {machine}. Command: `python {' '.join(sys.argv)}`.",
-             f"Matmul [4096,576]@[576,4608] measured in this run: fp32 {rates['fp32']:.1f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s "
+             f"Matmul [4096,576]@[576,4608] measured in this run: fp32 {rates['fp32']:.1f} GFLOP/s, bf16 {rates['bf16']:.1f} GFLOP/s "
              f"(glasswork uses bf16 autocast only where it measured faster). Peer: "
-             f"{'sae-lens 6.54 TopKTrainingSAE.training_forward_pass + Adam on the same activations, k and batch, in fp32 and with bf16 autocast (its trainer option autocast=True); ratio = glasswork / SAELens best of the two' if peer else 'sae-lens not installed here: no ratio'}. "
-             "Encoder GFLOP/s counts only the dense encoder forward (2 * batch * d_in * d_sae per step); the rest of a "
-             "glasswork step is sparse.\n",
-             "| d_sae | k | glasswork tokens/s | SAELens fp32 tokens/s | SAELens bf16 tokens/s | ratio (vs best) | "
-             "encoder GFLOP/s (% of bf16 matmul rate) | glasswork peak MB | SAELens peak MB (fp32 / bf16) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             + (f"sae-lens 6.54 TopKTrainingSAE.training_forward_pass + clip + Adam on the same activations, k and batch: "
+                f"fp32 dense decoder (its default) and fp32 with use_sparse_activations=True{bf16_note}; ratio = glasswork / "
+                f"the best SAELens configuration" if peer else "sae-lens not installed here: no ratio") + ". "
+             f"Encoder GFLOP/s counts only the dense encoder forward (2 * batch * d_in * d_sae per step; the rest of a "
+             f"glasswork step is sparse), as a share of the {best_name} matmul rate, the fastest this machine has "
+             f"(bf16 share: x {best / rates['bf16']:.1f}).\n",
+             "| d_sae | k | glasswork tokens/s | SAELens tokens/s: dense / sparse / bf16 | ratio (vs best) | "
+             f"encoder GFLOP/s (% of {best_name} matmul rate) | glasswork peak MB | SAELens peak MB (dense / sparse) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        g, s, sb = r["glasswork"], r["saelens"] or {}, r.get("saelens_bf16") or {}
+        g = r["glasswork"]
+        peers = [r.get(n) or {} for n in ("saelens", "saelens_sparse", "saelens_bf16")]
         gt = g.get("tokens_per_s")
         if not gt:
             lines.append(f"| {r['d_sae']} | {r['k']} | error: {g.get('error')} |")
             continue
-        peers = [t for t in (s.get("tokens_per_s"), sb.get("tokens_per_s")) if t]
-        ratio = f"{gt / max(peers):.2f}x" if peers else "-"
-        fmt = lambda d, key, f="{:,.0f}": f.format(d[key]) if d.get(key) else (f"error: {d['error'][:60]}" if d.get("error") else "-")
-        lines.append(f"| {r['d_sae']} | {r['k']} | {gt:,.0f} | {fmt(s, 'tokens_per_s')} | {fmt(sb, 'tokens_per_s')} | "
-                     f"{ratio} | {r['enc_gflops']:.1f} ({100 * r['enc_gflops'] / bf16:.0f}%) | {g.get('peak_mb', 0):,.0f} | "
-                     f"{fmt(s, 'peak_mb')} / {fmt(sb, 'peak_mb')} |")
+        speeds = [d["tokens_per_s"] for d in peers if d.get("tokens_per_s")]
+        ratio = f"{gt / max(speeds):.2f}x" if speeds else "-"
+        fmt = lambda d, key: f"{d[key]:,.0f}" if d.get(key) else ("fails (below)" if d.get("error") else "-")
+        lines.append(f"| {r['d_sae']} | {r['k']} | {gt:,.0f} | {' / '.join(fmt(d, 'tokens_per_s') for d in peers)} | "
+                     f"{ratio} | {r['enc_gflops']:.1f} ({100 * r['enc_gflops'] / best:.0f}%) | {g.get('peak_mb', 0):,.0f} | "
+                     f"{fmt(peers[0], 'peak_mb')} / {fmt(peers[1], 'peak_mb')} |")
+    errors = sorted({f"SAELens {n.split('_')[-1] if '_' in n else 'dense'}: {(r.get(n) or {})['error'][:160]}"
+                     for r in rows for n in ("saelens", "saelens_sparse", "saelens_bf16") if (r.get(n) or {}).get("error")})
+    if errors:
+        lines += ["", "Failed configurations: " + "; ".join(errors)]
     return "\n".join(lines) + "\n"
 
 

@@ -36,10 +36,15 @@ def test_sparse_topk_gradients_equal_dense_float64():
         v, i = topk_encode(x - b_dec, W_enc, b_enc, k)
         return ((sparse_decode(v, i, W_dec) + b_dec - target) ** 2).sum()
 
-    gd, gs = torch.autograd.grad(dense(), params), torch.autograd.grad(sparse(), params)
-    for a, b in zip(gd, gs):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    assert torch.allclose(dense(), sparse())
+    def sparse_shift():  # b_dec passed as the encoder's shift: its gradient is -W_enc @ grad_b_enc, no [B, d] grad
+        v, i = topk_encode(x, W_enc, b_enc, k, shift=b_dec)
+        return ((sparse_decode(v, i, W_dec) + b_dec - target) ** 2).sum()
+
+    gd = torch.autograd.grad(dense(), params)
+    for fn in (sparse, sparse_shift):
+        for a, b in zip(gd, torch.autograd.grad(fn(), params)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        assert torch.allclose(dense(), fn())
 
 
 def _data(n=2048, d=16, seed=0):

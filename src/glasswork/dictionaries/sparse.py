@@ -22,15 +22,23 @@ def _csr(indices: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tens
     return torch.sparse_csr_tensor(crow, indices.reshape(-1), values.reshape(-1), (batch, n_cols))
 
 
-def _transpose_csr(indices: torch.Tensor, values: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """The transpose of the [batch, n_rows] matrix with k entries per row, as [n_rows, batch] CSR."""
+_plan_cache: list = []  # [(key, plan, indices)]: the decoder's backward and the encoder's share one transpose
+
+
+def _transpose_plan(indices: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For S [batch, n_rows] with k entries per row: (crow [n_rows + 1], cols [batch * k], order [batch * k]) of S^T
+    in CSR. Cached for the last indices seen (the cache holds a reference, so the storage cannot be reused)."""
+    key = (indices.data_ptr(), tuple(indices.shape), indices._version, n_rows)
+    if _plan_cache and _plan_cache[0][0] == key:
+        return _plan_cache[0][1]
     batch, k = indices.shape
     flat = indices.reshape(-1)
     order = flat.argsort(stable=True)
     crow = torch.zeros(n_rows + 1, dtype=torch.long, device=indices.device)
     crow[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
-    cols = torch.div(order, k, rounding_mode="floor")
-    return torch.sparse_csr_tensor(crow, cols, values.reshape(-1)[order], (n_rows, batch))
+    plan = (crow, torch.div(order, k, rounding_mode="floor"), order)
+    _plan_cache[:] = [(key, plan, indices)]
+    return plan
 
 
 def _sparse_t_matmul(indices: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -38,7 +46,9 @@ def _sparse_t_matmul(indices: torch.Tensor, values: torch.Tensor, dense: torch.T
     if dense.is_cuda:  # CSR transpose-matmul is fast on GPUs through index_add
         out = torch.zeros(n_rows, dense.shape[1], dtype=dense.dtype, device=dense.device)
         return out.index_add_(0, indices.reshape(-1), (values.unsqueeze(-1) * dense.unsqueeze(1)).reshape(-1, dense.shape[1]))
-    return _transpose_csr(indices, values.to(dense.dtype), n_rows) @ dense
+    crow, cols, order = _transpose_plan(indices, n_rows)
+    st = torch.sparse_csr_tensor(crow, cols, values.reshape(-1).to(dense.dtype)[order], (n_rows, indices.shape[0]))
+    return st @ dense
 
 
 def _sampled_dot(indices: torch.Tensor, left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:
@@ -51,32 +61,36 @@ def _sampled_dot(indices: torch.Tensor, left: torch.Tensor, right_t: torch.Tenso
 
 
 class TopKEncode(torch.autograd.Function):
-    """(x [batch, d_in], W_enc [d_in, d_sae], b_enc [d_sae], k) -> values [batch, k] (ReLU'd), indices [batch, k]
-    (sorted per row). Backward: grad of the selected pre-activations only."""
+    """(x [batch, d_in], W_enc [d_in, d_sae], b_enc [d_sae], shift [d_in] or None, k) -> values [batch, k] (ReLU'd),
+    indices [batch, k] (sorted per row), of the pre-activations (x - shift) @ W_enc + b_enc. Backward: grad of the
+    selected pre-activations only; shift (an SAE's b_dec) gets -W_enc @ grad_b_enc, never a [batch, d_in] gradient."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, k: int):
-        pre = torch.addmm(b_enc, x, W_enc)
+    def forward(ctx, x, W_enc, b_enc, shift, k: int):
+        x_in = x - shift if shift is not None else x
+        pre = torch.addmm(b_enc, x_in, W_enc)
         top, indices = pre.topk(k, dim=-1, sorted=False)
         indices, order = indices.sort(dim=-1)
         top = top.gather(-1, order)
-        ctx.save_for_backward(x, W_enc, indices, top)
+        ctx.save_for_backward(x_in, W_enc, indices, top)
         ctx.mark_non_differentiable(indices)
         return top.relu(), indices
 
     @staticmethod
     def backward(ctx, grad_values, _grad_indices):
-        x, W_enc, indices, top = ctx.saved_tensors
+        x_in, W_enc, indices, top = ctx.saved_tensors
         grad_pre = grad_values * (top > 0)  # [batch, k]: the ReLU on the selected ones
-        grad_x = grad_W = grad_b = None
+        grad_x = grad_W = grad_b = grad_shift = None
         if ctx.needs_input_grad[0]:  # grad_x = G @ W_enc^T, G sparse: a weighted gather of k encoder columns
             grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=grad_pre.to(W_enc.dtype), mode="sum")
         if ctx.needs_input_grad[1]:  # grad_W_enc = x^T @ G = (G^T @ x)^T
-            grad_W = _sparse_t_matmul(indices, grad_pre, x, W_enc.shape[1]).T
-        if ctx.needs_input_grad[2]:
+            grad_W = _sparse_t_matmul(indices, grad_pre, x_in, W_enc.shape[1]).T
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
             grad_b = torch.zeros(W_enc.shape[1], dtype=grad_pre.dtype, device=grad_pre.device)
             grad_b.index_add_(0, indices.reshape(-1), grad_pre.reshape(-1))
-        return grad_x, grad_W, grad_b, None
+            if ctx.needs_input_grad[3]:  # the batch sum of -G @ W_enc^T
+                grad_shift = -(W_enc @ grad_b.to(W_enc.dtype))
+        return grad_x, grad_W, grad_b, grad_shift, None
 
 
 class SparseDecode(torch.autograd.Function):
@@ -98,10 +112,11 @@ class SparseDecode(torch.autograd.Function):
         return grad_values, None, grad_W
 
 
-def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int):
-    """x [..., d_in] -> (values, indices) [..., k], with the sparse backward."""
+def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, shift: torch.Tensor | None = None):
+    """x [..., d_in] -> (values, indices) [..., k] of the top k of (x - shift) @ W_enc + b_enc, with the sparse
+    backward."""
     lead = x.shape[:-1]
-    values, indices = TopKEncode.apply(x.reshape(-1, x.shape[-1]), W_enc, b_enc, k)
+    values, indices = TopKEncode.apply(x.reshape(-1, x.shape[-1]), W_enc, b_enc, shift, k)
     return values.view(*lead, k), indices.view(*lead, k)
 
 

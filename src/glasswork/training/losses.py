@@ -13,11 +13,16 @@ from ..dictionaries.coder import SparseCoder
 from ..dictionaries.sparse import sparse_decode, topk_encode
 
 
+def total_variance(target: torch.Tensor) -> torch.Tensor:
+    """||x - mean(x)||^2 over the batch: FVU's denominator. target: [batch, d] (or [batch, L, d]: mean per layer)."""
+    target = target.float()
+    return (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
 def fvu(target: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     """||x - x_hat||^2 / ||x - mean(x)||^2 over the batch (about the batch mean; not scaled by batch size).
     target, recon: [batch, d] (or [batch, L, d]: the mean is per layer, the ratio over everything)."""
-    target, recon = target.float(), recon.float()
-    return (target - recon).pow(2).sum() / (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (target.float() - recon.float()).pow(2).sum() / total_variance(target)
 
 
 def _aux_k(coder: SparseCoder, x_in: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
@@ -35,17 +40,17 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tupl
     """One SAE/transcoder step. x [batch, d_in] input, y [batch, d_out] target (y is x for an SAE).
     tc: TrainConfig (l1_coeff, l0_coeff, aux_k, aux_coeff, bandwidth). Extra state: coder.dead (bool [d_sae])."""
     cfg = coder.cfg
-    x_in = x - coder.b_dec if cfg.b_dec_in else x
+    shift = coder.b_dec if cfg.b_dec_in else None
     skip = coder.skip_term(x)
     extra = torch.zeros((), device=x.device)
     if cfg.activation == "topk":
-        values, indices = topk_encode(x_in, coder.W_enc, coder.b_enc, cfg.k)  # sparse backward
+        values, indices = topk_encode(x, coder.W_enc, coder.b_enc, cfg.k, shift)  # sparse backward
         recon = sparse_decode(values, indices, coder.W_dec) + coder.b_dec + skip
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[indices[values > 0]] = True
         l0 = (values > 0).sum(-1).float().mean()
     else:
-        pre = x_in @ coder.W_enc + coder.b_enc  # [batch, d_sae]
+        pre = (x - shift if shift is not None else x) @ coder.W_enc + coder.b_enc  # [batch, d_sae]
         if cfg.activation == "relu":
             codes = pre.relu()
             extra = tc.l1_coeff * (codes * coder.W_dec.norm(dim=-1)).sum(-1).mean()
@@ -61,11 +66,12 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tupl
         recon = codes @ coder.W_dec + coder.b_dec + skip
         fired = nz.any(0)
         l0 = nz.sum(-1).float().mean()
-    mse = (recon - y).pow(2).sum(-1).mean()
-    loss = mse + extra
+    sq_err = (recon - y).pow(2).sum()
+    loss = sq_err / x.shape[0] + extra  # squared error summed over d, mean over tokens
     if cfg.activation == "topk" and tc.aux_coeff > 0 and getattr(coder, "dead", None) is not None and coder.dead.any():
+        x_in = x - shift if shift is not None else x
         loss = loss + tc.aux_coeff * _aux_k(coder, x_in, (y - recon).detach(), coder.dead, tc.aux_k or x.shape[-1] // 2)
-    return loss, {"fvu": fvu(y, recon.detach()), "l0": l0.detach(), "fired": fired}
+    return loss, {"fvu": sq_err.detach().float() / total_variance(y), "l0": l0.detach(), "fired": fired}
 
 
 def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc) -> tuple[torch.Tensor, dict]:
