@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from .allocator import keep_freed_memory
 from .io import GlassworkError
 
 app = typer.Typer(help="Glasswork: open a language model up.", no_args_is_help=True, add_completion=False,
@@ -222,6 +223,7 @@ def serve(folder: Path = typer.Option(Path("."), "--dir", help="Folder with grap
 
 
 def main():
+    keep_freed_memory()  # every verb reuses large tensors step after step
     app()
 
 

@@ -2,6 +2,8 @@
 training run; and a plain state (two moments per parameter, one step count) checkpoints simply."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -22,7 +24,10 @@ class Adam:
                 continue
             m.lerp_(p.grad, 1 - b1)
             v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            p.addcdiv_(m, v.div(c2).sqrt_().add_(self.eps), value=-self.lr / c1)
+            # m / (sqrt(v / c2) + eps) = sqrt(c2) * m / (sqrt(v) + eps * sqrt(c2)); the denominator goes into the
+            # gradient's memory (no longer needed): no new tensor per step
+            denom = torch.sqrt(v, out=p.grad).add_(self.eps * math.sqrt(c2))
+            p.addcdiv_(m, denom, value=-self.lr * math.sqrt(c2) / c1)
 
     def zero_grad(self) -> None:
         for p in self.params:

@@ -19,6 +19,7 @@ from .. import __version__
 from ..dictionaries.activations import ACTIVATIONS
 from ..dictionaries.coder import KINDS, DictionaryConfig, SparseCoder
 from ..dictionaries.saving import build, save, save_set
+from ..allocator import keep_freed_memory
 from ..io import GlassworkError
 from ..precision import autocast
 from ..progress import progress
@@ -154,6 +155,7 @@ def _stack(batch: dict[str, torch.Tensor], hooks: list[str], scale: dict[str, fl
 class Trainer:
     def __init__(self, tc: TrainConfig, source, out: str | Path, resume: bool = False):
         self.tc, self.source, self.out = tc, source, Path(out)
+        keep_freed_memory()
         dist.init(tc.device)
         if getattr(source, "batch_size", tc.batch_size) != tc.batch_size:
             tc.batch_size = source.batch_size  # a model source rounds to whole sequences
