@@ -83,15 +83,16 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc) ->
     fired = torch.zeros(L, cfg.d_sae, dtype=torch.bool, device=x.device)
     l0 = torch.zeros((), device=x.device)
     outs = [[] for _ in range(L)]
+    W_enc, b_enc = clt.W_enc.unbind(0), clt.b_enc.unbind(0)  # one backward for all layers (indexing: L zero-fills)
     for i in range(L):
         if cfg.activation == "topk":
-            values, indices = topk_encode(x[:, i], clt.W_enc[i], clt.b_enc[i], cfg.k)
+            values, indices = topk_encode(x[:, i], W_enc[i], b_enc[i], cfg.k)
             w = clt.W_dec[i]  # [F, n_i, d_out]
             dec = sparse_decode(values, indices, w.reshape(w.shape[0], -1)).view(x.shape[0], w.shape[1], -1)
             fired[i, indices[values > 0]] = True
             l0 = l0 + (values > 0).sum(-1).float().mean()
         else:
-            pre = x[:, i] @ clt.W_enc[i] + clt.b_enc[i]
+            pre = x[:, i] @ W_enc[i] + b_enc[i]
             if cfg.activation == "relu":
                 codes = pre.relu()
                 norms = clt.W_dec[i].pow(2).sum((1, 2)).sqrt()
@@ -104,9 +105,9 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc) ->
             dec = torch.einsum("bf,fnd->bnd", codes, clt.W_dec[i])
             fired[i] = (codes > 0).any(0)
             l0 = l0 + (codes > 0).sum(-1).float().mean()
-        for j in range(dec.shape[1]):
-            outs[i + j].append(dec[:, j])
+        for j, part in enumerate(dec.unbind(1)):  # unbind: one stacked backward (dec[:, j]: a zero-fill per j)
+            outs[i + j].append(part)
     recon = recon + torch.stack([torch.stack(o).sum(0) for o in outs], 1)
-    mse = (recon - y).pow(2).sum(-1).mean()  # summed over layers, mean over tokens
-    nmse = ((recon.detach() - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12))
-    return mse + extra, {"fvu": nmse, "l0": (l0 / L).detach(), "fired": fired.flatten()}
+    sq_err = (recon - y).pow(2).sum()
+    nmse = sq_err.detach().float() / total_variance(y)
+    return sq_err / x.shape[0] + extra, {"fvu": nmse, "l0": (l0 / L).detach(), "fired": fired.flatten()}
