@@ -213,3 +213,27 @@ def test_bad_inputs_clear_errors(tmp_path):
     sae = SparseCoder(DictionaryConfig(kind="sae", d_in=16, d_sae=32))
     with pytest.raises(GlassworkError, match="d_in = 16"):
         sae(torch.randn(3, 17))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("keep", ["1", "0"])
+def test_freed_memory_is_reused_without_page_faults(keep):
+    # a training step re-allocates the same large tensors; kept memory means no page faults once the heap has settled
+    code = textwrap.dedent("""
+        import resource, torch
+        from glasswork.allocator import keep_freed_memory
+        kept, faults = keep_freed_memory(), []
+        for _ in range(6):  # 64 MB, freed at once
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            torch.empty(16 * 2**20).fill_(1.0)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        print(kept, *faults)
+    """)
+    env = {**os.environ, "GLASSWORK_KEEP_MEMORY": keep}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+    kept, faults = out[0] == "True", [int(f) for f in out[1:]]
+    pages = 64 * 2**20 // 4096
+    if keep == "1":
+        assert kept and max(faults[3:]) < pages // 10, f"page faults per 64 MB allocation: {faults}"
+    else:  # glibc's default: every such allocation is a fresh mapping whose pages fault in again
+        assert not kept and min(faults[3:]) > pages // 2, faults
