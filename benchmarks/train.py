@@ -1,5 +1,6 @@
 """Training speed: TopK SAE steps (Adam, fp32 master weights) on the same in-memory activations (d_in 576, batch 4096),
-glasswork vs SAELens (PyPI sae-lens, its own venv) in one run, as a ratio; this machine's fp32 and bf16 matmul rates
+glasswork vs SAELens (PyPI sae-lens, its own venv: its default dense decoder, its use_sparse_activations option, and
+bf16 autocast where bf16 is fast) in one run, as a ratio to the peer's best; this machine's fp32 and bf16 matmul rates
 and the share of them glasswork reaches counting the dense encoder's FLOPs (2 * batch * d_in * d_sae per step,
 forward only: the rest of a glasswork step is sparse); peak memory; tokens/s against d_sae and k.
 
@@ -170,7 +171,6 @@ def table(rows, rates, a, peer) -> str:
         machine = (f"{os.cpu_count()}-core {cpu_name()} ({isa}), torch {torch.__version__}, "
                    f"{a.threads or torch.get_num_threads()} torch thread(s); load average {a.load_start[0]:.1f} at the "
                    f"start, {load[0]:.1f} at the end (shared with other jobs)")
-    best = max(rates.values())
     best_name = max(rates, key=rates.get)
     bf16_note = ("" if rates["bf16"] > rates["fp32"] else
                  "; SAELens with bf16 autocast (its trainer option autocast=True) not run: bf16 matmuls are slower than "
@@ -183,10 +183,10 @@ def table(rows, rates, a, peer) -> str:
                 f"fp32 dense decoder (its default) and fp32 with use_sparse_activations=True{bf16_note}; ratio = glasswork / "
                 f"the best SAELens configuration" if peer else "sae-lens not installed here: no ratio") + ". "
              f"Encoder GFLOP/s counts only the dense encoder forward (2 * batch * d_in * d_sae per step; the rest of a "
-             f"glasswork step is sparse), as a share of the {best_name} matmul rate, the fastest this machine has "
-             f"(bf16 share: x {best / rates['bf16']:.1f}).\n",
+             f"glasswork step is sparse), as a share of this run's fp32 and bf16 matmul rates ({best_name} is the "
+             f"faster here).\n",
              "| d_sae | k | glasswork tokens/s | SAELens tokens/s: dense / sparse / bf16 | ratio (vs best) | "
-             f"encoder GFLOP/s (% of {best_name} matmul rate) | glasswork peak MB | SAELens peak MB (dense / sparse) |",
+             "encoder GFLOP/s (% of fp32 / bf16 matmul rate) | glasswork peak MB | SAELens peak MB (dense / sparse) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = r["glasswork"]
@@ -199,7 +199,8 @@ def table(rows, rates, a, peer) -> str:
         ratio = f"{gt / max(speeds):.2f}x" if speeds else "-"
         fmt = lambda d, key: f"{d[key]:,.0f}" if d.get(key) else ("fails (below)" if d.get("error") else "-")
         lines.append(f"| {r['d_sae']} | {r['k']} | {gt:,.0f} | {' / '.join(fmt(d, 'tokens_per_s') for d in peers)} | "
-                     f"{ratio} | {r['enc_gflops']:.1f} ({100 * r['enc_gflops'] / best:.0f}%) | {g.get('peak_mb', 0):,.0f} | "
+                     f"{ratio} | {r['enc_gflops']:.1f} ({100 * r['enc_gflops'] / rates['fp32']:.0f}% / "
+                     f"{100 * r['enc_gflops'] / rates['bf16']:,.0f}%) | {g.get('peak_mb', 0):,.0f} | "
                      f"{fmt(peers[0], 'peak_mb')} / {fmt(peers[1], 'peak_mb')} |")
     errors = sorted({f"SAELens {n.split('_')[-1] if '_' in n else 'dense'}: {(r.get(n) or {})['error'][:160]}"
                      for r in rows for n in ("saelens", "saelens_sparse", "saelens_bf16") if (r.get(n) or {}).get("error")})
