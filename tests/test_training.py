@@ -47,6 +47,36 @@ def test_sparse_topk_gradients_equal_dense_float64():
         assert torch.allclose(dense(), fn())
 
 
+def test_auxk_gradients_equal_dense_float64():
+    # AuxK's dead-latent selection comes out of the main encoder matmul; its gradients must equal a dense reference
+    from glasswork.dictionaries.sparse import topk_encode_with_aux
+    from glasswork.training.losses import _aux_k
+    g = torch.Generator().manual_seed(1)
+    B, d, F, k, k_aux = 40, 12, 70, 6, 9
+    x = torch.randn(B, d, generator=g, dtype=torch.float64)
+    params = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in [(d, F), (F,), (F, d), (d,)]]
+    W_enc, b_enc, W_dec, b_dec = params
+    dead = torch.rand(F, generator=g) < 0.4
+
+    def dense():
+        pre = (x - b_dec) @ W_enc + b_enc
+        v, i = pre.topk(k, -1)
+        recon = torch.zeros_like(pre).scatter(-1, i, v.relu()) @ W_dec + b_dec
+        av, ai = pre.masked_fill(~dead, float("-inf")).topk(k_aux, -1)
+        resid = (x - recon).detach()
+        aux = resid - torch.zeros_like(pre).scatter(-1, ai, av.relu()) @ W_dec
+        return ((recon - x) ** 2).sum() + 0.5 * (aux ** 2).sum() / ((resid - resid.mean(0)) ** 2).sum()
+
+    def sparse():
+        v, i, av, ai = topk_encode_with_aux(x, W_enc, b_enc, k, b_dec, dead, k_aux)
+        recon = sparse_decode(v, i, W_dec) + b_dec
+        return ((recon - x) ** 2).sum() + 0.5 * _aux_k((x - recon).detach(), av, ai, W_dec)
+
+    for a, b in zip(torch.autograd.grad(dense(), params), torch.autograd.grad(sparse(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(dense(), sparse())
+
+
 def _data(n=2048, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     basis = torch.randn(64, d, generator=g)

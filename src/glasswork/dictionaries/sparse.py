@@ -60,26 +60,37 @@ def _sampled_dot(indices: torch.Tensor, left: torch.Tensor, right_t: torch.Tenso
     return torch.sparse.sampled_addmm(mask, left, right_t, beta=0.0).values().view(batch, k)
 
 
+def _top_sorted(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top k of each row of pre [batch, n], indices sorted within the row: (values, indices) [batch, k]."""
+    top, indices = pre.topk(k, dim=-1, sorted=False)
+    indices, order = indices.sort(dim=-1)
+    return top.gather(-1, order), indices
+
+
 class TopKEncode(torch.autograd.Function):
-    """(x [batch, d_in], W_enc [d_in, d_sae], b_enc [d_sae], shift [d_in] or None, k) -> values [batch, k] (ReLU'd),
-    indices [batch, k] (sorted per row), of the pre-activations (x - shift) @ W_enc + b_enc. Backward: grad of the
-    selected pre-activations only; shift (an SAE's b_dec) gets -W_enc @ grad_b_enc, never a [batch, d_in] gradient."""
+    """(x [batch, d_in], W_enc [d_in, d_sae], b_enc [d_sae], shift [d_in] or None, k, dead [d_sae] bool or None,
+    k_aux) -> values, indices [batch, k] (ReLU'd values, indices sorted per row) of the pre-activations
+    (x - shift) @ W_enc + b_enc, and the same for the top k_aux dead latents (AuxK; [batch, 0] without `dead`), from
+    the one encoder matmul. Backward: grads of the selected pre-activations only; shift (an SAE's b_dec) gets
+    -W_enc @ grad_b_enc, never a [batch, d_in] gradient."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, shift, k: int):
+    def forward(ctx, x, W_enc, b_enc, shift, k: int, dead, k_aux: int):
         x_in = x - shift if shift is not None else x
         pre = torch.addmm(b_enc, x_in, W_enc)
-        top, indices = pre.topk(k, dim=-1, sorted=False)
-        indices, order = indices.sort(dim=-1)
-        top = top.gather(-1, order)
-        ctx.save_for_backward(x_in, W_enc, indices, top)
-        ctx.mark_non_differentiable(indices)
-        return top.relu(), indices
+        top, indices = _top_sorted(pre, k)
+        if dead is not None:
+            aux_top, aux_indices = _top_sorted(pre.masked_fill_(~dead, float("-inf")), min(k_aux, int(dead.sum())))
+        else:
+            aux_top, aux_indices = top[:, :0], indices[:, :0]
+        ctx.save_for_backward(x_in, W_enc, torch.cat([indices, aux_indices], -1), torch.cat([top, aux_top], -1))
+        ctx.mark_non_differentiable(indices, aux_indices)
+        return top.relu(), indices, aux_top.relu(), aux_indices
 
     @staticmethod
-    def backward(ctx, grad_values, _grad_indices):
-        x_in, W_enc, indices, top = ctx.saved_tensors
-        grad_pre = grad_values * (top > 0)  # [batch, k]: the ReLU on the selected ones
+    def backward(ctx, grad_values, _grad_indices, grad_aux, _grad_aux_indices):
+        x_in, W_enc, indices, top = ctx.saved_tensors  # main and aux selections side by side: [batch, k + k_aux]
+        grad_pre = torch.cat([grad_values, grad_aux], -1) * (top > 0)  # the ReLU on the selected ones
         grad_x = grad_W = grad_b = grad_shift = None
         if ctx.needs_input_grad[0]:  # grad_x = G @ W_enc^T, G sparse: a weighted gather of k encoder columns
             grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=grad_pre.to(W_enc.dtype), mode="sum")
@@ -90,7 +101,7 @@ class TopKEncode(torch.autograd.Function):
             grad_b.index_add_(0, indices.reshape(-1), grad_pre.reshape(-1))
             if ctx.needs_input_grad[3]:  # the batch sum of -G @ W_enc^T
                 grad_shift = -(W_enc @ grad_b.to(W_enc.dtype))
-        return grad_x, grad_W, grad_b, grad_shift, None
+        return grad_x, grad_W, grad_b, grad_shift, None, None, None
 
 
 class SparseDecode(torch.autograd.Function):
@@ -116,8 +127,15 @@ def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: in
     """x [..., d_in] -> (values, indices) [..., k] of the top k of (x - shift) @ W_enc + b_enc, with the sparse
     backward."""
     lead = x.shape[:-1]
-    values, indices = TopKEncode.apply(x.reshape(-1, x.shape[-1]), W_enc, b_enc, shift, k)
+    values, indices, _, _ = TopKEncode.apply(x.reshape(-1, x.shape[-1]), W_enc, b_enc, shift, k, None, 0)
     return values.view(*lead, k), indices.view(*lead, k)
+
+
+def topk_encode_with_aux(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, shift: torch.Tensor | None,
+                         dead: torch.Tensor, k_aux: int):
+    """x [batch, d_in] -> (values, indices) [batch, k] as topk_encode, and (aux_values, aux_indices)
+    [batch, min(k_aux, n_dead)]: the top among the latents where dead [d_sae] is True (for AuxK)."""
+    return TopKEncode.apply(x, W_enc, b_enc, shift, k, dead, k_aux)
 
 
 def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:

@@ -10,30 +10,30 @@ import torch
 from ..dictionaries.activations import batch_topk, jumprelu, step
 from ..dictionaries.clt import CrossLayerTranscoder
 from ..dictionaries.coder import SparseCoder
-from ..dictionaries.sparse import sparse_decode, topk_encode
+from ..dictionaries.sparse import sparse_decode, topk_encode, topk_encode_with_aux
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def total_variance(target: torch.Tensor) -> torch.Tensor:
     """||x - mean(x)||^2 over the batch: FVU's denominator. target: [batch, d] (or [batch, L, d]: mean per layer)."""
-    target = target.float()
+    target = _at_least_fp32(target)
     return (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
 def fvu(target: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     """||x - x_hat||^2 / ||x - mean(x)||^2 over the batch (about the batch mean; not scaled by batch size).
     target, recon: [batch, d] (or [batch, L, d]: the mean is per layer, the ratio over everything)."""
-    return (target.float() - recon.float()).pow(2).sum() / total_variance(target)
+    return (_at_least_fp32(target) - _at_least_fp32(recon)).pow(2).sum() / total_variance(target)
 
 
-def _aux_k(coder: SparseCoder, x_in: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
-    """AuxK: reconstruct the main reconstruction's error from the top k_aux dead latents; normalized like FVU."""
-    dead_idx = dead.nonzero().squeeze(-1)  # [n_dead]
-    k_aux = min(k_aux, dead_idx.numel())
-    pre = x_in @ coder.W_enc[:, dead_idx] + coder.b_enc[dead_idx]  # [batch, n_dead]: only the dead columns
-    values, local = pre.topk(k_aux, dim=-1)
-    values, local = values.relu(), local
-    recon = sparse_decode(values, local, coder.W_dec[dead_idx])
-    return (residual - recon).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
+def _aux_k(residual: torch.Tensor, aux_values: torch.Tensor, aux_indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """AuxK: how well the top dead latents (aux_values, aux_indices [batch, k_aux]) reconstruct the main
+    reconstruction's error residual [batch, d_out]; normalized like FVU."""
+    recon = sparse_decode(aux_values, aux_indices, W_dec)
+    return (residual - recon).pow(2).sum() / total_variance(residual)
 
 
 def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tuple[torch.Tensor, dict]:
@@ -43,8 +43,14 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tupl
     shift = coder.b_dec if cfg.b_dec_in else None
     skip = coder.skip_term(x)
     extra = torch.zeros((), device=x.device)
+    dead = getattr(coder, "dead", None)
+    use_aux = cfg.activation == "topk" and tc.aux_coeff > 0 and dead is not None and bool(dead.any())
+    if use_aux:  # the dead latents' top k_aux come from the same encoder matmul
+        values, indices, aux_values, aux_indices = topk_encode_with_aux(
+            x, coder.W_enc, coder.b_enc, cfg.k, shift, dead, tc.aux_k or x.shape[-1] // 2)
     if cfg.activation == "topk":
-        values, indices = topk_encode(x, coder.W_enc, coder.b_enc, cfg.k, shift)  # sparse backward
+        if not use_aux:
+            values, indices = topk_encode(x, coder.W_enc, coder.b_enc, cfg.k, shift)  # sparse backward
         recon = sparse_decode(values, indices, coder.W_dec) + coder.b_dec + skip
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[indices[values > 0]] = True
@@ -68,10 +74,9 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tupl
         l0 = nz.sum(-1).float().mean()
     sq_err = (recon - y).pow(2).sum()
     loss = sq_err / x.shape[0] + extra  # squared error summed over d, mean over tokens
-    if cfg.activation == "topk" and tc.aux_coeff > 0 and getattr(coder, "dead", None) is not None and coder.dead.any():
-        x_in = x - shift if shift is not None else x
-        loss = loss + tc.aux_coeff * _aux_k(coder, x_in, (y - recon).detach(), coder.dead, tc.aux_k or x.shape[-1] // 2)
-    return loss, {"fvu": sq_err.detach().float() / total_variance(y), "l0": l0.detach(), "fired": fired}
+    if use_aux:
+        loss = loss + tc.aux_coeff * _aux_k((y - recon).detach(), aux_values, aux_indices, coder.W_dec)
+    return loss, {"fvu": _at_least_fp32(sq_err.detach()) / total_variance(y), "l0": l0.detach(), "fired": fired}
 
 
 def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc) -> tuple[torch.Tensor, dict]:
@@ -109,5 +114,5 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc) ->
             outs[i + j].append(part)
     recon = recon + torch.stack([torch.stack(o).sum(0) for o in outs], 1)
     sq_err = (recon - y).pow(2).sum()
-    nmse = sq_err.detach().float() / total_variance(y)
+    nmse = _at_least_fp32(sq_err.detach()) / total_variance(y)
     return sq_err / x.shape[0] + extra, {"fvu": nmse, "l0": (l0 / L).detach(), "fired": fired.flatten()}
