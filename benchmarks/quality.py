@@ -169,6 +169,11 @@ def main():
             f.write(report)
 
 
+def _dead_window(r: dict) -> str:
+    """The trainer's dead-latent window for this run: min(10M, tokens / 5) tokens (TrainConfig.dead_tokens = 0)."""
+    return f"{min(10_000_000, r['train']['tokens'] // 5):,}"
+
+
 def table(results: dict, a) -> str:
     if a.device.startswith("cuda"):
         dev = torch.cuda.get_device_name()
@@ -190,7 +195,7 @@ def table(results: dict, a) -> str:
     if "sae" in results:
         r = results["sae"]
         e, d = r["eval"], next(iter(r["eval"]["dictionaries"].values()))
-        lines += ["| dictionary | train tokens | batch, lr | FVU | L0 | dead | dense | CE clean | CE spliced | "
+        lines += ["| dictionary | train tokens | batch, lr | FVU | L0 | dead (eval) | dense | CE clean | CE spliced | "
                   "CE zero-abl | CE-loss score | KL | train s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
                   f"| TopK SAE blocks.15.hook_resid_post, 4608, k 32 | {r['train']['tokens']:,} | {r.get('batch_size')}, "
@@ -209,10 +214,14 @@ def table(results: dict, a) -> str:
                       f"tokens): CE clean {e['ce_clean']:.3f}, spliced {e['ce_spliced']:.3f}, zero-abl "
                       f"{e['ce_zero_ablation']:.3f}, **CE-loss score {e['ce_loss_score']:.3f}**, KL {e['kl']:.3f}; "
                       f"FVU median {fv[len(fv) // 2]:.3f}, min {fv[0]:.3f}, max {fv[-1]:.3f}; train {r['train_seconds']} s.",
-                  "", "| layer | FVU | FVU spliced | L0 | dead | dense |", "|---|---|---|---|---|---|"]
+                  "", f"Dead: `train` = no firing in the last {_dead_window(r)} training tokens (the trainer's AuxK "
+                      f"criterion); `eval` = never fired on the {e['tokens']:,} eval tokens (frequency below ~1/"
+                      f"{e['tokens']:,}).", "",
+                  "| layer | FVU | FVU spliced | L0 | dead (train) | dead (eval) | dense |", "|---|---|---|---|---|---|---|"]
         for name, d in per.items():
+            td = r.get("train_metrics", {}).get(name, {}).get("dead_fraction", float("nan"))
             lines.append(f"| {name} | {d['fvu']:.3f} | {d.get('fvu_spliced', float('nan')):.3f} | {d['l0']:.1f} | "
-                         f"{d['dead_fraction']:.3f} | {d.get('dense_fraction', 0):.3f} |")
+                         f"{td:.3f} | {d['dead_fraction']:.3f} | {d.get('dense_fraction', 0):.3f} |")
     if "clt" in results:
         r = results["clt"]
         e, d = r["eval"], next(iter(r["eval"]["dictionaries"].values()))
