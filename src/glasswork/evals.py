@@ -24,7 +24,7 @@ from .progress import progress
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """x, x_hat [n, d] (or [n, L, d]): residual energy over energy about the mean of this batch."""
-    x, x_hat = x.double(), x_hat.double()
+    x, x_hat = x.detach().double(), x_hat.detach().double()  # a float: no graph to keep
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
 
 
