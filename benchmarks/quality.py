@@ -169,9 +169,9 @@ def main():
             f.write(report)
 
 
-def _dead_window(r: dict) -> str:
-    """The trainer's dead-latent window for this run: min(10M, tokens / 5) tokens (TrainConfig.dead_tokens = 0)."""
-    return f"{min(10_000_000, r['train']['tokens'] // 5):,}"
+def _dead_window(tokens: int) -> int:
+    """The trainer's dead-latent window for a run asked to train on `tokens` tokens."""
+    return TrainConfig(kind="transcoder", layers=[0], tokens=tokens).dead_window
 
 
 def table(results: dict, a) -> str:
@@ -214,7 +214,7 @@ def table(results: dict, a) -> str:
                       f"tokens): CE clean {e['ce_clean']:.3f}, spliced {e['ce_spliced']:.3f}, zero-abl "
                       f"{e['ce_zero_ablation']:.3f}, **CE-loss score {e['ce_loss_score']:.3f}**, KL {e['kl']:.3f}; "
                       f"FVU median {fv[len(fv) // 2]:.3f}, min {fv[0]:.3f}, max {fv[-1]:.3f}; train {r['train_seconds']} s.",
-                  "", f"Dead: `train` = no firing in the last {_dead_window(r)} training tokens (the trainer's AuxK "
+                  "", f"Dead: `train` = no firing in the last {_dead_window(a.tc_tokens):,} training tokens (the trainer's AuxK "
                       f"criterion); `eval` = never fired on the {e['tokens']:,} eval tokens (frequency below ~1/"
                       f"{e['tokens']:,}).", "",
                   "| layer | FVU | FVU spliced | L0 | dead (train) | dead (eval) | dense |", "|---|---|---|---|---|---|---|"]

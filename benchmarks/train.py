@@ -140,12 +140,12 @@ def main():
     rates = matmul_rates(a.device)
     peer = a.saelens if Path(a.saelens).exists() else None
     rows = []
+    bf16_fast = rates["bf16"] > rates["fp32"]  # else a bf16 step takes minutes here and cannot be the peer's best
     for d_sae, k in [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",")]:
         gw = measure(sys.executable, GLASSWORK_STEP, acts, d_sae, k, a.steps, a.device)
         sl = measure(peer, SAELENS_STEP, acts, d_sae, k, a.steps, a.device) if peer and k == 32 else None
         sl_sparse = (measure(peer, SAELENS_STEP, acts, d_sae, k, a.steps, a.device, BENCH_SPARSE="1")
                      if peer and k == 32 else None)
-        bf16_fast = rates["bf16"] > rates["fp32"]  # else a bf16 step takes minutes here and cannot be the peer's best
         sl_bf16 = (measure(peer, SAELENS_STEP, acts, d_sae, k, a.steps, a.device, BENCH_AUTOCAST="1")
                    if peer and k == 32 and bf16_fast else None)
         enc_gflop = 2 * BATCH * D_IN * d_sae / 1e9

@@ -132,9 +132,10 @@ def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: in
 
 
 def topk_encode_with_aux(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, shift: torch.Tensor | None,
-                         dead: torch.Tensor, k_aux: int):
+                         dead: torch.Tensor | None, k_aux: int):
     """x [batch, d_in] -> (values, indices) [batch, k] as topk_encode, and (aux_values, aux_indices)
-    [batch, min(k_aux, n_dead)]: the top among the latents where dead [d_sae] is True (for AuxK)."""
+    [batch, min(k_aux, n_dead)]: the top among the latents where dead [d_sae] is True (for AuxK; [batch, 0] when
+    dead is None)."""
     return TopKEncode.apply(x, W_enc, b_enc, shift, k, dead, k_aux)
 
 

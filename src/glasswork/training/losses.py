@@ -45,12 +45,9 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tupl
     extra = torch.zeros((), device=x.device)
     dead = getattr(coder, "dead", None)
     use_aux = cfg.activation == "topk" and tc.aux_coeff > 0 and dead is not None and bool(dead.any())
-    if use_aux:  # the dead latents' top k_aux come from the same encoder matmul
+    if cfg.activation == "topk":  # sparse backward; AuxK's dead-latent candidates come from the same encoder matmul
         values, indices, aux_values, aux_indices = topk_encode_with_aux(
-            x, coder.W_enc, coder.b_enc, cfg.k, shift, dead, tc.aux_k or x.shape[-1] // 2)
-    if cfg.activation == "topk":
-        if not use_aux:
-            values, indices = topk_encode(x, coder.W_enc, coder.b_enc, cfg.k, shift)  # sparse backward
+            x, coder.W_enc, coder.b_enc, cfg.k, shift, dead if use_aux else None, tc.aux_k or x.shape[-1] // 2)
         recon = sparse_decode(values, indices, coder.W_dec) + coder.b_dec + skip
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[indices[values > 0]] = True

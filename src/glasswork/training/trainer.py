@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..allocator import keep_freed_memory
 from ..dictionaries.activations import ACTIVATIONS
 from ..dictionaries.coder import KINDS, DictionaryConfig, SparseCoder
 from ..dictionaries.saving import build, save, save_set
-from ..allocator import keep_freed_memory
 from ..io import GlassworkError
 from ..precision import autocast
 from ..progress import progress
@@ -76,6 +76,11 @@ class TrainConfig:
         if self.kind != "sae" and not self.layers:
             raise GlassworkError(f"train config: kind '{self.kind}' needs layers (e.g. 0-29)")
         self.betas = tuple(self.betas)
+
+    @property
+    def dead_window(self) -> int:
+        """Tokens without firing after which a latent counts as dead (and AuxK trains it)."""
+        return self.dead_tokens or min(10_000_000, self.tokens // 5)
 
     @property
     def steps(self) -> int:
@@ -188,7 +193,7 @@ class Trainer:
         self.window_tokens = 0
         self.recent: dict[str, list] = {u.name: [] for u in self.units}
         self.thresholds = {u.name: [] for u in self.units}  # batchtopk: per-batch minimum kept activation
-        self.dead_tokens = tc.dead_tokens or min(10_000_000, tc.tokens // 5)
+        self.dead_tokens = tc.dead_window
         ckpt = self.out / CHECKPOINT
         if (self.out / "config.json").exists() or (self.out / "set.json").exists():
             raise GlassworkError(f"{self.out} already holds a trained dictionary; choose another --out")
