@@ -1,6 +1,7 @@
 """Trainer: sparse TopK gradients = dense (float64), resume after kill -9 = uninterrupted, folding the input scale
 into the weights is exact, several dictionaries from one pass, and bad input gets a clear GlassworkError."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,6 +76,103 @@ def test_auxk_gradients_equal_dense_float64():
     for a, b in zip(torch.autograd.grad(dense(), params), torch.autograd.grad(sparse(), params)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(dense(), sparse())
+
+
+def _matryoshka_coder(kind, arch, seed=2, B=40, d=12, F=30, k=5):
+    """A float64 SAE (or transcoder with a skip connection) with random weights and biases, and data for it."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = DictionaryConfig(kind=kind, d_in=d, d_sae=F, activation=arch, k=k, skip=kind == "transcoder",
+                           b_dec_in=kind == "sae")
+    coder = SparseCoder(cfg).double()
+    with torch.no_grad():
+        for p in coder.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * (0.1 if p is coder.threshold else 1))
+    coder.threshold_estimate = []
+    x = torch.randn(B, d, generator=g, dtype=torch.float64)
+    y = x if kind == "sae" else torch.randn(B, d, generator=g, dtype=torch.float64)
+    return coder, x, y
+
+
+def _dense_codes(coder, x):
+    """Pre-activations and dense codes [batch, d_sae] as training computes them (batchtopk: over the batch)."""
+    cfg = coder.cfg
+    pre = ((x - coder.b_dec) if cfg.b_dec_in else x) @ coder.W_enc + coder.b_enc
+    if cfg.activation == "topk":
+        v, i = pre.topk(cfg.k, -1)
+        return pre, torch.zeros_like(pre).scatter(-1, i, v.relu())
+    if cfg.activation == "batchtopk":
+        v, i = pre.relu().flatten().topk(cfg.k * x.shape[0])
+        return pre, torch.zeros_like(pre).flatten().scatter(0, i, v).view_as(pre)
+    if cfg.activation == "jumprelu":
+        return pre, pre * (pre > coder.threshold)
+    return pre, pre.relu()
+
+
+def _dense_matryoshka_loss(coder, x, y, tc, prefixes, dead=None):
+    """The definition, dense: codes once; mean over prefixes m of ||y - (codes[:, :m] @ W_dec[:m] + b_dec + skip)||^2
+    summed over d, mean over tokens; plus the activation's own term (AuxK from the full reconstruction)."""
+    pre, codes = _dense_codes(coder, x)
+    skip = x @ coder.W_skip if coder.W_skip is not None else 0.0
+    recon = [codes[:, :m] @ coder.W_dec[:m] + coder.b_dec + skip for m in prefixes]
+    loss = sum(((y - r) ** 2).sum() for r in recon) / x.shape[0] / len(prefixes)
+    if coder.cfg.activation == "relu":
+        loss = loss + tc.l1_coeff * (codes * coder.W_dec.norm(dim=-1)).sum(-1).mean()
+    if coder.cfg.activation == "jumprelu":
+        loss = loss + tc.l0_coeff * (pre > coder.threshold).double().sum(-1).mean()
+    if dead is not None:  # AuxK: the top dead latents reconstruct the full dictionary's residual
+        av, ai = pre.masked_fill(~dead, float("-inf")).topk(min(tc.aux_k, int(dead.sum())), -1)
+        resid = (y - recon[-1]).detach()
+        aux = resid - torch.zeros_like(pre).scatter(-1, ai, av.relu()) @ coder.W_dec
+        loss = loss + tc.aux_coeff * (aux ** 2).sum() / ((resid - resid.mean(0)) ** 2).sum()
+    return loss
+
+
+@pytest.mark.parametrize("kind", ["sae", "transcoder"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])
+@torch.no_grad()
+def test_matryoshka_loss_equals_definition(kind, arch):
+    from glasswork.training.losses import coder_loss
+    coder, x, y = _matryoshka_coder(kind, arch)
+    F = coder.cfg.d_sae
+    coder.dead = None
+    _, codes = _dense_codes(coder, x)
+    full = codes @ coder.W_dec + coder.b_dec + coder.skip_term(x)
+    checked = 0
+    for sizes in ([7, 19], [7, 19, F], [1], [11], [F - 1], [F], []):  # each prefix alone (with the full one), all, none
+        tc = _cfg(arch=arch, k=coder.cfg.k, d_sae=F, matryoshka=sizes)
+        got, stats = coder_loss(coder, x, y, tc)
+        prefixes = sorted(set(sizes) | {F})
+        torch.testing.assert_close(got, _dense_matryoshka_loss(coder, x, y, tc, prefixes), rtol=1e-12, atol=1e-12)
+        # the reported fvu stays the full dictionary's
+        torch.testing.assert_close(stats["fvu"], ((y - full) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+        for shift in (-1, 1):  # the same prefixes off by one give another loss (where the latent moved fires at all)
+            shifted = [m + shift for m in prefixes[:-1]] + [F]
+            moved = [min(m, m + shift) for m in prefixes[:-1]]
+            if 0 < shifted[0] and len(set(shifted)) == len(shifted) and codes[:, moved].any():
+                assert (got - _dense_matryoshka_loss(coder, x, y, tc, shifted)).abs() > 1e-6, (sizes, shift)
+                checked += 1
+    assert checked >= 4  # so the comparison above could have failed for an off-by-one mask
+
+
+@pytest.mark.parametrize("kind", ["sae", "transcoder"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_matryoshka_gradients_equal_dense_float64(kind, arch):
+    # topk: the prefixes are masked sparse decodes (backward sparse), AuxK from the full reconstruction
+    from glasswork.training.losses import coder_loss
+    coder, x, y = _matryoshka_coder(kind, arch, seed=4)
+    F = coder.cfg.d_sae
+    dead = torch.rand(F, generator=torch.Generator().manual_seed(5)) < 0.4 if arch == "topk" else None
+    tc = _cfg(arch=arch, k=coder.cfg.k, d_sae=F, matryoshka=[4, 13, 22], aux_k=7, aux_coeff=0.5)
+    names, params = zip(*coder.named_parameters())
+    coder.dead = dead
+    got = coder_loss(coder, x, y, tc)[0]
+    want = _dense_matryoshka_loss(coder, x, y, tc, [4, 13, 22, F], dead)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g_want = torch.autograd.grad(want, params)
+    for name, a, b in zip(names, torch.autograd.grad(got, params), g_want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
+    plain = _dense_matryoshka_loss(coder, x, y, tc, [F], dead)  # the prefixes change the gradient: this can fail
+    assert (torch.autograd.grad(plain, coder.W_dec)[0] - g_want[names.index("W_dec")]).abs().max() > 1e-3
 
 
 def _data(n=2048, d=16, seed=0):
@@ -161,16 +259,17 @@ class Slow(TensorSource):
             time.sleep({pause})
             yield b
 
-train(_cfg(), Slow({{"h": _data()}}, 64), {out!r}, resume=True)
+train(_cfg(**{extra!r}), Slow({{"h": _data()}}, 64), {out!r}, resume=True)
 """
 
 
-def test_resume_after_kill_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"matryoshka": [16, 40]}], ids=["plain", "matryoshka"])
+def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     """Every run in a fresh single-threaded process, so all three use the same kernels and reduction order."""
     env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
 
     def start(out, pause):
-        script = SCRIPT.format(tests=str(Path(__file__).parent), out=str(out), pause=pause)
+        script = SCRIPT.format(tests=str(Path(__file__).parent), out=str(out), pause=pause, extra=extra)
         return subprocess.Popen([sys.executable, "-c", script], env=env)
 
     out = tmp_path / "killed"
@@ -192,6 +291,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     for name in b:
         assert (a[name] - b[name]).abs().max() <= 1e-6, name
     assert load(out).cfg.tokens_seen == 64 * 30
+    assert load(out).cfg.training["matryoshka"] == extra.get("matryoshka", [])
 
 
 def test_nan_batches_skipped_and_counted(tmp_path):
@@ -243,6 +343,44 @@ def test_bad_inputs_clear_errors(tmp_path):
     sae = SparseCoder(DictionaryConfig(kind="sae", d_in=16, d_sae=32))
     with pytest.raises(GlassworkError, match="d_in = 16"):
         sae(torch.randn(3, 17))
+
+
+def test_matryoshka_bad_prefixes_clear_errors(tmp_path):
+    from glasswork.training.cli import parse_sizes
+    for sizes, why in [([0, 8], "sizes must be positive integers"), ([-4], "sizes must be positive integers"),
+                       ([8.0], "sizes must be positive integers"), ([8, 8], "sizes must be strictly increasing"),
+                       ([16, 8], "sizes must be strictly increasing"), ([32, 128], "size 128 exceeds d_sae=64")]:
+        with pytest.raises(GlassworkError, match=rf"matryoshka prefix {why} \(got {re.escape(str(sizes))}"):
+            _cfg(matryoshka=sizes)
+    with pytest.raises(GlassworkError, match=r"matryoshka=\[8\] is for SAEs and transcoders, not kind 'clt'"):
+        TrainConfig(kind="clt", layers=[0, 1], matryoshka=[8])
+    x = _data(n=640)
+    with pytest.raises(GlassworkError, match=r"matryoshka prefix size 40 exceeds d_sae=32"):  # d_sae from expansion
+        train(_cfg(d_sae=0, expansion=2, matryoshka=[16, 40]), TensorSource({"h": x}, 64), tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+    assert parse_sizes("256,1024") == [256, 1024] and parse_sizes("") == []
+    with pytest.raises(GlassworkError, match="--matryoshka: expected comma-separated integers"):
+        parse_sizes("256,1k")
+
+    class Dies(TensorSource):  # the run dies after a few steps, leaving its checkpoint
+        def batches(self, start=0, rank=0, world=1):
+            for n, b in enumerate(super().batches(start, rank, world)):
+                if n == 4:
+                    raise RuntimeError("killed")
+                yield b
+
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(_cfg(tokens=64 * 10, checkpoint_every=2, matryoshka=[16]), Dies({"h": x}, 64), out)
+    ckpt = (out / "checkpoint.safetensors").read_bytes()
+    for other in ([16, 40], []):  # resuming with other prefixes is refused, naming both; the checkpoint is kept
+        asks = re.escape(f"matryoshka=[16], this run asks for matryoshka={other}")
+        with pytest.raises(GlassworkError, match=asks):
+            train(_cfg(tokens=64 * 10, checkpoint_every=2, matryoshka=other), TensorSource({"h": x}, 64), out,
+                  resume=True)
+        assert (out / "checkpoint.safetensors").read_bytes() == ckpt
+    train(_cfg(tokens=64 * 10, checkpoint_every=2, matryoshka=[16]), TensorSource({"h": x}, 64), out, resume=True)
+    assert load(out).cfg.training["matryoshka"] == [16] and load(out).cfg.tokens_seen == 64 * 10
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -24,6 +24,14 @@ def parse_layers(text: str) -> list[int]:
     return out
 
 
+def parse_sizes(text: str, option: str = "--matryoshka") -> list[int]:
+    """'256,1024' -> [256, 1024] ('' -> [])."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise GlassworkError(f"{option}: expected comma-separated integers, e.g. 256,1024 (got '{text}')") from None
+
+
 def _texts(heldout: bool = False):
     """Corpus text for training (or held-out text for evaluation) from glasswork.data.corpus when present."""
     try:
@@ -50,6 +58,8 @@ def train_cmd(
     tokens: int = typer.Option(1_000_000, help="Training tokens."),
     batch_size: int = typer.Option(4096, help="Tokens per step (global, over all ranks)."),
     lr: float = typer.Option(0.0, help="Peak learning rate (0: 2e-4 / sqrt(d_sae / 16384))."),
+    matryoshka: str = typer.Option("", help="Matryoshka prefix sizes, e.g. 256,1024: the first 256, the first 1024 "
+                                            "and all latents each learn to reconstruct alone (SAEs, transcoders)."),
     skip: bool = typer.Option(False, help="Transcoders: learn a linear skip connection."),
     window: int = typer.Option(0, help="CLT: later layers each feature writes to (0: all)."),
     seed: int = typer.Option(0, help="Seed for init and data order."),
@@ -68,7 +78,7 @@ def train_cmd(
         t0 = time.time()
         tc = TrainConfig(kind=kind, arch=arch, hooks=[h for h in hooks.split(",") if h], layers=parse_layers(layers) if layers else [],
                          k=k, expansion=expansion, d_sae=d_sae, tokens=tokens, batch_size=batch_size, lr=lr, skip=skip,
-                         window=window, seed=seed, ctx=ctx, device=device)
+                         window=window, seed=seed, ctx=ctx, device=device, matryoshka=parse_sizes(matryoshka))
         if store is not None:
             from ..data.store import ActivationStore
             source = StoreSource(ActivationStore(store), tc.input_hooks(), batch_size, seed=seed)

@@ -11,6 +11,7 @@ from ..dictionaries.activations import batch_topk, jumprelu, step
 from ..dictionaries.clt import CrossLayerTranscoder
 from ..dictionaries.coder import SparseCoder
 from ..dictionaries.sparse import sparse_decode, topk_encode, topk_encode_with_aux
+from ..io import GlassworkError
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -36,9 +37,30 @@ def _aux_k(residual: torch.Tensor, aux_values: torch.Tensor, aux_indices: torch.
     return (residual - recon).pow(2).sum() / total_variance(residual)
 
 
+def matryoshka_prefixes(sizes: list[int], d_sae: int | None) -> list[int]:
+    """Matryoshka prefix sizes m_1 < ... < m_G checked, with d_sae added as the last when missing ([] for plain
+    training). d_sae None (not known yet): the checks that do not need it."""
+    sizes = list(sizes)
+    if not sizes:
+        return []
+    if any(isinstance(m, bool) or not isinstance(m, int) or m <= 0 for m in sizes):
+        raise GlassworkError(f"train config: matryoshka prefix sizes must be positive integers (got {sizes})")
+    if any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise GlassworkError(f"train config: matryoshka prefix sizes must be strictly increasing (got {sizes})")
+    if d_sae is None:
+        return sizes
+    if sizes[-1] > d_sae:
+        raise GlassworkError(f"train config: matryoshka prefix size {sizes[-1]} exceeds d_sae={d_sae} (got {sizes}; "
+                             f"each must be at most d_sae)")
+    return sizes if sizes[-1] == d_sae else sizes + [d_sae]
+
+
 def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tuple[torch.Tensor, dict]:
     """One SAE/transcoder step. x [batch, d_in] input, y [batch, d_out] target (y is x for an SAE).
-    tc: TrainConfig (l1_coeff, l0_coeff, aux_k, aux_coeff, bandwidth). Extra state: coder.dead (bool [d_sae])."""
+    tc: TrainConfig (l1_coeff, l0_coeff, aux_k, aux_coeff, bandwidth, matryoshka). Extra state: coder.dead
+    (bool [d_sae]).
+    Matryoshka: the codes are computed once; the loss is the mean over prefixes m_g of the squared error of the
+    reconstruction from latents < m_g alone (plus the activation's own penalty / AuxK, from the full reconstruction)."""
     cfg = coder.cfg
     shift = coder.b_dec if cfg.b_dec_in else None
     skip = coder.skip_term(x)
@@ -70,7 +92,15 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tupl
         fired = nz.any(0)
         l0 = nz.sum(-1).float().mean()
     sq_err = (recon - y).pow(2).sum()
-    loss = sq_err / x.shape[0] + extra  # squared error summed over d, mean over tokens
+    prefixes = matryoshka_prefixes(tc.matryoshka, cfg.d_sae)
+    nested = sq_err
+    for m in prefixes[:-1]:  # the last prefix is the full dictionary: recon itself
+        if cfg.activation == "topk":  # the same k per token with the ones >= m zeroed: the backward stays sparse
+            part = sparse_decode(values.masked_fill(indices >= m, 0), indices, coder.W_dec)
+        else:
+            part = codes[:, :m] @ coder.W_dec[:m]
+        nested = nested + (part + coder.b_dec + skip - y).pow(2).sum()
+    loss = nested / (x.shape[0] * max(1, len(prefixes))) + extra  # squared error: sum over d, mean over tokens, prefixes
     if use_aux:
         loss = loss + tc.aux_coeff * _aux_k((y - recon).detach(), aux_values, aux_indices, coder.W_dec)
     return loss, {"fvu": _at_least_fp32(sq_err.detach()) / total_variance(y), "l0": l0.detach(), "fired": fired}
@@ -78,6 +108,8 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tupl
 
 def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc) -> tuple[torch.Tensor, dict]:
     """x [batch, L, d_in] MLP inputs, y [batch, L, d_out] MLP outputs. TopK is per layer and token."""
+    if tc.matryoshka:
+        raise GlassworkError(f"train config: matryoshka={tc.matryoshka} is for SAEs and transcoders, not kind 'clt'")
     cfg = clt.cfg
     L = cfg.n_layers
     extra = torch.zeros((), device=x.device)

@@ -26,7 +26,7 @@ from ..progress import progress
 from . import distributed as dist
 from .checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
 from .optim import Adam
-from .losses import clt_loss, coder_loss
+from .losses import clt_loss, coder_loss, matryoshka_prefixes
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -54,6 +54,7 @@ class TrainConfig:
     bandwidth: float = 1e-3  # jumprelu straight-through kernel width
     aux_k: int = 0  # 0: d_in // 2
     aux_coeff: float = 1 / 32
+    matryoshka: list[int] = field(default_factory=list)  # nested prefix sizes m_1 < m_2 < ... (d_sae added last; [] off)
     dead_tokens: int = 0  # a latent is dead after this many tokens without firing (0: min(10M, tokens / 5))
     dense_fraction: float = 0.1  # a latent is dense when it fires on more than this fraction of tokens
     normalize: bool = True
@@ -75,6 +76,11 @@ class TrainConfig:
             raise GlassworkError("train config: an SAE needs hooks (e.g. blocks.6.hook_resid_post)")
         if self.kind != "sae" and not self.layers:
             raise GlassworkError(f"train config: kind '{self.kind}' needs layers (e.g. 0-29)")
+        if self.matryoshka and self.kind == "clt":
+            raise GlassworkError(f"train config: matryoshka={list(self.matryoshka)} is for SAEs and transcoders, "
+                                 f"not kind 'clt'")
+        self.matryoshka = list(self.matryoshka)
+        matryoshka_prefixes(self.matryoshka, self.d_sae or None)  # against each dictionary's d_sae in make_units
         self.betas = tuple(self.betas)
 
     @property
@@ -141,6 +147,8 @@ def make_units(tc: TrainConfig, dims: dict[str, int]) -> list[Unit]:
         cfg = dcfg(kind="clt", d_in=dims[xs[0]], d_out=dims[ys[0]], n_layers=len(tc.layers), window=tc.window,
                    b_dec_in=False, hook_in=xs, hook_out=ys)
         units.append(Unit("clt", build(cfg), xs, ys))
+    for u in units:
+        matryoshka_prefixes(tc.matryoshka, u.dictionary.cfg.d_sae)
     for i, u in enumerate(units):
         u.dictionary.reset_parameters(seed=tc.seed * 1000 + i)
     return units
@@ -230,8 +238,9 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
-        saved = meta["train_config"]
-        for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip"):
+        saved = {"matryoshka": [], **meta["train_config"]}  # checkpoints from before matryoshka trained without it
+        for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
+                    "matryoshka"):
             mine = asdict(self.tc)[key]
             if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
                 raise GlassworkError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run asks for "
