@@ -45,7 +45,7 @@ class LoadAwareSource(ModelSource):
     2-core machine one thread runs ~2x faster than two while other jobs hold the cores (measured here), two threads
     are faster when it is free. threads > 0 fixes the count instead."""
 
-    def __init__(self, *args, threads: int = 0, **kw):
+    def __init__(self, *args, threads: int = 0, **kw):  # noqa: D107
         super().__init__(*args, **kw)
         self.threads, self.n_threads_seen = threads, {}
 
@@ -79,6 +79,215 @@ def run(kind: str, tc: TrainConfig, model, train_docs, eval_docs, eval_tokens: i
             "batch_size": tc.batch_size, "threads_per_batch": src.n_threads_seen, "load_end": os.getloadavg()[0]}
 
 
+# --- the replacement model at fixed CPU budgets (--only budget) -------------------------------------------------
+
+PROMPTS = Path(__file__).parent / "data" / "heldout_prompts.txt"
+RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2026-12-01
+    "before": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=1),
+    "skip": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16, skip=True,
+                 skip_fit=True, init="data"),
+    "clt": dict(kind="clt", batch_size=508, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=8, window=4),
+}
+
+
+def heldout_prompts() -> list[str]:
+    lines = [ln for ln in PROMPTS.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return [ln.replace("\\n", "\n") for ln in lines]
+
+
+def heldout_samples(model, n: int, tokens: int, seed: int) -> list[torch.Tensor]:
+    """n disjoint samples of `tokens` tokens each ([contexts, 128] ids), drawn at random across the held-out split."""
+    from glasswork.data import corpus
+    ctx = corpus.contexts(model, split="heldout", ctx_len=128)
+    per = -(-tokens // 126)  # 126 scored tokens per context (BOS and the last position are not scored)
+    if n * per > len(ctx):
+        raise SystemExit(f"the held-out split has {len(ctx)} contexts; {n} samples of {per} need {n * per}")
+    order = torch.randperm(len(ctx), generator=torch.Generator().manual_seed(seed))
+    return [ctx[order[i * per:(i + 1) * per]] for i in range(n)]
+
+
+def eval_samples(dicts, model, samples: list[torch.Tensor]) -> dict:
+    """evaluate() on each sample: the mean and the range over samples of each figure, per-layer FVU and dead."""
+    evs = [gw.evaluate(dicts, model, s, tokens=s.shape[0] * 126) for s in samples]
+
+    def spread(vals):
+        return {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)}
+    names = list(evs[0]["dictionaries"])
+    per = {n: {"fvu": sum(e["dictionaries"][n]["fvu"] for e in evs) / len(evs),
+               "dead_eval": min(e["dictionaries"][n]["dead_fraction"] for e in evs)} for n in names}
+    mean_fvu = [sum(e["dictionaries"][n]["fvu"] for n in names) / len(names) for e in evs]
+    return {"tokens": sum(e["tokens"] for e in evs), "samples": len(evs), "kl": spread([e["kl"] for e in evs]),
+            "ce_loss_score": spread([e["ce_loss_score"] for e in evs]), "mean_fvu": spread(mean_fvu),
+            "max_layer_fvu": max(d["fvu"] for d in per.values()), "per_layer": per}
+
+
+def graph_scores(model, dicts, prompts: list[str], max_features: int = 4096) -> dict:
+    """Mean replacement and completeness over the prompts (unpruned graphs), and the default view's size."""
+    from glasswork.circuits import attribute
+    rows = []
+    for prompt in prompts:
+        g = attribute(model, dicts, prompt, max_features=max_features, show_progress=False)
+        view = g.view(0.8, 0.98)
+        s = g.meta.get("scores", {})
+        rows.append({"prompt": prompt, "replacement": float(s["replacement"]), "completeness": float(s["completeness"]),
+                     "nodes": len(view["nodes"]),
+                     "features": sum(1 for nd in view["nodes"] if nd["feature_type"] == "cross layer transcoder"
+                                     or nd["feature_type"] == "transcoder")})
+    mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    nodes = sorted(r["nodes"] for r in rows)
+    return {"replacement": mean("replacement"), "completeness": mean("completeness"),
+            "replacement_min": min(r["replacement"] for r in rows), "nodes_median": nodes[len(nodes) // 2],
+            "prompts": rows}
+
+
+def _as_transcoders(trained: dict) -> dict:
+    """{layer: SparseCoder} for a transcoder set, or the CLT itself."""
+    if len(trained) == 1 and next(iter(trained.values())).cfg.kind == "clt":
+        return next(iter(trained.values()))
+    return {d.cfg.layer: d for d in trained.values()}
+
+
+def sparsify_transcoders(folder: Path, model) -> dict:
+    """A sparsify transcoder checkpoint (OUT/layers.N.mlp/{cfg.json, sae.safetensors}) as glasswork transcoders:
+    sparsify computes topk(relu(x @ W_enc + b_enc)) @ W_dec + b_dec (+ x @ W_skip^T), which is a glasswork TopK
+    transcoder exactly (ReLU before or after TopK keeps the same positive codes)."""
+    from safetensors.torch import load_file
+    out = {}
+    for sub in sorted(folder.glob("layers.*.mlp")):
+        layer = int(sub.name.split(".")[1])
+        cfg = json.loads((sub / "cfg.json").read_text())
+        t = load_file(str(sub / "sae.safetensors"))
+        d_sae, d_in = t["encoder.weight"].shape
+        d = gw.SparseCoder(gw.DictionaryConfig(kind="transcoder", d_in=d_in, d_sae=d_sae, activation="topk",
+                                               k=int(cfg["k"]), skip="W_skip" in t, b_dec_in=False, layer=layer,
+                                               model=model.name, hook_in=f"blocks.{layer}.ln2.hook_normalized",
+                                               hook_out=f"blocks.{layer}.hook_mlp_out"))
+        with torch.no_grad():
+            d.W_enc.copy_(t["encoder.weight"].T)
+            d.b_enc.copy_(t["encoder.bias"])
+            d.W_dec.copy_(t["W_dec"])
+            d.b_dec.copy_(t["b_dec"])
+            if "W_skip" in t:
+                d.W_skip.copy_(t["W_skip"].T)
+        out[layer] = d.requires_grad_(False)
+    return out
+
+
+def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: float, threads: int) -> int:
+    """Training tokens that fit in `seconds` for this recipe: the step time of a short run (model forwards included)."""
+    from glasswork.training.trainer import Trainer
+    probe = TrainConfig(**{**{f: getattr(tc, f) for f in tc.__dataclass_fields__}, "tokens": tc.batch_size * 40,
+                           "checkpoint_every": 10 ** 9})
+    src = LoadAwareSource(model, lambda: iter(train_docs * 100), probe.input_hooks(), probe.batch_size, ctx=probe.ctx,
+                          mix=probe.mix, seed=probe.seed, threads=threads)
+    from tempfile import mkdtemp
+    t = Trainer(probe, src, Path(mkdtemp()) / "probe")
+    batches = src.batches(0)
+    t0 = time.time()
+    n = 0
+    for b in batches:  # the init batches are part of a real run too
+        t.train_step(b)
+        n += 1
+        if n == 2 * probe.mix:
+            break
+    per_step = (time.time() - t0) / n
+    return max(probe.batch_size, int(seconds / per_step) * probe.batch_size)
+
+
+def budget_part(a, model, train_docs) -> dict:
+    """Each recipe at each budget (minutes of training on this CPU), then the same evaluation for all."""
+    samples = heldout_samples(model, 4, a.eval_tokens // 4, seed=0)
+    prompts = heldout_prompts()
+    results = {}
+    for kind in a.kinds.split(","):
+        for minutes in [float(m) for m in a.budgets.split(",")]:
+            name = f"{kind}@{minutes:g}min"
+            if kind == "sparsify":
+                folder = Path(a.sparsify_dir) / f"{minutes:g}min"
+                run = json.loads((folder / "peer_run.json").read_text()) if (folder / "peer_run.json").exists() else {}
+                dicts = sparsify_transcoders(folder, model)
+                train_s, tokens = run.get("train_seconds", run.get("seconds")), run.get("tokens")
+            else:
+                recipe = RECIPES[kind]
+                layers = list(range(model.n_layers))
+                tc = TrainConfig(arch="topk", layers=layers, d_sae=a.clt_d_sae if kind == "clt" else a.tc_d_sae,
+                                 k=a.tc_k, model=model.name, **recipe)
+                tc.tokens = calibrate_tokens(kind, tc, model, train_docs, minutes * 60, a.threads)
+                r = run_train(kind, tc, model, train_docs, Path(a.out_dir) / name, a.threads)
+                dicts, train_s, tokens = _as_transcoders(r["dicts"]), r["seconds"], r["tokens"]
+            ev = eval_samples(dicts if isinstance(dicts, dict) else {"clt": dicts}, model, samples)
+            gs = graph_scores(model, dicts, prompts)
+            results[name] = {"kind": kind, "minutes": minutes, "train_seconds": train_s, "tokens": tokens,
+                             "eval": ev, "graphs": gs}
+            print(json.dumps({k: v for k, v in results[name].items() if k not in ("eval", "graphs")} |
+                             {"kl": ev["kl"]["mean"], "mean_fvu": ev["mean_fvu"]["mean"],
+                              "replacement": gs["replacement"], "completeness": gs["completeness"]}), flush=True)
+            if a.json_out:
+                Path(a.json_out).write_text(json.dumps({"args": vars(a), "results": {"budget": results}}, indent=1, default=str))
+    return results
+
+
+def run_train(kind: str, tc: TrainConfig, model, train_docs, folder: Path, threads: int) -> dict:
+    src = LoadAwareSource(model, lambda: iter(train_docs * 100), tc.input_hooks(), tc.batch_size, ctx=tc.ctx,
+                          mix=tc.mix, seed=tc.seed, threads=threads)
+    tc.batch_size = src.batch_size
+    if (folder / "set.json").exists() or (folder / "config.json").exists():  # trained before: reuse
+        from glasswork.dictionaries.saving import load, load_set
+        trained = load(folder) if (folder / "config.json").exists() else load_set(folder)
+        trained = trained if isinstance(trained, dict) else {"clt": trained}
+        meta = next(iter(trained.values())).cfg.training
+        return {"dicts": trained, "seconds": meta.get("seconds"), "tokens": next(iter(trained.values())).cfg.tokens_seen}
+    return train(tc, src, folder, resume=(folder / "checkpoint.safetensors").exists())
+
+
+def budget_table(results: dict, a) -> str:
+    lines = [f"\n## The replacement model at fixed CPU budgets (started {getattr(a, 'started', '?')}, recorded "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
+             f"Machine: {os.cpu_count()}-core {cpu_name()}, torch {torch.__version__}, fp32. Command: `{a.command}`. "
+             f"Every row: 30 layers, TopK k {a.tc_k}, trained for the budget straight from the model (tokens chosen "
+             f"from a timed probe of the same recipe; `train s` is what the run took), then evaluated the same way: "
+             f"{a.eval_tokens:,} held-out tokens in 4 disjoint samples drawn at random across the held-out split "
+             f"(seed 0), every layer spliced in at once for KL and CE-loss score (mean, and min-max over the 4 "
+             f"samples); FVU on clean inputs; graphs of the {len(heldout_prompts())} prompts in "
+             f"`benchmarks/data/heldout_prompts.txt` (none of them the demo's), unpruned scores, node count of the "
+             f"default view (0.8 / 0.98). Recipes: `before` = the demo's until today (no skip, random init, batches "
+             f"of consecutive tokens); `skip` = skip fitted by least squares, latents seeded on tokens, 16 batches "
+             f"mixed; `clt` = cross-layer transcoder, window 4, same init ideas where they apply; `sparsify` = "
+             f"EleutherAI sparsify 1.3.3 (`benchmarks/peer_sparsify.py`, its defaults), same hooks and budget.\n",
+             "| recipe | budget min | train s | tokens | mean FVU | max layer FVU | layers dead > 10% | KL (range) | "
+             "CE-loss score | replacement (min) | completeness | median nodes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        ev, gs = r["eval"], r["graphs"]
+        dead = sum(1 for d in ev["per_layer"].values() if d["dead_eval"] > 0.1)
+        lines.append(f"| {r['kind']} | {r['minutes']:g} | {r['train_seconds']} | {r['tokens']:,} | "
+                     f"{ev['mean_fvu']['mean']:.3f} | {ev['max_layer_fvu']:.3f} | {dead} | {ev['kl']['mean']:.2f} "
+                     f"({ev['kl']['min']:.2f}-{ev['kl']['max']:.2f}) | {ev['ce_loss_score']['mean']:.3f} | "
+                     f"{gs['replacement']:.3f} ({gs['replacement_min']:.3f}) | {gs['completeness']:.3f} | "
+                     f"{gs['nodes_median']} |")
+    return "\n".join(lines) + "\n"
+
+
+def budget_plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    kinds = sorted({r["kind"] for r in results.values()})
+    for kind in kinds:
+        pts = sorted((float(r["train_seconds"] or 0) / 60, r["graphs"]["replacement"]) for r in results.values()
+                     if r["kind"] == kind)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kind)
+    ax.set_xlabel("CPU minutes of training (2 cores)")
+    ax.set_ylabel("mean replacement score (24 held-out prompts)")
+    ax.set_title("Replacement score per CPU minute, smollm2-135m, 30 layers")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--sae-tokens", type=int, default=2_000_000)
@@ -103,7 +312,11 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="0: pick 1 or all cores per batch from the load average")
     p.add_argument("--out", default="", help="where the trained dictionaries go (default $GLASSWORK_HOME/benchmarks/quality)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--only", default="sae,tc,clt")
+    p.add_argument("--only", default="sae,tc,clt", help="sae, tc, clt, or budget (the replacement model at CPU budgets)")
+    p.add_argument("--kinds", default="before,skip", help="budget: recipes (before, skip, clt, sparsify)")
+    p.add_argument("--budgets", default="10", help="budget: minutes of training, comma-separated")
+    p.add_argument("--sparsify-dir", default="", help="budget: folder with sparsify runs named <minutes>min")
+    p.add_argument("--out-dir", default="", help="budget: where the trained sets go (a set found there is reused)")
     p.add_argument("--no-record", action="store_true")
     p.add_argument("--json-out", default="", help="write args and results here after each part")
     p.add_argument("--report-from", default="", help="a --json-out file: print (and append) its section, train nothing")
@@ -141,6 +354,16 @@ def main():
         if a.json_out:
             Path(a.json_out).write_text(json.dumps({"args": vars(a), "results": results}, indent=1, default=str))
     from glasswork.training.cli import parse_layers
+    if a.only == "budget":
+        a.out_dir = a.out_dir or str(out / "budget")
+        results = budget_part(a, model, train_docs)
+        budget_plot(results, Path(__file__).parent / "img" / "replacement_vs_minutes.png")
+        report = budget_table(results, a)
+        print(report)
+        if not a.no_record:
+            with open(Path(__file__).parent / "RESULTS.md", "a") as f:
+                f.write(report)
+        return
     if "sae" in a.only:
         tc = TrainConfig(kind="sae", arch="topk", hooks=["blocks.15.hook_resid_post"], d_sae=4608, k=32,
                          tokens=a.sae_tokens, batch_size=a.batch_size, lr=a.sae_lr, device=a.device, model=model.name)

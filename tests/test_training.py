@@ -250,7 +250,7 @@ def test_several_transcoders_and_a_clt_from_one_pass(tmp_path):
 SCRIPT = """
 import sys, time, torch
 sys.path.insert(0, {tests!r})
-from test_training import _data, _cfg
+from test_training import _data, _cfg, _resume_data
 from glasswork.training import TensorSource, train
 
 class Slow(TensorSource):
@@ -259,11 +259,27 @@ class Slow(TensorSource):
             time.sleep({pause})
             yield b
 
-train(_cfg(**{extra!r}), Slow({{"h": _data()}}, 64), {out!r}, resume=True)
+extra = {extra!r}
+train(_cfg(**extra), Slow(_resume_data(extra), 64), {out!r}, resume=True)
 """
 
+TRANSCODER = dict(kind="transcoder", hooks=[], layers=[0], skip=True)
 
-@pytest.mark.parametrize("extra", [{}, {"matryoshka": [16, 40]}], ids=["plain", "matryoshka"])
+
+def _resume_data(extra):
+    if extra.get("kind") != "transcoder":
+        return {"h": _data()}
+    x = _data()
+    return {"blocks.0.ln2.hook_normalized": x, "blocks.0.hook_mlp_out": (x - 2).relu() @ _data(n=16, seed=1) / 4 + 1}
+
+
+def _load_trained(out, extra):
+    return gw.load_transcoders(out)[0] if extra.get("kind") == "transcoder" else load(out)
+
+
+@pytest.mark.parametrize("extra", [{}, {"matryoshka": [16, 40]}, {**TRANSCODER, "skip_fit": True, "init": "data", "init_tokens": 320},
+                                   {**TRANSCODER, "skip_fit": True, "freeze_skip": True, "init_tokens": 640}],
+                         ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip"])
 def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     """Every run in a fresh single-threaded process, so all three use the same kernels and reduction order."""
     env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
@@ -286,12 +302,12 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     step = load_checkpoint(out / "checkpoint.safetensors")[1]["step"]
     assert 0 < step < 30
     assert start(out, 0).wait() == 0 and straight.wait() == 0
-    a = load(out).state_dict()
-    b = load(tmp_path / "straight").state_dict()
+    a = _load_trained(out, extra).state_dict()
+    b = _load_trained(tmp_path / "straight", extra).state_dict()
     for name in b:
         assert (a[name] - b[name]).abs().max() <= 1e-6, name
-    assert load(out).cfg.tokens_seen == 64 * 30
-    assert load(out).cfg.training["matryoshka"] == extra.get("matryoshka", [])
+    assert _load_trained(out, extra).cfg.tokens_seen == 64 * 30
+    assert _load_trained(out, extra).cfg.training["matryoshka"] == extra.get("matryoshka", [])
 
 
 def test_nan_batches_skipped_and_counted(tmp_path):
@@ -405,3 +421,96 @@ def test_freed_memory_is_reused_without_page_faults(keep):
         assert kept and max(faults[3:]) < pages // 10, f"page faults per 64 MB allocation: {faults}"
     else:  # glibc's default: every such allocation is a fresh mapping whose pages fault in again
         assert not kept and min(faults[3:]) > pages // 2, faults
+
+
+# --- initialization from data: the closed-form skip and latents seeded on tokens ---------------------------------
+
+def test_fit_linear_equals_least_squares_float64():
+    from glasswork.training.init import fit_linear
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 12, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, 12, dtype=torch.float64) + 0.7
+    y = x @ torch.randn(12, 9, generator=g, dtype=torch.float64) + 3 + 0.5 * torch.randn(300, 9, generator=g, dtype=torch.float64)
+    W, b = fit_linear(x, y, ridge=0)
+    ones = torch.ones(300, 1, dtype=torch.float64)
+    ref = torch.linalg.lstsq(torch.cat([x, ones], 1), y).solution  # [13, 9]: W then b
+    torch.testing.assert_close(W, ref[:-1], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(b, ref[-1], rtol=1e-10, atol=1e-10)
+    Wr, _ = fit_linear(x, y, ridge=1e-2)  # the damping moves the solution (the option does something)
+    assert (Wr - W).abs().max() > 1e-6
+
+
+def test_skip_fit_needs_more_samples_than_d_in(tmp_path):
+    from glasswork.training.init import fit_linear
+    with pytest.raises(GlassworkError, match="more samples than input dimensions"):
+        fit_linear(torch.randn(16, 16), torch.randn(16, 4))
+    acts = {"blocks.0.ln2.hook_normalized": torch.randn(256, 16), "blocks.0.hook_mlp_out": torch.randn(256, 16)}
+    with pytest.raises(GlassworkError, match="skip_fit_tokens|more samples"):
+        train(_cfg(**TRANSCODER, skip_fit=True, init_tokens=8, batch_size=8, tokens=64), TensorSource(acts, 8), tmp_path / "o")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    with pytest.raises(GlassworkError, match="need skip=True"):
+        TrainConfig(kind="transcoder", layers=[0], skip_fit=True)
+    with pytest.raises(GlassworkError, match="init must be random or data"):
+        TrainConfig(kind="transcoder", layers=[0], init="kmeans")
+
+
+def test_skip_fit_starts_at_least_squares_and_explains_a_linear_mlp(tmp_path):
+    from glasswork.training.init import fit_linear
+    from glasswork.training.trainer import Trainer
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2048, 16, generator=g) * 3
+    A = torch.randn(16, 16, generator=g)
+    acts = {"blocks.0.ln2.hook_normalized": x, "blocks.0.hook_mlp_out": x @ A + 0.5 + 0.01 * torch.randn(2048, 16, generator=g)}
+    tc = _cfg(**TRANSCODER, skip_fit=True, freeze_skip=True, init_tokens=512, tokens=64 * 20)
+    t = Trainer(tc, TensorSource(acts, 64, seed=1), tmp_path / "o")
+    d = t.units[0].dictionary
+    rows = torch.cat([b["blocks.0.ln2.hook_normalized"] for b in t._prefetched])
+    outs = torch.cat([b["blocks.0.hook_mlp_out"] for b in t._prefetched])
+    sx, sy = t.scale["blocks.0.ln2.hook_normalized"], t.scale["blocks.0.hook_mlp_out"]
+    W, b = fit_linear(rows * sx, outs * sy)
+    assert len(t._prefetched) == 8  # 512 init tokens = the first 8 batches, trained on first
+    torch.testing.assert_close(d.W_skip.detach(), W)
+    torch.testing.assert_close(d.b_dec.detach(), b)
+    t.run()
+    tcs = gw.load_transcoders(tmp_path / "o")
+    torch.testing.assert_close(tcs[0].W_skip, W * sx / sy)  # frozen: as fitted (scale folded in)
+    from glasswork.evals import fvu
+    y = acts["blocks.0.hook_mlp_out"]
+    assert fvu(y, (x * sx @ W + b) / sy) < 1e-3  # the fit alone explains the linear MLP
+
+
+def test_data_init_seeds_each_latent_on_a_token():
+    from glasswork.training.init import seed_latents_on_tokens
+    g = torch.Generator().manual_seed(3)
+    x, r = torch.randn(100, 8, generator=g) + 1, torch.randn(100, 6, generator=g) * 2
+    W_enc, b_enc, W_dec = torch.zeros(8, 40), torch.zeros(40), torch.zeros(40, 6)
+    seed_latents_on_tokens(W_enc, b_enc, W_dec, x, r, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(W_dec.norm(dim=-1), torch.ones(40))
+    # latent i's decoder row is the direction of a token's residual, and its pre-activation there is that norm
+    cos = (W_dec @ (r / r.norm(dim=-1, keepdim=True)).T)  # [40, 100]
+    token = cos.argmax(1)
+    assert torch.allclose(cos.max(1).values, torch.ones(40), atol=1e-5) and token.unique().numel() == 40
+    pre = x[token] @ W_enc + b_enc  # [40, 40]
+    torch.testing.assert_close(pre.diagonal(), r[token].norm(dim=-1), rtol=1e-4, atol=1e-4)
+    with pytest.raises(GlassworkError, match="at least one token per latent"):
+        seed_latents_on_tokens(W_enc, b_enc, W_dec, x[:10], r[:10], torch.Generator())
+
+
+@pytest.mark.model
+def test_model_source_mix_shuffles_within_blocks_and_resumes_exactly(default_model):
+    from glasswork.training import ModelSource
+    m = default_model
+    texts = [" ".join(f"word{i} and {j}" for j in range(20)) for i in range(12)]
+    hooks = ["blocks.0.hook_resid_post"]
+    plain = ModelSource(m, texts, hooks, batch_size=15, ctx=16)
+    mixed = ModelSource(m, texts, hooks, batch_size=15, ctx=16, mix=4, seed=1)
+    a = [b[hooks[0]] for _, b in zip(range(8), plain.batches())]
+    b = [b[hooks[0]] for _, b in zip(range(8), mixed.batches())]
+    for blk in (slice(0, 4), slice(4, 8)):  # the same tokens per block of 4 batches, in another order
+        pa, pb = torch.cat(a[blk]), torch.cat(b[blk])
+        assert not torch.equal(pa, pb)
+        assert torch.allclose(pa[pa[:, 0].argsort()], pb[pb[:, 0].argsort()], atol=1e-5)
+    # a run resumed at batch 6 (mid-block) gets exactly the batches an unbroken one saw
+    resumed = [b[hooks[0]] for _, b in zip(range(2), mixed.batches(start=6))]
+    assert torch.equal(resumed[0], b[6]) and torch.equal(resumed[1], b[7])
+    with pytest.raises(GlassworkError, match="mix must be at least 1"):
+        ModelSource(m, texts, hooks, batch_size=15, ctx=16, mix=0)

@@ -61,6 +61,13 @@ def train_cmd(
     matryoshka: str = typer.Option("", help="Matryoshka prefix sizes, e.g. 256,1024: the first 256, the first 1024 "
                                             "and all latents each learn to reconstruct alone (SAEs, transcoders)."),
     skip: bool = typer.Option(False, help="Transcoders: learn a linear skip connection."),
+    skip_fit: bool = typer.Option(False, help="Transcoders with --skip: start the skip at the least-squares fit of "
+                                              "MLP output on input (over --init-tokens), the sparse part learns the rest."),
+    freeze_skip: bool = typer.Option(False, help="With --skip-fit: keep the fitted skip fixed."),
+    init: str = typer.Option("random", help="random | data: seed each latent on a token of the init sample."),
+    init_tokens: int = typer.Option(0, help="Tokens read before training for the skip fit and data init "
+                                            "(0: 8192 when used)."),
+    mix: int = typer.Option(1, help="Reading from the model: shuffle the tokens of this many batches together."),
     window: int = typer.Option(0, help="CLT: later layers each feature writes to (0: all)."),
     seed: int = typer.Option(0, help="Seed for init and data order."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
@@ -78,7 +85,8 @@ def train_cmd(
         t0 = time.time()
         tc = TrainConfig(kind=kind, arch=arch, hooks=[h for h in hooks.split(",") if h], layers=parse_layers(layers) if layers else [],
                          k=k, expansion=expansion, d_sae=d_sae, tokens=tokens, batch_size=batch_size, lr=lr, skip=skip,
-                         window=window, seed=seed, ctx=ctx, device=device, matryoshka=parse_sizes(matryoshka))
+                         window=window, seed=seed, ctx=ctx, device=device, matryoshka=parse_sizes(matryoshka),
+                         skip_fit=skip_fit, freeze_skip=freeze_skip, init=init, init_tokens=init_tokens, mix=mix)
         if store is not None:
             from ..data.store import ActivationStore
             source = StoreSource(ActivationStore(store), tc.input_hooks(), batch_size, seed=seed)
@@ -87,7 +95,7 @@ def train_cmd(
             m = load_model(model)
             tc.model = m.name
             m.hf.to(device)
-            source = ModelSource(m, _texts(), tc.input_hooks(), batch_size, ctx=ctx, device=device)
+            source = ModelSource(m, _texts(), tc.input_hooks(), batch_size, ctx=ctx, device=device, mix=mix, seed=seed)
             if source.batch_size != batch_size:
                 tc.batch_size = source.batch_size  # whole sequences per step
         result = train(tc, source, out, resume=resume)

@@ -51,10 +51,19 @@ def token_chunks(model, texts: Iterable[str], ctx: int) -> Iterator[torch.Tensor
 class ModelSource:
     """Activations captured from the model on the fly. Each batch = `seqs` sequences of `ctx` tokens; the BOS position
     is dropped (its activations are outliers no dictionary should spend latents on), so a batch has seqs*(ctx-1)
-    rows. `texts` must be re-iterable (a list, or a callable returning a fresh iterator) for resuming."""
+    rows. `texts` must be re-iterable (a list, or a callable returning a fresh iterator) for resuming.
 
-    def __init__(self, model, texts, hooks: list[str], batch_size: int, ctx: int = 128, device: str = "cpu"):
+    mix > 1: the sequences of `mix` batches run through the model as one block and the block's tokens are shuffled
+    (seeded by the block's index) across those batches, so a batch holds tokens of many documents instead of a few
+    consecutive runs of one (the same tokens in all; a resumed run recomputes its block and gets the same batches).
+    With several ranks each rank runs and shuffles its own share of every block's sequences."""
+
+    def __init__(self, model, texts, hooks: list[str], batch_size: int, ctx: int = 128, device: str = "cpu",
+                 mix: int = 1, seed: int = 0):
+        if mix < 1:
+            raise GlassworkError(f"model source: mix must be at least 1 batch per block (got {mix})")
         self.model, self.texts, self.hooks, self.ctx, self.device = model, texts, list(hooks), ctx, device
+        self.mix, self.seed = mix, seed
         self.seqs = max(1, round(batch_size / (ctx - 1)))
         self.batch_size = self.seqs * (ctx - 1)
         self.dims = {h: self._dim(h) for h in self.hooks}
@@ -65,21 +74,43 @@ class ModelSource:
     def _texts(self):
         return self.texts() if callable(self.texts) else iter(self.texts)
 
+    def _block(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{hook: [n_seqs * (ctx - 1), d]} for sequences ids [n_seqs, ctx], run `seqs` at a time (bounded memory)."""
+        from ..hooks import capture
+        parts: dict[str, list] = {h: [] for h in self.hooks}
+        for i in range(0, ids.shape[0], max(self.seqs, 8)):
+            _, acts = capture(self.model, ids[i:i + max(self.seqs, 8)].to(self.device), self.hooks)
+            for h, a in acts.items():
+                parts[h].append(a[:, 1:].reshape(-1, a.shape[-1]).float())
+        return {h: p[0] if len(p) == 1 else torch.cat(p) for h, p in parts.items()}
+
     @torch.no_grad()
     def batches(self, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
-        from ..hooks import capture
         chunks = token_chunks(self.model, self._texts(), self.ctx)
-        for _ in range(start * self.seqs):  # skip by tokenizing only: no model forward for batches already trained on
+        block, offset = divmod(start, self.mix)
+        for _ in range(block * self.mix * self.seqs):  # skip by tokenizing only: no forward for blocks already trained on
             if next(chunks, None) is None:
                 raise GlassworkError(f"corpus ran out while skipping to batch {start} (resume)")
+        per_rank = self.batch_size // world if self.mix > 1 else None
         while True:
-            rows = [next(chunks, None) for _ in range(self.seqs)]
+            rows = [next(chunks, None) for _ in range(self.mix * self.seqs)]
             if rows[-1] is None:
                 raise GlassworkError(f"corpus ran out of text: it holds fewer tokens than asked for "
-                                     f"(needed {self.seqs} more sequences of {self.ctx} tokens)")
-            ids = torch.stack(rows)[rank::world].to(self.device)
-            _, acts = capture(self.model, ids, self.hooks)
-            yield {h: a[:, 1:].reshape(-1, a.shape[-1]).float() for h, a in acts.items()}
+                                     f"(needed {self.mix * self.seqs} more sequences of {self.ctx} tokens)")
+            if self.mix == 1:
+                yield self._block(torch.stack(rows)[rank::world])
+                block += 1
+                continue
+            acts = self._block(torch.stack(rows)[rank::world])
+            n = next(iter(acts.values())).shape[0]
+            if n < self.mix * per_rank:
+                raise GlassworkError(f"model source: {self.mix} x {self.seqs} sequences per block do not split evenly "
+                                     f"over {world} ranks; choose mix so that mix * {self.seqs} divides by {world}")
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + block))
+            for j in range(offset, self.mix):
+                pick = order[j * per_rank:(j + 1) * per_rank]
+                yield {h: a[pick] for h, a in acts.items()}
+            block, offset = block + 1, 0
 
 
 class StoreSource:

@@ -24,6 +24,7 @@ from ..io import GlassworkError
 from ..precision import autocast
 from ..progress import progress
 from . import distributed as dist
+from .init import fit_linear, geometric_median, seed_latents_on_tokens
 from .checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
 from .optim import Adam
 from .losses import clt_loss, coder_loss, matryoshka_prefixes
@@ -59,17 +60,30 @@ class TrainConfig:
     dense_fraction: float = 0.1  # a latent is dense when it fires on more than this fraction of tokens
     normalize: bool = True
     b_dec_init: str = "median"  # median | mean | zero
+    skip_fit: bool = False  # transcoder with skip: W_skip and b_dec start at the least-squares fit on the init tokens
+    freeze_skip: bool = False  # keep the skip as fitted while the sparse part learns what it leaves
+    init: str = "random"  # random | data: each latent seeded on a token of the init sample (training/init.py)
+    init_tokens: int = 0  # tokens read before step 0 for scales, b_dec, skip fit, data init (0: one batch; 8192 if fitting)
     seed: int = 0
     checkpoint_every: int = 0  # steps (0: every ~120 s)
     device: str = "cpu"
     model: str = ""
     ctx: int = 128  # model source: tokens per sequence
+    mix: int = 1  # model source: batches whose tokens are shuffled together (1: each batch is consecutive tokens)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise GlassworkError(f"train config: unknown kind '{self.kind}' (expected one of {', '.join(KINDS)})")
         if self.arch not in ACTIVATIONS:
             raise GlassworkError(f"train config: unknown arch '{self.arch}' (expected one of {', '.join(ACTIVATIONS)})")
+        if self.init not in ("random", "data"):
+            raise GlassworkError(f"train config: init must be random or data (got '{self.init}')")
+        if (self.skip_fit or self.freeze_skip) and not self.skip:
+            raise GlassworkError("train config: skip_fit / freeze_skip need skip=True (a transcoder with a skip)")
+        if self.freeze_skip and not self.skip_fit:
+            raise GlassworkError("train config: freeze_skip needs skip_fit (a skip kept at zero would do nothing)")
+        if self.init_tokens < 0:
+            raise GlassworkError(f"train config: init_tokens must be >= 0 (got {self.init_tokens})")
         if self.b_dec_init not in ("median", "mean", "zero"):
             raise GlassworkError(f"train config: b_dec_init must be median, mean or zero (got '{self.b_dec_init}')")
         if self.kind == "sae" and not self.hooks:
@@ -92,6 +106,11 @@ class TrainConfig:
     def steps(self) -> int:
         return max(1, math.ceil(self.tokens / self.batch_size))
 
+    @property
+    def n_init_tokens(self) -> int:
+        """Tokens read before the first step (whole batches of them are reused as the first training batches)."""
+        return self.init_tokens or (min(8192, self.tokens) if self.skip_fit or self.init == "data" else 1)
+
     def lr_at(self, step: int, d_sae: int) -> float:
         base = self.lr or 2e-4 / math.sqrt(d_sae / 16384)
         warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
@@ -113,15 +132,6 @@ class Unit:
     dictionary: torch.nn.Module
     x_hooks: list[str]
     y_hooks: list[str]
-
-
-def geometric_median(x: torch.Tensor, iters: int = 20) -> torch.Tensor:
-    """Weiszfeld's algorithm on x [n, d] (robust to the outliers a mean would follow)."""
-    median = x.mean(0)
-    for _ in range(iters):
-        w = 1 / (x - median).norm(dim=-1).clamp_min(1e-8)
-        median = (w[:, None] * x).sum(0) / w.sum()
-    return median
 
 
 def make_units(tc: TrainConfig, dims: dict[str, int]) -> list[Unit]:
@@ -186,9 +196,11 @@ class Trainer:
         self.units = make_units(tc, source.dims)
         for u in self.units:
             u.dictionary.to(tc.device)  # before Adam, whose moments are made beside each parameter
+            if tc.freeze_skip and u.dictionary.W_skip is not None:
+                u.dictionary.W_skip.requires_grad_(False)  # no gradient: Adam leaves it as fitted
         self.scale = {h: 1.0 for h in tc.input_hooks()}
         self.step, self.skipped = 0, 0
-        self._first = None
+        self._prefetched: list[dict] = []  # batches read for the init, trained on first
         self.params, self.names = [], []
         for u in self.units:
             for n, p in u.dictionary.named_parameters():
@@ -220,27 +232,47 @@ class Trainer:
     # --- init and resume -------------------------------------------------------------------------------------
     @torch.no_grad()
     def _init_from_data(self) -> None:
-        """Scales and b_dec from the first global batch (every rank sees the same one, so all agree)."""
-        batch = next(self.source.batches(0, 0, 1))
-        self._first = batch if self.world == 1 else None  # reused as step 0's batch (a model forward saved)
-        self._check_batch(batch)
+        """Scales, b_dec, the skip fit and data-seeded latents from the first global batches (every rank sees the
+        same ones, so all agree). Those batches are then step 0.. of training (model forwards saved)."""
         tc = self.tc
+        source = self.source.batches(0, 0, 1)
+        batches = [next(source)]
+        while sum(next(iter(b.values())).shape[0] for b in batches) < tc.n_init_tokens:
+            batches.append(next(source))
+        self._prefetched = batches if self.world == 1 else []
+        for b in batches:
+            self._check_batch(b)
+        batch = batches[0]
         if tc.normalize:
             self.scale = {h: float(1 / batch[h].float().pow(2).sum(-1).mean().sqrt().clamp_min(1e-8))
                           for h in tc.input_hooks()}
+        gen = torch.Generator().manual_seed(tc.seed)
         for u in self.units:
-            y = _stack(batch, u.y_hooks, self.scale).float()
-            if tc.b_dec_init == "zero":
+            d = u.dictionary
+            if tc.b_dec_init != "zero":
+                y = _stack(batch, u.y_hooks, self.scale).float()
+                center = geometric_median if tc.b_dec_init == "median" else (lambda t: t.mean(0))
+                b = center(y) if y.dim() == 2 else torch.stack([center(y[:, i]) for i in range(y.shape[1])])
+                d.b_dec.copy_(b)
+            if not (tc.skip_fit or tc.init == "data") or d.cfg.kind == "clt":
                 continue
-            center = geometric_median if tc.b_dec_init == "median" else (lambda t: t.mean(0))
-            b = center(y) if y.dim() == 2 else torch.stack([center(y[:, i]) for i in range(y.shape[1])])
-            u.dictionary.b_dec.copy_(b)
+            x = torch.cat([_stack(b, u.x_hooks, self.scale).float() for b in batches])
+            y = torch.cat([_stack(b, u.y_hooks, self.scale).float() for b in batches])
+            if tc.skip_fit:
+                W, b = fit_linear(x, y)
+                d.W_skip.copy_(W)
+                d.b_dec.copy_(b)
+            if tc.init == "data":
+                residual = y - d.skip_term(x) - d.b_dec
+                seed_latents_on_tokens(d.W_enc, d.b_enc, d.W_dec, x - d.b_dec if d.cfg.b_dec_in else x, residual, gen)
 
     def _restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
-        saved = {"matryoshka": [], **meta["train_config"]}  # checkpoints from before matryoshka trained without it
+        # checkpoints from before these options trained without them
+        saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_tokens": 0, "mix": 1,
+                 **meta["train_config"]}
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
-                    "matryoshka"):
+                    "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix"):
             mine = asdict(self.tc)[key]
             if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
                 raise GlassworkError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run asks for "
@@ -347,8 +379,9 @@ class Trainer:
         t0, start = time.time(), self.step
         last_ckpt = time.time()
         with progress(f"train {tc.kind}/{tc.arch}", total=tc.steps * tc.batch_size, completed=self.step * tc.batch_size) as bar:
-            if self.step == 0 and self._first is not None:
-                batches = itertools.chain([self._first], self.source.batches(1, self.rank, self.world))
+            if self.step == 0 and self._prefetched:
+                n = len(self._prefetched)
+                batches = itertools.chain(self._prefetched, self.source.batches(n, self.rank, self.world))
             else:
                 batches = self.source.batches(self.step, self.rank, self.world)
             while self.step < tc.steps:

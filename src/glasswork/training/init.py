@@ -1,0 +1,61 @@
+"""Initialization from data, before the first step: where the decoder bias starts, a transcoder's linear skip fitted
+in closed form, and latents seeded on real tokens.
+
+A short CPU run has a few hundred steps; every one spent learning what a least-squares solve or a data sample gives
+at once is lost. The measurements behind each of these are in benchmarks/RESULTS.md ("Why the transcoders explain
+little")."""
+from __future__ import annotations
+
+import torch
+
+from ..io import GlassworkError
+
+
+def geometric_median(x: torch.Tensor, iters: int = 20) -> torch.Tensor:
+    """Weiszfeld's algorithm on x [n, d] (robust to the outliers a mean would follow)."""
+    median = x.mean(0)
+    for _ in range(iters):
+        w = 1 / (x - median).norm(dim=-1).clamp_min(1e-8)
+        median = (w[:, None] * x).sum(0) / w.sum()
+    return median
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least squares y ~ x @ W + b, solved in float64 on centred data: (W [d_in, d_out], b [d_out]).
+
+    x [n, d_in], y [n, d_out]. `ridge` adds ridge * mean(diag(X^T X)) to the diagonal: a relative damping that only
+    matters for directions the data barely spans (0: the plain least-squares solution)."""
+    n, d_in = x.shape
+    if n <= d_in:
+        raise GlassworkError(f"skip fit: {n} samples for d_in = {d_in}: a least-squares fit of the skip needs more "
+                             f"samples than input dimensions (raise skip_fit_tokens above {d_in})")
+    x64, y64 = x.double(), y.double()
+    mx, my = x64.mean(0), y64.mean(0)
+    xc = x64 - mx
+    gram = xc.T @ xc  # [d_in, d_in]
+    if ridge:
+        gram.diagonal().add_(ridge * gram.diagonal().mean())
+    W = torch.linalg.solve(gram, xc.T @ (y64 - my))
+    return W.to(x.dtype), (my - mx @ W).to(x.dtype)
+
+
+@torch.no_grad()
+def seed_latents_on_tokens(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, x: torch.Tensor,
+                           residual: torch.Tensor, generator: torch.Generator) -> None:
+    """Latent i starts as token t_i of the sample: its decoder row is the direction of what is left to explain there
+    (residual[t_i], after bias and skip) and its encoder reads the centred input's direction scaled so that the
+    pre-activation on x[t_i] is |residual[t_i]|: every latent fires at first, on inputs like its own token.
+
+    W_enc [d_in, F], b_enc [F], W_dec [F, d_out] are written in place; x [n, d_in], residual [n, d_out], n >= F."""
+    n, F = x.shape[0], W_dec.shape[0]
+    if n < F:
+        raise GlassworkError(f"init 'data': {n} sample tokens for {F} latents; it needs at least one token per latent")
+    pick = torch.randperm(n, generator=generator)[:F]
+    mu = x.mean(0)
+    u = (x[pick] - mu).float()  # [F, d_in]
+    r = residual[pick].float()  # [F, d_out]
+    r_norm = r.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    W_dec.copy_(r / r_norm)
+    enc = u * (r_norm / u.pow(2).sum(-1, keepdim=True).clamp_min(1e-8))  # [F, d_in]: enc_i . u_i = |r_i|
+    W_enc.copy_(enc.T)
+    b_enc.copy_(-(mu.float() @ enc.T))
