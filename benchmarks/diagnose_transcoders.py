@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import torch
 
 import glasswork as gw
+from glasswork.evals import fvu
 from glasswork.data import corpus
 from glasswork.hooks import capture
 from glasswork.io import home, load_tensors, save_tensors
 from glasswork.training import TensorSource, TrainConfig, train
-from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from glasswork.training.init import fit_linear
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -56,28 +55,12 @@ def cached_activations(model, split: str, tokens: int, seed: int) -> dict[str, t
     return acts
 
 
-def linear_fit(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least squares y ~ x @ W + b in float64: (W [d_in, d_out], b [d_out])."""
-    x, y = x.double(), y.double()
-    mx, my = x.mean(0), y.mean(0)
-    xc, yc = x - mx, y - my
-    gram = xc.T @ xc
-    gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
-    W = torch.linalg.solve(gram, xc.T @ yc)
-    return W, my - mx @ W
-
-
-def fvu(y: torch.Tensor, pred: torch.Tensor) -> float:
-    y, pred = y.double(), pred.double()
-    return float((y - pred).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
-
-
 def stats(model, train_acts, eval_acts) -> list[dict]:
     rows = []
     for l in range(model.n_layers):
         xh, yh = hooks_of(l)
         x, y, xe, ye = train_acts[xh], train_acts[yh], eval_acts[xh], eval_acts[yh]
-        W, b = linear_fit(x, y)
+        W, b = fit_linear(x.double(), y.double())
         var = (ye - ye.mean(0)).pow(2).sum(-1).mean()
         # how concentrated the output variance is: share of the top 1 / top 16 principal directions
         eig = torch.linalg.eigvalsh(torch.cov(y.double().T)).flip(0)

@@ -131,8 +131,8 @@ def graph_scores(model, dicts, prompts: list[str], max_features: int = 4096) -> 
         s = g.meta.get("scores", {})
         rows.append({"prompt": prompt, "replacement": float(s["replacement"]), "completeness": float(s["completeness"]),
                      "nodes": len(view["nodes"]),
-                     "features": sum(1 for nd in view["nodes"] if nd["feature_type"] == "cross layer transcoder"
-                                     or nd["feature_type"] == "transcoder")})
+                     "features": sum(1 for nd in view["nodes"]
+                                     if nd["feature_type"] not in ("mlp reconstruction error", "embedding", "logit"))})
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
     nodes = sorted(r["nodes"] for r in rows)
     return {"replacement": mean("replacement"), "completeness": mean("completeness"),
@@ -203,8 +203,10 @@ def budget_part(a, model, train_docs) -> dict:
         for minutes in [float(m) for m in a.budgets.split(",")]:
             name = f"{kind}@{minutes:g}min"
             if kind == "sparsify":
-                folder = Path(a.sparsify_dir) / f"{minutes:g}min"
-                run = json.loads((folder / "peer_run.json").read_text()) if (folder / "peer_run.json").exists() else {}
+                folder = Path(a.sparsify_dir or Path(a.out_dir) / "sparsify") / f"{minutes:g}min"
+                if not (folder / "peer_run.json").exists():
+                    run_sparsify(a, folder, minutes * 60)
+                run = json.loads((folder / "peer_run.json").read_text())
                 dicts = sparsify_transcoders(folder, model)
                 train_s, tokens = run.get("train_seconds", run.get("seconds")), run.get("tokens")
             else:
@@ -212,10 +214,13 @@ def budget_part(a, model, train_docs) -> dict:
                 layers = list(range(model.n_layers))
                 tc = TrainConfig(arch="topk", layers=layers, d_sae=a.clt_d_sae if kind == "clt" else a.tc_d_sae,
                                  k=a.tc_k, model=model.name, **recipe)
-                tc.tokens = calibrate_tokens(kind, tc, model, train_docs, minutes * 60, a.threads)
-                r = run_train(kind, tc, model, train_docs, Path(a.out_dir) / name, a.threads)
+                folder = Path(a.out_dir) / name
+                if not ((folder / "set.json").exists() or (folder / "config.json").exists()):  # else: reused
+                    tc.tokens = calibrate_tokens(kind, tc, model, train_docs, minutes * 60, a.threads)
+                r = run_train(kind, tc, model, train_docs, folder, a.threads)
                 dicts, train_s, tokens = _as_transcoders(r["dicts"]), r["seconds"], r["tokens"]
-            ev = eval_samples(dicts if isinstance(dicts, dict) else {"clt": dicts}, model, samples)
+            ev = eval_samples({f"layer{l}": d for l, d in dicts.items()} if isinstance(dicts, dict) else {"clt": dicts},
+                              model, samples)
             gs = graph_scores(model, dicts, prompts)
             results[name] = {"kind": kind, "minutes": minutes, "train_seconds": train_s, "tokens": tokens,
                              "eval": ev, "graphs": gs}
@@ -225,6 +230,21 @@ def budget_part(a, model, train_docs) -> dict:
             if a.json_out:
                 Path(a.json_out).write_text(json.dumps({"args": vars(a), "results": {"budget": results}}, indent=1, default=str))
     return results
+
+
+def run_sparsify(a, folder: Path, seconds: float) -> None:
+    """The peer in its own venv and process (benchmarks/peer_sparsify.py), same layers, width, k and budget."""
+    import subprocess
+    from glasswork.models import default_model_folder
+    texts = Path(a.out_dir) / "train_texts.jsonl"
+    if not texts.exists():
+        from glasswork.data import corpus
+        texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus.default_texts()))
+    cmd = [a.sparsify_python, str(Path(__file__).with_name("peer_sparsify.py")), "--model-dir", str(default_model_folder()),
+           "--texts", str(texts), "--layers", "0-29", "--num-latents", str(a.tc_d_sae), "--k", str(a.tc_k),
+           "--seconds", str(seconds), "--out", str(folder), "--threads", str(a.threads or os.cpu_count())]
+    print("peer:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
 
 
 def run_train(kind: str, tc: TrainConfig, model, train_docs, folder: Path, threads: int) -> dict:
@@ -316,6 +336,8 @@ def main():
     p.add_argument("--kinds", default="before,skip", help="budget: recipes (before, skip, clt, sparsify)")
     p.add_argument("--budgets", default="10", help="budget: minutes of training, comma-separated")
     p.add_argument("--sparsify-dir", default="", help="budget: folder with sparsify runs named <minutes>min")
+    p.add_argument("--sparsify-python", default="/work/peers/sparsify/bin/python",
+                   help="budget: the python of a venv with eai-sparsify (recipe in benchmarks/peer_sparsify.py)")
     p.add_argument("--out-dir", default="", help="budget: where the trained sets go (a set found there is reused)")
     p.add_argument("--no-record", action="store_true")
     p.add_argument("--json-out", default="", help="write args and results here after each part")
