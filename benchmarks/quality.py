@@ -208,7 +208,7 @@ def budget_part(a, model, train_docs) -> dict:
                     run_sparsify(a, folder, minutes * 60)
                 run = json.loads((folder / "peer_run.json").read_text())
                 dicts = sparsify_transcoders(folder, model)
-                train_s, tokens = run.get("train_seconds", run.get("seconds")), run.get("tokens")
+                train_s, tokens = round(run["train_s"], 1), run["tokens"]
             else:
                 recipe = RECIPES[kind]
                 layers = list(range(model.n_layers))

@@ -43,6 +43,7 @@ def test_quick_demo_outputs_load(demo_run, default_model):
     assert stages["sae"]["metrics"]["fvu"] < 0.6 and stages["sae"]["metrics"]["ce_loss_score"] > 0.5
     tcs = gw.load_transcoders(out / "transcoders")
     assert sorted(tcs) == list(range(30))
+    assert all(t.W_skip is not None for t in tcs.values())  # skip transcoders, the skip fitted before training
 
     ix = gw.FeatureIndex(out / "sae-l15" / "features.sqlite")
     assert ix.d_sae == sae.d_sae and len(ix.live_features()) == stages["features"]["live"] > 0
