@@ -451,6 +451,10 @@ def test_skip_fit_needs_more_samples_than_d_in(tmp_path):
         TrainConfig(kind="transcoder", layers=[0], skip_fit=True)
     with pytest.raises(GlassworkError, match="init must be random or data"):
         TrainConfig(kind="transcoder", layers=[0], init="kmeans")
+    with pytest.raises(GlassworkError, match="a CLT starts random"):
+        TrainConfig(kind="clt", layers=[0, 1], init="data")
+    with pytest.raises(GlassworkError, match="skip_fit is for transcoders"):
+        TrainConfig(kind="sae", hooks=["h"], skip=True, skip_fit=True)
 
 
 def test_skip_fit_starts_at_least_squares_and_explains_a_linear_mlp(tmp_path):

@@ -80,6 +80,10 @@ class TrainConfig:
             raise GlassworkError(f"train config: init must be random or data (got '{self.init}')")
         if (self.skip_fit or self.freeze_skip) and not self.skip:
             raise GlassworkError("train config: skip_fit / freeze_skip need skip=True (a transcoder with a skip)")
+        if self.skip_fit and self.kind != "transcoder":
+            raise GlassworkError(f"train config: skip_fit is for transcoders (kind is '{self.kind}')")
+        if self.init == "data" and self.kind == "clt":
+            raise GlassworkError("train config: init 'data' seeds SAE and transcoder latents; a CLT starts random")
         if self.freeze_skip and not self.skip_fit:
             raise GlassworkError("train config: freeze_skip needs skip_fit (a skip kept at zero would do nothing)")
         if self.init_tokens < 0:
@@ -254,7 +258,7 @@ class Trainer:
                 center = geometric_median if tc.b_dec_init == "median" else (lambda t: t.mean(0))
                 b = center(y) if y.dim() == 2 else torch.stack([center(y[:, i]) for i in range(y.shape[1])])
                 d.b_dec.copy_(b)
-            if not (tc.skip_fit or tc.init == "data") or d.cfg.kind == "clt":
+            if not (tc.skip_fit or tc.init == "data"):
                 continue
             x = torch.cat([_stack(b, u.x_hooks, self.scale).float() for b in batches])
             y = torch.cat([_stack(b, u.y_hooks, self.scale).float() for b in batches])
