@@ -298,6 +298,8 @@ def budget_plot(results: dict, path: Path) -> None:
         pts = sorted((float(r["train_seconds"] or 0) / 60, r["graphs"]["replacement"]) for r in results.values()
                      if r["kind"] == kind)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kind)
+    ax.set_xlim(0, max(float(r["train_seconds"] or 0) / 60 for r in results.values()) * 1.15)
+    ax.set_ylim(0, 1)  # the score's whole range: two close budgets must not look far apart
     ax.set_xlabel("CPU minutes of training (2 cores)")
     ax.set_ylabel("mean replacement score (24 held-out prompts)")
     ax.set_title("Replacement score per CPU minute, smollm2-135m, 30 layers")
