@@ -176,8 +176,8 @@ def sparsify_transcoders(folder: Path, model) -> dict:
 def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: float, threads: int) -> int:
     """Training tokens that fit in `seconds` for this recipe: the step time of a short run (model forwards included)."""
     from glasswork.training.trainer import Trainer
-    probe = TrainConfig(**{**{f: getattr(tc, f) for f in tc.__dataclass_fields__}, "tokens": tc.batch_size * 40,
-                           "checkpoint_every": 10 ** 9})
+    from dataclasses import replace
+    probe = replace(tc, tokens=tc.batch_size * 40, checkpoint_every=10 ** 9)
     src = LoadAwareSource(model, lambda: iter(train_docs * 100), probe.input_hooks(), probe.batch_size, ctx=probe.ctx,
                           mix=probe.mix, seed=probe.seed, threads=threads)
     from tempfile import mkdtemp
@@ -206,9 +206,9 @@ def budget_part(a, model, train_docs) -> dict:
                 folder = Path(a.sparsify_dir or Path(a.out_dir) / "sparsify") / f"{minutes:g}min"
                 if not (folder / "peer_run.json").exists():
                     run_sparsify(a, folder, minutes * 60)
-                run = json.loads((folder / "peer_run.json").read_text())
+                peer = json.loads((folder / "peer_run.json").read_text())
                 dicts = sparsify_transcoders(folder, model)
-                train_s, tokens = round(run["train_s"], 1), run["tokens"]
+                train_s, tokens = round(peer["train_s"], 1), peer["tokens"]
             else:
                 recipe = RECIPES[kind]
                 layers = list(range(model.n_layers))

@@ -28,7 +28,7 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> tuple[t
     n, d_in = x.shape
     if n <= d_in:
         raise GlassworkError(f"skip fit: {n} samples for d_in = {d_in}: a least-squares fit of the skip needs more "
-                             f"samples than input dimensions (raise skip_fit_tokens above {d_in})")
+                             f"samples than input dimensions (raise init_tokens above {d_in})")
     x64, y64 = x.double(), y.double()
     mx, my = x64.mean(0), y64.mean(0)
     xc = x64 - mx

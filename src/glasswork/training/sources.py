@@ -99,7 +99,6 @@ class ModelSource:
                                      f"(needed {self.mix * self.seqs} more sequences of {self.ctx} tokens)")
             if self.mix == 1:
                 yield self._block(torch.stack(rows)[rank::world])
-                block += 1
                 continue
             acts = self._block(torch.stack(rows)[rank::world])
             n = next(iter(acts.values())).shape[0]
