@@ -24,6 +24,7 @@ from typing import Callable
 from .io import GlassworkError, home, read_json, write_json
 
 LAYER = 15  # the SAE's layer: the middle of SmolLM2-135M's 30
+VIEW_BUDGET = 100  # feature and error nodes in a graph's first view (the viewer's default)
 PROMPTS = {"france": "The capital of France is",
            "mary-john": "When Mary and John went to the store, John gave a drink to"}
 STEER_PROMPT = "My favourite thing to do on a weekend is"
@@ -44,6 +45,7 @@ class DemoConfig:
     tc_skip: bool = True  # skip transcoders: the skip fitted by least squares, the sparse part learns what it leaves
     index_contexts: int = 512
     index_ctx: int = 64
+    tc_index_contexts: int = 256  # the 30 transcoder layers are indexed in one pass over these contexts
     label_features: int = 200  # the most frequent live features get built-in labels and detection scores
     eval_tokens: int = 8064  # 8 batches of 8 sequences x 126 scored tokens
     max_features: int = 4096  # attribution feature budget
@@ -52,7 +54,7 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> "DemoConfig":
         return cls(harvest_tokens=24_000, sae_d=2304, sae_epochs=2, sae_batch=256, tc_tokens=24_000, tc_d=1152,
-                   index_contexts=128, label_features=60, eval_tokens=1008, max_features=1024)
+                   index_contexts=128, tc_index_contexts=96, label_features=60, eval_tokens=1008, max_features=1024)
 
 
 def _stage(out: Path, name: str, fn: Callable[[], dict], log: Callable[[str], None]) -> dict:
@@ -79,9 +81,12 @@ def _brief(name: str, r: dict) -> str:
     if name in ("sae", "transcoders"):
         return f"{r['path']} ({', '.join(f'{k} {v}' for k, v in r['metrics'].items())})"
     if name == "features":
-        return f"{r['live']} live features, {r['labelled']} labelled, index {r['index']}"
+        t = r.get("transcoders", {})
+        return (f"SAE: {r['live']} live features, {r['labelled']} labelled, index {r['index']}; transcoders: "
+                f"{t.get('indexes')} layer indexes, {t.get('live')} live features")
     if name == "graphs":
-        return "; ".join(f"{k}: {g['nodes']} nodes, {g['edges']} edges, replacement {g['replacement_score']}"
+        return "; ".join(f"{k}: {g['nodes']} nodes, {g['edges']} edges, replacement {g['replacement_score']}; first "
+                         f"view {g['view_nodes']} nodes keeping {g['view_influence_kept']:.0%} of the influence"
                          for k, g in r["graphs"].items())
     if name == "steering":
         return (f"feature {r['feature']} (fires on {', '.join(r['fires_on'])}) clamped to {r['clamp']}: its words in "
@@ -165,10 +170,18 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
                 "tokens_per_s": res.get("tokens_per_second"), "metrics": _metrics(ev, None), "per_layer": per_layer}
 
     def features_stage() -> dict:
-        from .features import BuiltinExplainer, FeatureIndex, build_index, label_features
+        from .features import BuiltinExplainer, FeatureIndex, StatsConfig, build_index, build_set_index, label_features
+        from .features.index import layer_index_path
         path = sae_dir / "features.sqlite"
         if not path.exists():
             build_index(model, sae_dir, n_contexts=cfg.index_contexts, ctx_len=cfg.index_ctx)
+        t0 = time.time()
+        tc_paths = [layer_index_path(tc_dir, layer) for layer in range(model.n_layers)]
+        if not all(p.exists() for p in tc_paths):  # every graph node gets a feature page: all layers, one pass
+            light = StatsConfig(top_k=8, n_quantiles=3, per_quantile=2, n_zero=4)  # 69k features: ~4 KB each
+            build_set_index(model, tc_dir, n_contexts=cfg.tc_index_contexts, ctx_len=cfg.index_ctx, cfg=light)
+        tc_live = sum(len(FeatureIndex(p).live_features()) for p in tc_paths)
+        tc_seconds = round(time.time() - t0, 1)
         ix = FeatureIndex(path)
         live = ix.live_features()
         freq = {f: ix.feature(f, with_examples=False)["n_fired"] for f in live}
@@ -182,10 +195,14 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
         beats = sum(1 for d, b in scored if b is not None and d > b)
         return {"index": str(path), "live": len(live), "d_sae": ix.d_sae, "labelled": len(labelled),
                 "beat_random_baseline": f"{beats}/{len(scored)}", "errors": res.get("n_errors", 0),
-                "examples": {str(f): labelled.get(f, "") for f in pick[:8]}}
+                "examples": {str(f): labelled.get(f, "") for f in pick[:8]},
+                "transcoders": {"indexes": len(tc_paths), "live": tc_live, "d_sae": cfg.tc_d * model.n_layers,
+                                "contexts": cfg.tc_index_contexts, "seconds": tc_seconds}}
 
     def graphs_stage() -> dict:
         from .circuits import attribute
+        from .features import FeatureIndex, ensure_labels
+        from .features.index import layer_index_path
         tcs = load_transcoders(tc_dir)
         graph_dir.mkdir(parents=True, exist_ok=True)
         made = {}
@@ -193,11 +210,20 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
             t0 = time.time()
             g = attribute(model, tcs, prompt, max_features=cfg.max_features, dictionary=str(tc_dir))
             g.save(graph_dir / f"{name}.safetensors")
-            view = g.view(0.8, 0.98)
+            full, view = g.view(0.8, 0.98), g.view(0.8, 0.98, max_nodes=VIEW_BUDGET)
             scores = g.meta.get("scores", {})
             top = [n for n in view["nodes"] if n["feature_type"] == "logit"][:3]
+            by_layer: dict[int, list[int]] = {}  # every feature the pruned graph shows gets a label now
+            for n in full["nodes"]:
+                if n["feature_type"] not in ("embedding", "logit", "mlp reconstruction error"):
+                    by_layer.setdefault(int(n["layer"]), []).append(int(n["node_id"].split("_")[1]))
+            labelled = sum(sum(1 for x in ensure_labels(FeatureIndex(layer_index_path(tc_dir, layer)), fs).values()
+                               if x) for layer, fs in by_layer.items())
             made[name] = {"prompt": prompt, "path": str(graph_dir / f"{name}.safetensors"),
-                          "nodes": len(view["nodes"]), "edges": len(view["links"]),
+                          "nodes": len(full["nodes"]), "edges": len(full["links"]),
+                          "view_nodes": len(view["nodes"]), "view_edges": len(view["links"]),
+                          "view_influence_kept": view["metadata"]["info"]["influence_kept"],
+                          "features_labelled": f"{labelled}/{sum(map(len, by_layer.values()))}",
                           "nodes_total": g.n_nodes, "features_total": g.n_features,
                           "replacement_score": round(float(scores.get("replacement", float("nan"))), 3),
                           "completeness_score": round(float(scores.get("completeness", float("nan"))), 3),

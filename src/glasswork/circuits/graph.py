@@ -111,10 +111,10 @@ class Graph:
                 "completeness": float((non_error * out_infl).sum() / out_infl.sum().clamp_min(1e-30))}
 
     # --- pruning -----------------------------------------------------------------------------------------------
-    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98):
-        """Keep features and errors to cumulative influence `node_threshold`, then edges to cumulative edge influence
-        `edge_threshold`; tokens and logits are always kept. Returns (node_mask [n_nodes], edge_mask [n_rows, n_nodes],
-        cumulative node influence [n_nodes])."""
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, max_nodes: int | None = None):
+        """Keep features and errors to cumulative influence `node_threshold` (and at most `max_nodes` of them, the most
+        influential), then edges to cumulative edge influence `edge_threshold`; tokens and logits are always kept.
+        Returns (node_mask [n_nodes], edge_mask [n_rows, n_nodes], cumulative node influence [n_nodes])."""
         for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
             if not 0.0 < t <= 1.0:
                 raise GlassworkError(f"{name} must be in (0, 1] (got {t})")
@@ -122,6 +122,13 @@ class Graph:
         kind, rows = self.node_kind, self.row_nodes
         always = (kind == TOKEN) | (kind == LOGIT)
         node_mask = always | (infl >= cutoff(infl[~always], node_threshold))
+        if max_nodes is not None:
+            if max_nodes < 1:
+                raise GlassworkError(f"max_nodes must be at least 1 (got {max_nodes})")
+            cand = (node_mask & ~always).nonzero().flatten()
+            if len(cand) > max_nodes:  # a readable view: the most influential features and errors only
+                node_mask = always.clone()
+                node_mask[cand[infl[cand].argsort(descending=True, stable=True)[:max_nodes]]] = True
         # Edges are scored on the subgraph of kept nodes only (small), then mapped back.
         kept = node_mask.nonzero().flatten()  # [k] node ids
         row_sel = node_mask[rows].nonzero().flatten()  # adjacency rows whose target is kept
@@ -157,9 +164,11 @@ class Graph:
         return node_mask, edge_mask, cum
 
     def view(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, slug: str | None = None,
-             labels: dict[str, str] | None = None) -> dict:
-        """The pruned graph as the viewer's JSON: {metadata, qParams, nodes, links}. `labels` maps node_id -> clerp."""
-        node_mask, edge_mask, cum = self.prune(node_threshold, edge_threshold)
+             labels: dict[str, str] | None = None, max_nodes: int | None = None) -> dict:
+        """The pruned graph as the viewer's JSON: {metadata, qParams, nodes, links}. `labels` maps node_id -> clerp.
+        metadata.info.influence_kept: the share of the features' and errors' influence on the targets that the kept
+        ones carry."""
+        node_mask, edge_mask, cum = self.prune(node_threshold, edge_threshold, max_nodes)
         keep = node_mask.nonzero().flatten().tolist()
         ids = {i: self.node_id(i) for i in keep}
         labels = labels or {}
@@ -176,9 +185,16 @@ class Graph:
                          "node_threshold": node_threshold, "edge_threshold": edge_threshold,
                          "schema_version": 1, "transcoder_list": [], "scores": meta.get("scores", {}),
                          "info": {"generator": "glasswork", "dictionary": meta.get("dictionary", ""),
-                                  "n_nodes_total": self.n_nodes, "n_features_total": self.n_features}},
+                                  "n_nodes_total": self.n_nodes, "n_features_total": self.n_features,
+                                  "max_nodes": max_nodes, "influence_kept": self.influence_kept(node_mask)}},
             "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
             "nodes": nodes, "links": links}
+
+    def influence_kept(self, node_mask: torch.Tensor) -> float:
+        """The share of the influence of all features and errors on the targets carried by those in `node_mask`."""
+        infl = self.node_influence()
+        inner = (self.node_kind == FEATURE) | (self.node_kind == ERROR)
+        return round(float(infl[inner & node_mask].sum() / infl[inner].sum().clamp_min(1e-30)), 4)
 
     def node_id(self, i: int) -> str:
         """Viewer ids: features '{layer}_{feature}_{pos}', errors 'err_{layer}_{pos}', tokens 'E_{token}_{pos}',

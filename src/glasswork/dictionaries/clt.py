@@ -58,19 +58,29 @@ class CrossLayerTranscoder(nn.Module):
                                  f"[..., n_layers={self.cfg.n_layers}, d_in={self.cfg.d_in}]")
         return torch.einsum("...ld,ldf->...lf", x, self.W_enc) + self.b_enc
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+    def activate(self, pre: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """pre [..., L, F] -> codes; with `layer`, pre [..., F] holds that layer's features only."""
         act = self.cfg.activation
+        threshold = self.threshold if layer is None or self.threshold is None else self.threshold[layer]
         if act == "relu":
             return pre.relu()
         if act == "topk":  # k per layer and token
             values, indices = topk(pre, self.cfg.k)
             return torch.zeros_like(pre).scatter(-1, indices, values)
         if act == "jumprelu":
-            return jumprelu(pre, self.threshold)
-        return pre * (pre > self.threshold)
+            return jumprelu(pre, threshold)
+        return pre * (pre > threshold)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.pre_acts(x))
+
+    def encode_layer(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """One layer's features from that layer's input alone: x [..., d_in] -> [..., F] (= encode(.)[..., layer, :])."""
+        return self.activate(x @ self.W_enc[layer] + self.b_enc[layer], layer)
+
+    def writes(self, layer: int) -> torch.Tensor:
+        """What each feature of `layer` adds to the residual stream over all layers it writes to: [F, d_out]."""
+        return self.W_dec[layer].sum(dim=1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [..., L, F] -> MLP-output predictions [..., L, d_out]."""

@@ -25,33 +25,47 @@ def _ids(text: Optional[str]) -> Optional[list[int]]:
 
 
 @features_app.command("build")
-def build(dictionary: Path = typer.Argument(..., help="Dictionary folder (config.json + weights.safetensors)."),
+def build(dictionary: Path = typer.Argument(..., help="Dictionary folder: one dictionary, a transcoder set or a CLT."),
           model: Optional[str] = typer.Option(None, help="Model (default: the one the dictionary names)."),
-          contexts: int = typer.Option(512, help="Number of contexts from the corpus."),
-          ctx_len: int = typer.Option(64, help="Tokens per context (BOS included)."),
-          batch_size: int = typer.Option(16, help="Contexts per forward pass."),
+          contexts: int = typer.Option(512, min=1, help="Number of contexts from the corpus."),
+          ctx_len: int = typer.Option(64, min=2, help="Tokens per context (BOS included)."),
+          batch_size: int = typer.Option(16, min=1, help="Contexts per forward pass."),
+          top_k: int = typer.Option(20, min=1, help="Top activating contexts kept per feature."),
           text_file: Optional[Path] = typer.Option(None, help="Read contexts from this text file (default: corpus)."),
-          out: Optional[Path] = typer.Option(None, help="Index path (default DICT/features.sqlite)."),
+          out: Optional[Path] = typer.Option(None, help="Index path (default DICT/features.sqlite; one dictionary)."),
           as_json: bool = JSON_OPT):
-    """Compute every feature's statistics in one pass and write the SQLite feature index."""
+    """Compute every feature's statistics in one pass and write the SQLite feature index. A transcoder set or a
+    cross-layer transcoder gets one index per layer, all from the same pass."""
     def go():
-        from ..io import GlassworkError
-        from .index import FeatureIndex, build_index
+        from ..io import GlassworkError, read_json
+        from .index import FeatureIndex, build_index, build_set_index
+        from .stats import StatsConfig
         texts = None
         if text_file is not None:
             if not text_file.exists():
                 raise GlassworkError(f"{text_file}: text file not found")
             texts = text_file.read_text(errors="replace").splitlines()
+        stats = StatsConfig(top_k=top_k)
+        is_set = (dictionary / "set.json").is_file() or ((dictionary / "config.json").is_file() and read_json(
+            dictionary / "config.json", "dictionary config").get("kind") == "clt")
+        if is_set and out is not None:
+            raise GlassworkError(f"--out: {dictionary} has one index per layer, written beside each layer; drop --out")
         t0 = time.time()
-        path = build_index(model, dictionary, texts=texts, path=out, n_contexts=contexts, ctx_len=ctx_len,
-                           batch_size=batch_size)
-        ix = FeatureIndex(path)
+        if is_set:
+            paths = build_set_index(model, dictionary, texts=texts, n_contexts=contexts, ctx_len=ctx_len,
+                                    batch_size=batch_size, cfg=stats)
+        else:
+            paths = [build_index(model, dictionary, texts=texts, path=out, n_contexts=contexts, ctx_len=ctx_len,
+                                 batch_size=batch_size, cfg=stats)]
         secs = time.time() - t0
-        live = len(ix.live_features())
-        summary = {"index": str(path), "d_sae": ix.d_sae, "live_features": live, "n_tokens": ix.meta["n_tokens"],
-                   "seconds": round(secs, 2), "features_per_second": round(ix.d_sae / secs, 1),
-                   "bytes": path.stat().st_size, "bytes_per_feature": round(path.stat().st_size / ix.d_sae)}
-        emit(summary, as_json, f"wrote {path}: {ix.d_sae} features ({live} live) over {ix.meta['n_tokens']:,} "
+        ixs = [FeatureIndex(p) for p in paths]
+        d_sae, live = sum(ix.d_sae for ix in ixs), sum(len(ix.live_features()) for ix in ixs)
+        size = sum(p.stat().st_size for p in paths)
+        summary = {"index": [str(p) for p in paths] if is_set else str(paths[0]), "d_sae": d_sae,
+                   "live_features": live, "n_tokens": ixs[0].meta["n_tokens"], "seconds": round(secs, 2),
+                   "features_per_second": round(d_sae / secs, 1), "bytes": size, "bytes_per_feature": round(size / d_sae)}
+        where = f"{len(paths)} indexes under {dictionary}" if is_set else str(paths[0])
+        emit(summary, as_json, f"wrote {where}: {d_sae} features ({live} live) over {ixs[0].meta['n_tokens']:,} "
                                f"tokens in {secs:.1f} s")
     run_verb(go)
 

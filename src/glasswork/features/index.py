@@ -69,13 +69,15 @@ import json
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from ..io import GlassworkError
+from ..io import GlassworkError, read_json
 from ..progress import progress
 from .stats import FeatureStats, StatsConfig, decoder_neighbors, logit_effects
 
@@ -93,18 +95,19 @@ def index_path(where: str | os.PathLike) -> Path:
 def check_match(model, dictionary) -> None:
     """A dictionary trained on another model or hook size cannot be read on this one: say which field differs."""
     cfg = dictionary.cfg
-    if cfg.kind == "clt":
-        raise GlassworkError("feature index: cross-layer transcoders are not indexed yet; index one SparseCoder")
     if cfg.d_in != model.d_model:
         raise GlassworkError(f"dictionary config d_in = {cfg.d_in}, but model '{model.name}' has d_model = "
                              f"{model.d_model} at hook '{cfg.hook_in}': this dictionary was not trained on this model")
     if cfg.model and model.name and Path(str(cfg.model)).name != Path(str(model.name)).name:
         raise GlassworkError(f"dictionary config model = '{cfg.model}', but the model given is '{model.name}': "
                              f"pass the model it was trained on")
-    if not cfg.hook_in:
-        raise GlassworkError("dictionary config has no hook_in: the index needs to know where to read activations")
+    hooks = cfg.hook_in if isinstance(cfg.hook_in, list) else [cfg.hook_in]
+    if not all(hooks) or (cfg.kind == "clt" and len(hooks) != cfg.n_layers):
+        raise GlassworkError("dictionary config hook_in is missing (a CLT: one per layer): the index needs to know "
+                             "where to read activations")
     from ..hooks import canonical
-    canonical(model, cfg.hook_in)  # raises a GlassworkError for an unknown hook point
+    for hook in hooks:
+        canonical(model, hook)  # raises a GlassworkError for an unknown hook point
 
 
 def contexts_from_texts(model, texts, ctx_len: int, n_contexts: int | None = None) -> torch.Tensor:
@@ -129,59 +132,158 @@ def default_contexts(model, n_contexts: int, ctx_len: int) -> torch.Tensor:
     return contexts_from_texts(model, fixture_texts()(), ctx_len, n_contexts)
 
 
+@dataclass
+class IndexTarget:
+    """One set of features to index: a dictionary, or one layer of a cross-layer transcoder."""
+
+    path: Path  # where its index goes
+    hook: str  # the hook point its encoder reads
+    encode: Callable[[torch.Tensor], torch.Tensor]  # acts at `hook` [B, S, d_in] -> features [B, S, F]
+    W_dec: torch.Tensor  # [F, d_out]: what a feature writes (a CLT feature: summed over the layers it writes to)
+    meta: dict  # dictionary, kind, d_sae, d_in (and layer for a set member or a CLT layer)
+
+
+def _set_members(folder: Path) -> dict:
+    return read_json(folder / "set.json", "dictionary set index").get("members", {})
+
+
+def layer_index_path(folder: str | os.PathLike, layer: int | None = None) -> Path:
+    """The index holding `layer`'s features: a set's member/features.sqlite, a CLT's features-layer{NN}.sqlite, or
+    the folder's own features.sqlite (one dictionary)."""
+    folder = Path(folder)
+    if layer is not None and (folder / "set.json").is_file():
+        for name, m in _set_members(folder).items():
+            if m.get("layer") == layer:
+                return folder / name / INDEX_NAME
+        raise GlassworkError(f"{folder}/set.json: no member for layer {layer}")
+    if layer is not None and (folder / "config.json").is_file() and \
+            read_json(folder / "config.json", "dictionary config").get("kind") == "clt":
+        return folder / f"features-layer{layer:02d}.sqlite"
+    return index_path(folder)
+
+
+def index_targets(dictionary, folder: Path) -> list[IndexTarget]:
+    """What to index, with the index paths under `folder`: one dictionary (SparseCoder), each layer of a CLT, or each
+    member of a set ({layer: coder})."""
+    if isinstance(dictionary, dict):
+        return [t for layer, d in sorted(dictionary.items())
+                for t in index_targets(d, layer_index_path(folder, layer).parent)]
+    cfg = dictionary.cfg
+    base = {"dictionary": str(Path(folder).resolve()), "kind": cfg.kind, "d_sae": dictionary.d_sae, "d_in": cfg.d_in}
+    if cfg.kind == "clt":
+        return [IndexTarget(Path(folder) / f"features-layer{i:02d}.sqlite", cfg.hook_in[i],
+                            lambda x, i=i: dictionary.encode_layer(x, i), dictionary.writes(i).detach(),
+                            {**base, "layer": i}) for i in range(cfg.n_layers)]
+    return [IndexTarget(index_path(folder), cfg.hook_in, dictionary.encode, dictionary.W_dec.detach(),
+                        {**base, "layer": cfg.layer})]
+
+
 @torch.no_grad()
+def build_indexes(model, targets: list[IndexTarget], contexts: torch.Tensor, batch_size: int = 16,
+                  cfg: StatsConfig | None = None, skip_bos: bool = True, what: str = "") -> list[Path]:
+    """Index every target in one pass over `contexts` ([n, ctx_len] token ids): one forward records every hook the
+    targets read, each target's features update its own statistics; each index is written atomically."""
+    from ..hooks import capture
+    cfg = cfg or StatsConfig()
+    contexts = contexts.long().cpu()
+    n, S = contexts.shape
+    hooks = sorted({t.hook for t in targets})
+    stats = [FeatureStats(t.meta["d_sae"], S, model.vocab_size, cfg) for t in targets]
+    n_feat = sum(t.meta["d_sae"] for t in targets)
+    t0 = time.time()
+    with progress(what or f"indexing {n_feat} features", total=n * S, unit="tokens") as bar:
+        for lo in range(0, n, batch_size):
+            ids = contexts[lo:lo + batch_size]
+            _, cache = capture(model, ids.to(model.device), hooks)
+            bos = ids == model.bos_token_id
+            for t, st in zip(targets, stats):
+                acts = t.encode(cache[t.hook].to(t.W_dec.dtype)).cpu()  # [B, S, F]
+                if skip_bos:  # the BOS position is an attention sink with outlier activations: not a feature example
+                    acts[bos] = 0
+                st.update(acts, ids)
+            bar.advance(ids.numel())
+    seconds = round(time.time() - t0, 2)
+    W_U = model.W_U.detach()
+    for t, st in zip(targets, stats):
+        result = st.finish()
+        logits = logit_effects(t.W_dec, W_U, cfg.n_logits) if t.W_dec.shape[1] == W_U.shape[0] else None
+        neighbors = decoder_neighbors(t.W_dec, cfg.n_neighbors)
+        meta = {"schema_version": SCHEMA_VERSION, "complete": True, "model": model.name, **t.meta, "hook": t.hook,
+                "n_contexts": n, "ctx_len": S, "n_tokens": st.n_tokens, "hist_edges": result["hist_edges"].tolist(),
+                "top_k": cfg.top_k, "n_quantiles": cfg.n_quantiles, "skip_bos": skip_bos, "stats_seconds": seconds,
+                "indexed_together": len(targets),
+                "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        _write_atomic(Path(t.path), meta, result, logits, neighbors, contexts, model)
+    return [Path(t.path) for t in targets]
+
+
+def _model_for(model, cfg):
+    """The model given, or the one the dictionary config names."""
+    from .. import load_model
+    return load_model(model or cfg.model or None) if model is None or isinstance(model, (str, os.PathLike)) else model
+
+
+def _contexts(model, contexts, texts, n_contexts: int, ctx_len: int) -> torch.Tensor:
+    if contexts is not None:
+        return contexts
+    return contexts_from_texts(model, texts, ctx_len, n_contexts) if texts else \
+        default_contexts(model, n_contexts, ctx_len)
+
+
 def build_index(model, dictionary, contexts: torch.Tensor | None = None, *, texts: list[str] | None = None,
                 path: str | os.PathLike | None = None, n_contexts: int = 512, ctx_len: int = 64, batch_size: int = 16,
                 cfg: StatsConfig | None = None, skip_bos: bool = True) -> Path:
     """Compute every feature's statistics in one pass over `contexts` ([n, ctx_len] token ids; or `texts`; default:
     the default corpus) and write the index to `path` (default DICT/features.sqlite). Returns the path.
 
-    `dictionary` is a SparseCoder or a dictionary folder; `model` a Model, a name, or None (the dictionary's model)."""
-    from .. import load_dictionary, load_model
-    from ..hooks import capture
-    cfg = cfg or StatsConfig()
+    `dictionary` is a SparseCoder or a dictionary folder; `model` a Model, a name, or None (the dictionary's model).
+    A set of transcoders or a cross-layer transcoder has one index per layer: `build_set_index`."""
+    from .. import load_dictionary
     folder = None
     if not hasattr(dictionary, "cfg"):
         folder = Path(dictionary)
+        if (folder / "set.json").is_file():
+            raise GlassworkError(f"{folder} is a set of dictionaries: index all its layers with build_set_index")
         dictionary = load_dictionary(folder)
-    if model is None or isinstance(model, (str, os.PathLike)):
-        model = load_model(model or dictionary.cfg.model or None)
+    if dictionary.cfg.kind == "clt":
+        raise GlassworkError(f"{folder or 'build_index'}: a cross-layer transcoder has one index per layer: use "
+                             f"build_set_index")
+    model = _model_for(model, dictionary.cfg)
     check_match(model, dictionary)
-    if path is None:
-        if folder is None:
-            raise GlassworkError("build_index: pass path= (or the dictionary as a folder, to write DICT/features.sqlite)")
-        path = folder / INDEX_NAME
-    path = Path(path)
-    if contexts is None:
-        contexts = contexts_from_texts(model, texts, ctx_len, n_contexts) if texts else \
-            default_contexts(model, n_contexts, ctx_len)
-    contexts = contexts.long().cpu()
-    n, S = contexts.shape
-    hook = dictionary.cfg.hook_in
-    stats = FeatureStats(dictionary.d_sae, S, model.vocab_size, cfg)
-    t0 = time.time()
-    with progress(f"indexing {dictionary.d_sae} features", total=n * S, unit="tokens") as bar:
-        for lo in range(0, n, batch_size):
-            ids = contexts[lo:lo + batch_size]
-            _, cache = capture(model, ids.to(model.device), [hook])
-            acts = dictionary.encode(cache[hook].to(dictionary.W_enc.dtype)).cpu()  # [B, S, F]
-            if skip_bos:  # the BOS position is an attention sink with outlier activations: not a feature example
-                acts[ids == model.bos_token_id] = 0
-            stats.update(acts, ids)
-            bar.advance(ids.numel())
-    result = stats.finish()
-    W_dec = dictionary.W_dec.detach()
-    W_U = model.W_U.detach()
-    logits = logit_effects(W_dec, W_U, cfg.n_logits) if W_dec.shape[1] == W_U.shape[0] else None
-    neighbors = decoder_neighbors(W_dec, cfg.n_neighbors)
-    meta = {"schema_version": SCHEMA_VERSION, "complete": True, "model": model.name,
-            "dictionary": str(folder.resolve()) if folder else "", "hook": hook, "kind": dictionary.cfg.kind,
-            "d_sae": dictionary.d_sae, "d_in": dictionary.cfg.d_in, "n_contexts": n, "ctx_len": S,
-            "n_tokens": stats.n_tokens, "hist_edges": result["hist_edges"].tolist(), "top_k": cfg.top_k,
-            "n_quantiles": cfg.n_quantiles, "skip_bos": skip_bos, "stats_seconds": round(time.time() - t0, 2),
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    _write_atomic(path, meta, result, logits, neighbors, contexts, model)
-    return path
+    if path is None and folder is None:
+        raise GlassworkError("build_index: pass path= (or the dictionary as a folder, to write DICT/features.sqlite)")
+    target = index_targets(dictionary, folder or Path("."))[0]
+    target.path = Path(path) if path is not None else folder / INDEX_NAME
+    ctx = _contexts(model, contexts, texts, n_contexts, ctx_len)
+    return build_indexes(model, [target], ctx, batch_size, cfg, skip_bos,
+                         what=f"indexing {dictionary.d_sae} features")[0]
+
+
+def build_set_index(model, folder: str | os.PathLike, contexts: torch.Tensor | None = None, *,
+                    texts: list[str] | None = None, n_contexts: int = 512, ctx_len: int = 64, batch_size: int = 16,
+                    cfg: StatsConfig | None = None, skip_bos: bool = True) -> list[Path]:
+    """Index every layer of a transcoder set folder (each member gets member/features.sqlite) or of a cross-layer
+    transcoder folder (CLT/features-layer{NN}.sqlite) in one pass over the corpus. Returns the paths, by layer."""
+    from .. import load_dictionary
+    from ..dictionaries import load_transcoders
+    folder = Path(folder)
+    if (folder / "set.json").is_file():
+        coders = load_transcoders(folder)
+        checked = list(coders.values())
+    else:
+        coders = load_dictionary(folder)
+        if coders.cfg.kind != "clt":
+            raise GlassworkError(f"{folder}: expected a set of transcoders (set.json) or a cross-layer transcoder, got "
+                                 f"one {coders.cfg.kind}: index it with build_index")
+        checked = [coders]
+    model = _model_for(model, checked[0].cfg)
+    for d in checked:
+        check_match(model, d)
+    targets = index_targets(coders, folder)
+    ctx = _contexts(model, contexts, texts, n_contexts, ctx_len)
+    n_feat = sum(t.meta["d_sae"] for t in targets)
+    return build_indexes(model, targets, ctx, batch_size, cfg, skip_bos,
+                         what=f"indexing {len(targets)} layers, {n_feat:,} features")
 
 
 def _decoder(model):

@@ -158,3 +158,15 @@ def label_features(index, explainer: Explainer, scorer: Scorer | None = None, fe
     beats = sum(1 for r in results.values() if r.get("detection", 0) > r.get("detection_baseline", 1))
     return {"explainer": explainer.name, "scorer": scorer.name, "n_features": len(features), "n_labeled": len(labels),
             "n_errors": len(errors), "n_detection_beats_baseline": beats, "errors": errors, "results": results}
+
+
+def ensure_labels(index, features: list[int], explainer: Explainer | None = None) -> dict[int, str]:
+    """{feature: label} for `features`: the best stored label, and for features with none yet a label made now by
+    `explainer` (default: built-in) and stored with its scores, so a graph's nodes are all labelled on first sight."""
+    from .explain import BuiltinExplainer
+    tried = {f for (f,) in index.db.execute("SELECT DISTINCT feature FROM labels")}  # failures count: not retried
+    missing = sorted({f for f in features if f not in tried and 0 <= f < index.d_sae})
+    if missing:
+        label_features(index, explainer or BuiltinExplainer(), features=missing)
+    labels = index.labels()
+    return {f: labels.get(f, "") for f in features}

@@ -2,14 +2,19 @@
 JSON routes:
 
   GET  /api/graphs                              graph files in DIR/graphs
-  GET  /api/graphs/{name}/view?node_threshold=&edge_threshold=   a pruned view (viewer JSON, capped in size)
+  GET  /api/graphs/{name}/view?node_threshold=&edge_threshold=&budget=   a pruned view (viewer JSON): at most
+                                                `budget` features and errors (default 100, 0: all), capped in size
   GET  /api/graphs/{name}/node/{node_id}        a node, its strongest inputs and outputs, its feature page if indexed
   PUT  /api/graphs/{name}/state                 pinned nodes, supernodes and names, saved beside the graph
+  POST /api/graphs/{name}/subgraph {nodes, supernodes}   those nodes and their direct edges (supernodes summed)
+  GET  /api/graphs/{name}/suggestions?...&min_similarity=   supernodes suggested from the view's features
+  POST /api/graphs/{name}/intervene {node_ids, value|scale, mode, generate}   logits before/after, a generation
   POST /api/graphs/upload   {name, graph}       store viewer JSON from another tool (circuit-tracer, Neuronpedia)
   POST /api/graphs/open     {path, name?}       the same from a .json file on this machine
   GET  /api/dictionaries, /api/directions       what DIR holds
-  GET  /api/features/search?index=&q=&mode=label|text|token
-  GET  /api/features/{feature}?index=           a feature page's data
+  GET  /api/features/search?index=&q=&mode=label|text|token[&layer=]   (layer: one layer of a set or a CLT)
+  GET  /api/features/top?index=[&layer=]        the most frequent live features, labelled first (the page's start)
+  GET  /api/features/{feature}?index=[&layer=]  a feature page's data
   POST /api/steer           {prompt, edits, ...}   baseline and steered generations, same seed
   POST /api/attribute       {prompt, dictionary}   starts a job; GET /api/jobs/{id} polls it; the graph lands in graphs/
 Bad input answers 4xx with {"detail": "..."}: names with slashes or '..', bodies over the cap, wrong JSON types.
@@ -26,10 +31,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from ..features.scoring import ensure_labels
 from ..io import GlassworkError
 from .graphs import GraphStore
 from .jobs import Jobs
-from .resources import Resources, describe, member_for_layer
+from .resources import Resources, describe
 from .security import Guard, check_name
 
 STATIC = Path(__file__).parent / "static"
@@ -43,6 +49,19 @@ class State(BaseModel):
     supernodes: list[list[str]] = Field(default_factory=list, max_length=1000)
     names: dict[str, str] = Field(default_factory=dict, max_length=5000)
     clickedId: str = Field("", max_length=200)
+
+
+class Subgraph(BaseModel):
+    nodes: list[str] = Field(default_factory=list, max_length=5000)
+    supernodes: list[list[str]] = Field(default_factory=list, max_length=1000)
+
+
+class GraphIntervention(BaseModel):
+    node_ids: list[str] = Field(..., min_length=1, max_length=500)
+    value: Optional[float] = Field(0.0, ge=-1e4, le=1e4)  # the activation to set (0: ablate)
+    scale: Optional[float] = Field(None, ge=-1e4, le=1e4)  # or multiply the activation
+    mode: Literal["free", "frozen"] = "frozen"
+    generate: int = Field(0, ge=0, le=60)
 
 
 class Upload(BaseModel):
@@ -120,9 +139,10 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
         return {"graphs": store.names(), "folder": str(store.folder)}
 
     @app.get("/api/graphs/{name}/view")
-    def view(name: str, node_threshold: float = Query(0.8, gt=0, le=1), edge_threshold: float = Query(0.98, gt=0, le=1)):
+    def view(name: str, node_threshold: float = Query(0.8, gt=0, le=1), edge_threshold: float = Query(0.98, gt=0, le=1),
+             budget: int = Query(100, ge=0, le=1_000_000)):
         t0 = time.perf_counter()
-        out = store.view(graph_or_404(name), node_threshold, edge_threshold)
+        out = store.view(graph_or_404(name), node_threshold, edge_threshold, budget or None)
         if len(out["nodes"]) <= 5000:  # hover labels: the feature labels from the index, where there is one
             out["nodes"] = [dict(n) for n in out["nodes"]]
             name_features(store.dictionary_of(name), [n for n in out["nodes"] if n.get("feature_type") not in
@@ -140,33 +160,42 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
         except KeyError:
             raise HTTPException(404, f"graph '{name}' has no node '{node_id}'") from None
         dictionary = store.dictionary_of(name)
+        name_features(dictionary, [out["node"]])  # the node's own label first: it may be made here
         out["feature"], out["feature_index"] = feature_of(dictionary, out["node"])
         name_features(dictionary, [out["node"], *out["inputs"], *out["outputs"]])
         return out
 
     def name_features(dictionary: str, nodes: list[dict]) -> None:
-        """Give nodes without a label a readable one: the feature's label from its index, else 'L{layer} #{id}';
-        errors 'error L{layer} @{pos}'."""
+        """Give every node a readable label: a feature's label from its layer's index (a built-in label made and
+        stored on first sight where it has none), else 'L{layer} #{id}'; errors 'error L{layer} @{pos}'."""
+        wanted: dict[int, list[tuple[dict, int]]] = {}
         for n in nodes:
             if n.get("clerp"):
                 continue
             parts = n["node_id"].split("_")
-            kind = n.get("feature_type", "")
-            if kind == "mlp reconstruction error" and len(parts) == 3:
+            if n.get("feature_type", "") == "mlp reconstruction error" and len(parts) == 3:
                 n["clerp"] = f"error L{parts[1]} @{parts[2]}"
             elif len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
-                n["clerp"] = layer_labels(dictionary, int(parts[0])).get(int(parts[1])) or f"L{parts[0]} #{parts[1]}"
+                wanted.setdefault(int(parts[0]), []).append((n, int(parts[1])))
+        for layer, pairs in wanted.items():
+            index = layer_index(dictionary, layer)
+            labels = {}
+            if index is not None:
+                with res._lock:
+                    labels = ensure_labels(index, [f for _, f in pairs])
+            for n, f in pairs:
+                n["clerp"] = labels.get(f) or f"L{layer} #{f}"
 
-    def layer_labels(dictionary: str, layer: int) -> dict:
+    def layer_index(dictionary: str, layer: int):
+        """The feature index of one layer of a graph's dictionary (a set member, a CLT layer), or None."""
+        from ..features.index import layer_index_path
         folder = resolve_dictionary(dictionary)
+        if folder is None or not folder.exists():
+            return None
         try:
-            index = res.index(member_for_layer(folder, layer)) if folder is not None and folder.exists() else None
+            return res.index(layer_index_path(folder, layer))
         except GlassworkError:
-            index = None
-        if index is None:
-            return {}
-        with res._lock:
-            return index.labels()
+            return None
 
     def resolve_dictionary(dictionary: str) -> Path | None:
         if not dictionary:
@@ -175,20 +204,99 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
         return (root / folder) if not folder.is_absolute() and (root / folder).exists() else folder
 
     def feature_of(dictionary: str, node: dict):
-        """The feature page of a graph node when its dictionary (a set member for its layer) has an index."""
+        """The feature page of a graph node when its layer's feature index exists: (record, index key, layer)."""
         m = re.match(r"^(\d+)_(\d+)_(\d+)$", node.get("node_id", ""))
         if not dictionary or not m or node.get("feature_type") in ("embedding", "logit", "mlp reconstruction error"):
             return None, None
         layer, feat = int(m.group(1)), int(m.group(2))
-        folder = resolve_dictionary(dictionary)
-        try:
-            index = res.index(member_for_layer(folder, layer)) if folder.exists() else None
-        except GlassworkError:
-            return None, None
+        index = layer_index(dictionary, layer)
         if index is None or not 0 <= feat < index.d_sae:
             return None, None
         with res._lock:
-            return index.feature(feat), str(index.path)
+            rec = index.feature(feat)
+        per_layer_file = index.path.name != "features.sqlite"  # a CLT layer: the page needs the layer too
+        return rec, {"path": str(index.path), "key": index_key(index.path), "layer": layer if per_layer_file else None}
+
+    def index_key(path: Path) -> str | None:
+        """The dictionary key (and layer) under which /api/features serves this index."""
+        for key, folder in res.dictionaries().items():
+            if folder.resolve() == path.parent.resolve():
+                return key
+        return None
+
+    def node_records(name: str, ids: list[str]) -> list[dict]:
+        try:
+            recs = store.records(name, ids)
+        except KeyError as e:
+            raise HTTPException(404, f"graph '{name}' has no node '{str(e)[:200]}'") from None
+        names = store.state(name).get("names", {})
+        recs = [{**r, "clerp": names.get(r["node_id"], r.get("clerp", ""))} for r in recs]
+        name_features(store.dictionary_of(name), recs)
+        return recs
+
+    @app.post("/api/graphs/{name}/subgraph")
+    def subgraph(name: str, body: Subgraph):
+        graph_or_404(name)
+        try:
+            sg = store.subgraph(name, body.nodes, body.supernodes)
+        except KeyError as e:
+            raise HTTPException(404, f"graph '{name}' has no node '{str(e)[:200]}'") from None
+        return {**sg, "nodes": node_records(name, sg["nodes"])}
+
+    @app.get("/api/graphs/{name}/suggestions")
+    def suggestions(name: str, node_threshold: float = Query(0.8, gt=0, le=1),
+                    edge_threshold: float = Query(0.98, gt=0, le=1), budget: int = Query(100, ge=0, le=1_000_000),
+                    min_similarity: float = Query(0.5, ge=-1, le=1)):
+        from ..circuits.supernodes import suggest
+        v = store.view(graph_or_404(name), node_threshold, edge_threshold, budget or None)
+        feats = [dict(n) for n in v["nodes"] if n.get("feature_type") not in ("embedding", "logit",
+                                                                              "mlp reconstruction error")]
+        name_features(store.dictionary_of(name), feats)
+        ids = [n["node_id"] for n in feats]
+        profiles = store.profiles(name, ids)
+        found = suggest(ids, [int(n["ctx_idx"]) for n in feats], [int(n["layer"]) for n in feats], profiles,
+                        [n.get("clerp", "") for n in feats], v["metadata"].get("prompt_tokens", []), min_similarity)
+        return {"suggestions": found, "features": len(feats), "min_similarity": min_similarity}
+
+    @app.post("/api/graphs/{name}/intervene")
+    def graph_intervene(name: str, body: GraphIntervention):
+        """Set or ablate graph features on the graph's own prompt and transcoders: the top next-token logits before
+        and after (as `glasswork intervene`), and a short generation with the edit."""
+        from ..circuits import Edit, generate, intervene_logits
+        graph_or_404(name)
+        edits = []
+        for nid in body.node_ids:
+            m = re.match(r"^(\d+)_(\d+)_(\d+)$", nid)
+            if not m:
+                raise HTTPException(400, f"node '{nid[:200]}' is not a feature node (LAYER_FEATURE_POS): only features "
+                                         f"can be set or ablated")
+            layer, feat, pos = map(int, m.groups())
+            edits.append(Edit(layer, feat, [pos], None if body.scale is not None else body.value, body.scale))
+        folder = resolve_dictionary(store.dictionary_of(name))
+        if folder is None or not folder.exists():
+            raise HTTPException(400, f"graph '{name}' names no dictionary folder that exists here: cannot intervene")
+        g = store.get(name)
+        meta = g.metadata if hasattr(g, "metadata") else g.meta
+        prompt = meta.get("prompt", "")
+        if not prompt:
+            raise HTTPException(400, f"graph '{name}' has no prompt in its metadata")
+        if not res.compute.acquire(timeout=300):
+            raise HTTPException(503, "the model is busy with another job; try again")
+        try:
+            t0 = time.time()
+            coders = res.coders(folder)
+            if not isinstance(coders, dict):
+                raise HTTPException(400, "interventions take per-layer transcoders; this graph's dictionary is a CLT")
+            model = res.model(next(iter(coders.values())).cfg.model or None)
+            out = intervene_logits(model, coders, prompt, edits, mode=body.mode)
+            out.pop("logits_after")
+            out["token_strings"] = model.to_str_tokens(out["tokens"])
+            if body.generate:
+                out["plain"] = generate(model, coders, prompt, [], body.generate)
+                out["generated"] = generate(model, coders, prompt, edits, body.generate)
+            return {**out, "prompt": prompt, "mode": body.mode, "seconds": round(time.time() - t0, 3)}
+        finally:
+            res.compute.release()
 
     @app.put("/api/graphs/{name}/state")
     def save_state(name: str, state: State):
@@ -230,20 +338,22 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
         return {"directions": [{"name": k, **{x: read_json(p).get(x) for x in ("hook", "kind", "model", "norm")}}
                                for k, p in res.directions().items()]}
 
-    def index_or_404(key: str):
+    def index_or_404(key: str, layer: int | None = None):
+        from ..features.index import layer_index_path
         try:
             folder = res.folder(key)
         except KeyError:
             raise HTTPException(404, f"no dictionary '{key[:200]}' under {root}") from None
-        index = res.index(folder)
+        index = res.index(layer_index_path(folder, layer))
         if index is None:
             raise HTTPException(404, f"dictionary '{key}' has no feature index (run `glasswork features build`)")
         return index
 
     @app.get("/api/features/search")
     def search(index: str = Query(..., max_length=1000), q: str = Query(..., min_length=1, max_length=200),
-               mode: Literal["label", "text", "token"] = "text", limit: int = Query(20, ge=1, le=200)):
-        fi = index_or_404(index)
+               mode: Literal["label", "text", "token"] = "text", limit: int = Query(20, ge=1, le=200),
+               layer: Optional[int] = Query(None, ge=0, le=10_000)):
+        fi = index_or_404(index, layer)
         with res._lock:
             if q.strip().isdigit() and mode != "token":
                 f = int(q)
@@ -259,9 +369,21 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
         return {"hits": [{**h, "label": labels.get(h["feature"], ""), "freq": stats.get(h["feature"], (None,))[0],
                           "max_act": stats.get(h["feature"], (None, None))[1]} for h in hits]}
 
+    @app.get("/api/features/top")
+    def top_features(index: str = Query(..., max_length=1000), limit: int = Query(30, ge=1, le=500),
+                     layer: Optional[int] = Query(None, ge=0, le=10_000)):
+        """The most frequent live features, labelled ones first: what a person sees before searching."""
+        fi = index_or_404(index, layer)
+        with res._lock:
+            labels = fi.labels()
+            rows = fi.db.execute("SELECT feature, freq FROM features WHERE n_fired > 0 ORDER BY freq DESC").fetchall()
+        rows = sorted(rows, key=lambda r: (r[0] not in labels, -r[1]))[:limit]
+        return {"features": [{"feature": f, "freq": q, "label": labels.get(f, "")} for f, q in rows]}
+
     @app.get("/api/features/{feature}")
-    def feature_page(feature: int, index: str = Query(..., max_length=1000)):
-        fi = index_or_404(index)
+    def feature_page(feature: int, index: str = Query(..., max_length=1000),
+                     layer: Optional[int] = Query(None, ge=0, le=10_000)):
+        fi = index_or_404(index, layer)
         with res._lock:
             rec = fi.feature(fi.check_id(feature))
             meta = {k: fi.meta.get(k) for k in ("model", "hook", "kind", "d_sae", "n_tokens", "hist_edges")}

@@ -162,16 +162,18 @@ class GraphStore:
         return state
 
     # --- views ---------------------------------------------------------------------------------------------------
-    def view(self, name: str, node_threshold: float, edge_threshold: float) -> dict:
-        key = (name, round(node_threshold, 4), round(edge_threshold, 4))
+    def view(self, name: str, node_threshold: float, edge_threshold: float, budget: int | None = None) -> dict:
+        """A pruned view: nodes to `node_threshold`, at most `budget` features and errors (None: no limit), edges to
+        `edge_threshold`; pinned nodes and names from the saved state."""
+        key = (name, round(node_threshold, 4), round(edge_threshold, 4), budget)
         with self._lock:
             if key in self._views:
                 self._views.move_to_end(key)
                 base = self._views[key]
             else:
                 g = self.get(name)
-                base = g.view(node_threshold, edge_threshold, slug=name) if not isinstance(g, ViewerGraph) else \
-                    viewer_prune(g, node_threshold, edge_threshold)
+                base = g.view(node_threshold, edge_threshold, slug=name, max_nodes=budget) if not isinstance(
+                    g, ViewerGraph) else viewer_prune(g, node_threshold, edge_threshold, budget)
                 base = cap_view(base, self.max_nodes, self.max_links)
                 self._views[key] = base
                 while len(self._views) > 16:
@@ -218,6 +220,70 @@ class GraphStore:
             raise KeyError(node_id)
         return ids[node_id]
 
+    # --- subgraphs and suggestions --------------------------------------------------------------------------------
+    def _positions(self, g, node_ids: list[str]) -> list[int]:
+        if isinstance(g, ViewerGraph):
+            missing = [n for n in node_ids if n not in g.ids]
+            if missing:
+                raise KeyError(missing[0])
+            return [g.ids[n] for n in node_ids]
+        return [self._native_index(g, n) for n in node_ids]
+
+    def records(self, name: str, node_ids: list[str]) -> list[dict]:
+        """The viewer records (layer, position, kind, label) of the given nodes."""
+        g = self.get(name)
+        pos = self._positions(g, node_ids)
+        if isinstance(g, ViewerGraph):
+            return [dict(g.nodes[i]) for i in pos]
+        infl = g.node_influence()
+        return [g._node_json(i, n, float(infl[i]), "") for i, n in zip(pos, node_ids)]
+
+    def edges_among(self, name: str, node_ids: list[str]) -> list[tuple[str, str, float]]:
+        """Every direct edge of the whole graph between the given nodes: (source, target, weight)."""
+        g = self.get(name)
+        pos = self._positions(g, node_ids)
+        if isinstance(g, ViewerGraph):
+            sel = np.isin(g.src, pos) & np.isin(g.dst, pos)
+            ids = [n["node_id"] for n in g.nodes]
+            return [(ids[a], ids[b], float(w)) for a, b, w in zip(g.src[sel], g.dst[sel], g.weight[sel])]
+        import torch
+        row_of = {int(n): r for r, n in enumerate(g.row_nodes.tolist())}
+        cols = torch.tensor(pos, dtype=torch.long)
+        out = []
+        for j, target in zip(pos, node_ids):
+            if j not in row_of:
+                continue  # tokens and errors have no inputs
+            w = g.adjacency[row_of[j], cols].float()
+            out += [(node_ids[i], target, float(w[i])) for i in w.nonzero().flatten().tolist()]
+        return out
+
+    def profiles(self, name: str, node_ids: list[str]):
+        """Each node's outgoing direct effects on every node of the whole graph: [k, n_nodes] float32."""
+        import torch
+        g = self.get(name)
+        pos = self._positions(g, node_ids)
+        if isinstance(g, ViewerGraph):
+            out = np.zeros((len(pos), len(g.nodes)), np.float32)
+            where = {p: i for i, p in enumerate(pos)}
+            for j in np.nonzero(np.isin(g.src, pos))[0]:
+                out[where[int(g.src[j])], g.dst[j]] += g.weight[j]
+            return torch.from_numpy(out)
+        return g.adjacency[:, torch.tensor(pos, dtype=torch.long)].T.float()
+
+    def subgraph(self, name: str, node_ids: list[str], supernodes: list[list[str]]) -> dict:
+        """Pinned nodes and supernodes as one small graph: a supernode is one node whose edges are the sums of its
+        members' edges (to and from every other node shown); edges among a supernode's own members are dropped."""
+        groups = {s[0] if s else "": [m for m in s[1:]] for s in supernodes if len(s) > 1}
+        owner = {m: f"super:{gname}" for gname, ms in groups.items() for m in ms}
+        everyone = list(dict.fromkeys([*node_ids, *owner]))
+        summed: dict[tuple[str, str], float] = {}
+        for a, b, w in self.edges_among(name, everyone):
+            key = (owner.get(a, a), owner.get(b, b))
+            if key[0] != key[1]:
+                summed[key] = summed.get(key, 0.0) + w
+        links = [{"source": a, "target": b, "weight": w} for (a, b), w in summed.items()]
+        return {"members": {f"super:{g}": ms for g, ms in groups.items()}, "nodes": everyone, "links": links}
+
     def dictionary_of(self, name: str) -> str:
         g = self.get(name)
         meta = g.metadata if isinstance(g, ViewerGraph) else g.meta
@@ -234,13 +300,19 @@ def _strongest(vec, top: int, name) -> list[tuple[str, float]]:
     return [(name(j), float(vec[j])) for j in idx]
 
 
-def viewer_prune(g: ViewerGraph, node_threshold: float, edge_threshold: float) -> dict:
+def viewer_prune(g: ViewerGraph, node_threshold: float, edge_threshold: float, budget: int | None = None) -> dict:
     """A view of a viewer-JSON graph: nodes with cumulative influence <= node_threshold (when the file gives one;
-    tokens and logits always), then the strongest links among them up to `edge_threshold` of the total |weight|."""
+    tokens and logits always; at most `budget` others, smallest cumulative influence first), then the strongest links
+    among them up to `edge_threshold` of the total |weight|."""
     if not (0 < node_threshold <= 1 and 0 < edge_threshold <= 1):
         raise GlassworkError(f"thresholds must be in (0, 1] (got {node_threshold}, {edge_threshold})")
-    keep = np.array([n.get("feature_type") in ALWAYS or n.get("is_target_logit") or
-                     _num(n.get("influence"), 0.0) <= node_threshold for n in g.nodes], dtype=bool)
+    always = np.array([n.get("feature_type") in ALWAYS or bool(n.get("is_target_logit")) for n in g.nodes], dtype=bool)
+    infl = np.array([_num(n.get("influence"), 0.0) for n in g.nodes], dtype=np.float64)
+    keep = always | (infl <= node_threshold)
+    cand = np.nonzero(keep & ~always)[0]
+    if budget is not None and len(cand) > budget:
+        keep = always.copy()
+        keep[cand[np.argsort(infl[cand], kind="stable")[:budget]]] = True
     sel = np.nonzero(keep[g.src] & keep[g.dst])[0]
     w = np.abs(g.weight[sel])
     if len(sel):
@@ -251,6 +323,9 @@ def viewer_prune(g: ViewerGraph, node_threshold: float, edge_threshold: float) -
     ids = [n["node_id"] for n in g.nodes]
     links = [{"source": ids[s], "target": ids[t], "weight": float(x)}
              for s, t, x in zip(g.src[sel].tolist(), g.dst[sel].tolist(), g.weight[sel].tolist())]
-    meta = {**g.metadata, "node_threshold": node_threshold, "edge_threshold": edge_threshold}
+    kept = keep & ~always
+    info = {**g.metadata.get("info", {}), "max_nodes": budget,
+            "influence_kept": round(float(infl[kept].max()), 4) if kept.any() else 0.0}
+    meta = {**g.metadata, "node_threshold": node_threshold, "edge_threshold": edge_threshold, "info": info}
     return {"metadata": meta, "qParams": dict(g.qparams), "nodes": [n for n, k in zip(g.nodes, keep) if k],
             "links": links}

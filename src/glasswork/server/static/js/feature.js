@@ -26,7 +26,16 @@ export function renderFeature(rec, { onFeature, compact = false } = {}) {
     el("div", {}, el("h3", {}, "Nearest features (decoder)"), neighbours,
       el("h3", {}, "Fires on tokens"), el("div", {}, (rec.top_tokens || []).slice(0, 10).map(([, s, n]) =>
         el("span", { class: "chip" }, `${visible(s)} ×${n}`)))));
-  const top = (rec.top || []).slice(0, compact ? 6 : 12);
+  if (compact) {  // a graph node's panel: the label, a few top contexts, what it promotes and suppresses
+    const chips = (xs, cls) => xs.slice(0, 6).map(([, s, v]) => el("span", { class: `chip ${cls}`, title: v.toFixed(3) }, visible(s)));
+    const few = (rec.top || []).slice(0, 4);
+    return el("div", { class: "feature-page compact" }, head,
+      el("h3", {}, "Top activating contexts"),
+      few.length ? few.map((ex) => context(ex, peak, 16, 6)) : el("div", { class: "muted" }, "never fired on the indexed text"),
+      el("div", { class: "small" }, el("b", {}, "Promotes "), chips(rec.top_logits || [], "w-pos")),
+      el("div", { class: "small" }, el("b", {}, "Suppresses "), chips(rec.bottom_logits || [], "w-neg")));
+  }
+  const top = (rec.top || []).slice(0, 12);
   const contexts = el("div", {}, el("h3", {}, "Top activating contexts"),
     top.length ? top.map((ex) => context(ex, peak)) : el("div", { class: "muted" }, "never fired on the indexed text"));
   const parts = [head, side, contexts];

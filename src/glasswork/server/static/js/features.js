@@ -12,9 +12,22 @@ async function init() {
     : [el("option", { value: "" }, "no feature index here")]));
   if (param("index")) $("index-select").value = param("index");
   $("search-btn").addEventListener("click", search);
+  $("index-select").addEventListener("change", overview);
   $("query").addEventListener("keydown", (e) => { if (e.key === "Enter") search(); });
   if (param("q")) { $("query").value = param("q"); await search(); }
   if (param("feature")) await show(Number(param("feature")));
+  else if (!param("q") && $("index-select").value) await overview();
+}
+
+async function overview() {  // an empty page is no start: the most frequent labelled features of the chosen index
+  const index = $("index-select").value;
+  try {
+    const { features } = await api(`/api/features/top?index=${encodeURIComponent(index)}&limit=30`);
+    $("hits").replaceChildren(...features.map((h) => el("li", { "data-feature": h.feature, onclick: () => show(h.feature) },
+      el("b", {}, `#${h.feature}`), " ", h.label || el("span", { class: "muted" }, "unlabelled"),
+      el("div", { class: "muted small" }, `fires on ${(100 * h.freq).toFixed(2)}% of tokens`))));
+    if (features.length) await show(features[0].feature);
+  } catch (e) { showError($("message"), e); }
 }
 
 async function search() {
@@ -34,9 +47,10 @@ async function search() {
 async function show(f) {
   const index = $("index-select").value;
   try {
-    const rec = await api(`/api/features/${f}?index=${encodeURIComponent(index)}`);
+    const layer = param("layer") != null ? `&layer=${Number(param("layer"))}` : "";
+    const rec = await api(`/api/features/${f}?index=${encodeURIComponent(index)}${layer}`);
     $("page").replaceChildren(renderFeature(rec, { onFeature: show }));
-    history.replaceState(null, "", `/features?index=${encodeURIComponent(index)}&feature=${f}`);
+    history.replaceState(null, "", `/features?index=${encodeURIComponent(index)}&feature=${f}${layer}`);
   } catch (e) { showError($("page"), e); }
 }
 
