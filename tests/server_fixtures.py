@@ -42,7 +42,7 @@ def sparse_coder(m, kind: str, layer: int, d_sae: int, seed: int):
 
 
 def build_workdir(root: Path) -> dict:
-    """root/tc (a transcoder set; layer 1 indexed), root/sae (indexed, labelled), root/graphs/france.safetensors,
+    """root/tc (a transcoder set; every layer indexed in one pass), root/sae (indexed, labelled), root/graphs/france.safetensors,
     root/directions/up. Returns the pieces for reference computations."""
     m = tiny_text_model()
     tcs = {layer: sparse_coder(m, "transcoder", layer, 64, seed=layer) for layer in range(m.n_layers)}
@@ -50,8 +50,8 @@ def build_workdir(root: Path) -> dict:
     sae = sparse_coder(m, "sae", 0, 48, seed=7)
     gw.save_dictionary(sae, root / "sae")
     stats = StatsConfig(top_k=6, n_quantiles=3, per_quantile=2, n_zero=2)
-    for d, folder in ((sae, root / "sae"), (tcs[1], root / "tc" / "layer_01")):
-        gw.build_index(m, d, texts=TEXTS, path=folder / "features.sqlite", n_contexts=24, ctx_len=16, cfg=stats)
+    gw.build_index(m, sae, texts=TEXTS, path=root / "sae" / "features.sqlite", n_contexts=24, ctx_len=16, cfg=stats)
+    gw.features.build_set_index(m, root / "tc", texts=TEXTS, n_contexts=24, ctx_len=16, cfg=stats)  # every layer
     index = gw.FeatureIndex(root / "sae")
     live = index.live_features()
     index.set_label(live[0], "test", "weather and rain words", scores={"detection": 0.8, "detection_baseline": 0.5})

@@ -190,3 +190,119 @@ def test_index_page(server, page):
     page.wait_for_selector("#graphs a")
     assert page.locator("#dicts a", has_text="sae").count() == 1
     shot(page, shots, "index")
+
+
+def boxes_intersect(boxes) -> list:
+    """Pairs of [left, top, right, bottom] screen boxes that overlap."""
+    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]]
+
+
+def test_readable_view_search_suggestions_subgraph_and_inline_ablation(server, page):
+    url, root, parts, shots = server
+    from glasswork.circuits import Edit, intervene_logits
+    from server_fixtures import PROMPT
+    g = parts["graph"]
+    (root / "graphs" / "france.state.json").unlink(missing_ok=True)  # no pins or groups from other tests
+    page.goto(f"{url}/graph?name=france")
+    page.wait_for_selector("svg#nodes circle.node")
+    page.fill("#budget", "12")
+    page.dispatch_event("#budget", "change")
+    page.wait_for_function("document.getElementById('counts').textContent.includes('influence')")
+    view = json.loads(page.evaluate("fetch('/api/graphs/france/view?budget=12').then(r => r.text())"))
+    inner = [n for n in view["nodes"] if n["feature_type"] not in ("embedding", "logit")]
+    assert len(inner) <= 12 and page.locator("svg#nodes .node").count() == len(view["nodes"])
+    assert "keeps" in page.inner_text("#counts")
+    labels = page.eval_on_selector_all("text.logit-label", "els => els.map(e => { const r = e.getBoundingClientRect();"
+                                       " return [r.left, r.top, r.right, r.bottom]; })")
+    assert len(labels) == g.n_logits and not boxes_intersect(labels)
+    assert page.locator("text.node-label").count() > 0  # features drawn with their labels
+    # search: by layer, then Enter opens the first hit
+    page.fill("#search", "L1")
+    n_l1 = sum(1 for n in view["nodes"] if n["layer"] == "1")
+    page.wait_for_function(f"document.getElementById('search-count').textContent === '{n_l1} found'")
+    assert page.locator("svg#nodes .node.hit").count() == n_l1
+    page.press("#search", "Enter")
+    page.wait_for_selector("#side h3:has-text('Strongest inputs')")
+    page.fill("#search", "")
+    page.dispatch_event("#search", "input")
+    # a feature node: its label, a top context from its layer's index, and the inline ablation
+    feat = min((n for n in inner if n["feature_type"] not in ("mlp reconstruction error",) and n["layer"] == "0"),
+               key=lambda n: n["influence"])
+    page.locator(f'svg#nodes [data-id="{feat["node_id"]}"]').click()
+    page.wait_for_selector("#node-feature .ctx")
+    assert page.inner_text("#side h2").strip() and not page.inner_text("#side h2").startswith("L0 #")
+    assert page.locator("#feature-link").count() == 1
+    shot(page, shots, "graph-node-panel")
+    page.click("#ablate-btn")
+    page.select_option("#iv-mode", "frozen")
+    page.fill("#iv-generate", "3")
+    page.click("#iv-run")
+    page.wait_for_selector("#iv-table")
+    shown = page.eval_on_selector_all("#iv-table td[data-change]", "els => els.map(e => Number(e.dataset.change))")
+    layer, f, pos = map(int, feat["node_id"].split("_"))
+    want = intervene_logits(parts["model"], parts["transcoders"], PROMPT, [Edit(layer, f, [pos], 0.0)], mode="frozen")
+    assert shown == pytest.approx(want["change"], abs=1e-5)
+    shot(page, shots, "graph-intervention")
+    # suggested supernodes: accept one, it is saved, and a reload shows it
+    page.click("#suggest-btn")
+    page.wait_for_selector(".suggestion")
+    name = page.input_value(".suggestion .sugg-name")
+    page.click(".suggestion .accept")
+    page.wait_for_selector(f".supernode:has-text('{name}')")
+    state_file = root / "graphs" / "france.state.json"
+    for _ in range(50):
+        if state_file.exists() and json.loads(state_file.read_text())["supernodes"]:
+            break
+        time.sleep(0.1)
+    assert json.loads(state_file.read_text())["supernodes"][0][0] == name
+    page.reload()
+    page.wait_for_selector(f".supernode:has-text('{name}')")
+    page.click("#subgraph-btn")
+    page.wait_for_selector(".sg-node")
+    assert page.locator(".sg-node").count() == len(json.loads(state_file.read_text())["supernodes"])
+    shot(page, shots, "graph-subgraph")
+    # ten concurrent saves leave one whole, valid state file
+    page.evaluate("""() => Promise.all([...Array(10).keys()].map(i => fetch('/api/graphs/france/state', {method: 'PUT',
+        headers: {'Content-Type': 'application/json'}, body: JSON.stringify({pinnedIds: [], names: {},
+        supernodes: [['s' + i, 'a' + i, 'b' + i]], clickedId: ''})})))""")
+    final = json.loads(state_file.read_text())
+    assert len(final["supernodes"]) == 1 and final["supernodes"][0][0] in {f"s{i}" for i in range(10)}
+    state_file.unlink()
+
+
+def test_large_graph_interactions_answer_within_a_second(server, page):
+    """A 10k-node / 1M-edge graph: once the server has it in memory, loading the view, clicking a node, searching
+    and moving the pruning slider each answer in under a second in the browser."""
+    import torch
+
+    from server_fixtures import synthetic_graph
+    url, root, parts, shots = server
+    synthetic_graph().save(root / "graphs" / "big.safetensors", dtype=torch.float32)
+    page.goto(f"{url}/graph?name=france")
+    page.wait_for_selector("svg#nodes circle.node")
+    page.evaluate("fetch('/api/graphs/big/view?budget=100').then(r => r.json())")  # the server loads it once
+    timings = {}
+    t0 = time.perf_counter()
+    page.goto(f"{url}/graph?name=big")
+    page.wait_for_function("document.getElementById('counts').textContent.includes('of 10000 nodes')")
+    timings["load view"] = time.perf_counter() - t0
+    node = page.eval_on_selector_all("svg#nodes circle.node", "els => els.map(e => e.dataset.id)")
+    feat = next(n for n in node if n[0].isdigit() and not n.startswith("4_"))
+    t0 = time.perf_counter()
+    page.locator(f'svg#nodes [data-id="{feat}"]').click()
+    page.wait_for_selector("#side h3:has-text('Strongest inputs')")
+    timings["click node"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    page.fill("#search", "L2")
+    page.wait_for_function("document.getElementById('search-count').textContent.endsWith('found')")
+    timings["search"] = time.perf_counter() - t0
+    before = page.inner_text("#counts")
+    t0 = time.perf_counter()
+    page.evaluate("""() => { const s = document.getElementById('node-threshold'); s.value = 0.5;
+                             s.dispatchEvent(new Event('input')); }""")
+    page.wait_for_function(f"document.getElementById('counts').textContent !== {json.dumps(before)}")
+    timings["slider"] = time.perf_counter() - t0 - 0.25  # the page waits 250 ms for the slider to rest
+    print("10k-node graph in the browser:", {k: round(v, 3) for k, v in timings.items()})
+    assert all(v < 1.0 for v in timings.values()), timings
+    (root / "graphs" / "big.safetensors").unlink()

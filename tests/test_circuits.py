@@ -304,3 +304,22 @@ def test_default_model_target_errors(default_model):
         attribute(m, tcs, "The capital of France is", target=" Parisxyzzy")
     g = attribute(m, tcs, "The capital of France is", target=" Paris- London")
     assert g.n_logits == 1 and g.meta["logit_labels"] == [" Paris- London"]
+
+
+def test_supernode_clustering_finds_planted_groups():
+    """Rows built as two planted directions plus noise (and one loner) come back as those two groups; positions
+    split groups; names come from the labels most members share."""
+    from glasswork.circuits.supernodes import cluster_profiles, name_group, suggest
+    g = torch.Generator().manual_seed(0)
+    a, b, c = torch.randn(3, 40, generator=g)
+    rows = torch.stack([a + 0.1 * torch.randn(40, generator=g) for _ in range(3)] +
+                       [b + 0.1 * torch.randn(40, generator=g) for _ in range(2)] + [c])
+    assert cluster_profiles(rows, 0.8) == [[0, 1, 2], [3, 4], [5]]
+    assert cluster_profiles(rows, 1.01) == [[i] for i in range(6)]
+    ids = [f"{i}_{i}_0" for i in range(6)]
+    labels = ['fires on " Paris", " France"'] * 2 + ['fires on " city"', "", "", ""]
+    found = suggest(ids, [0, 0, 0, 1, 1, 1], [3, 4, 6, 2, 2, 9], rows, labels, ["a", " b"], min_similarity=0.8)
+    assert [s["node_ids"] for s in found] == [ids[:3], ids[3:5]] or [s["node_ids"] for s in found] == [ids[3:5], ids[:3]]
+    by_pos = {s["position"]: s for s in found}
+    assert by_pos[0]["name"] == "Paris L3-6" and by_pos[1]["name"] == "@b L2"
+    assert name_group(["x", "y"], [1, 1], " is") == "@is L1"

@@ -402,3 +402,56 @@ def test_cli_build_show_label_fires_on_the_default_model(small_sae, tmp_path):
     out = run("fires", str(d), "--text", "The capital of France is Paris", "--json")
     rows = json.loads(out.stdout)["tokens"]
     assert [r["token"] for r in rows][-1] == " Paris" and len(rows[0]["features"]) == 5
+
+
+def test_set_and_clt_indexes_in_one_pass_equal_brute_force(tmp_path):
+    """A transcoder set and a CLT: one pass writes one index per layer; each layer's counts, maxima and top contexts
+    equal the brute-force activations of that layer's encoder (a set member indexed alone gives the same file)."""
+    model = make_tiny("llama")
+    ctx = tiny_contexts(model, n=24)
+    stats = StatsConfig(top_k=4, n_quantiles=2, per_quantile=2, n_zero=2)
+    hooks = [f"blocks.{layer}.ln2.hook_normalized" for layer in range(model.n_layers)]
+    tcs = {}
+    for layer, hook in enumerate(hooks):
+        cfg = gw.DictionaryConfig(kind="transcoder", d_in=model.d_model, d_sae=20, d_out=model.d_model,
+                                  activation="relu", layer=layer, model=model.name, hook_in=hook,
+                                  hook_out=f"blocks.{layer}.hook_mlp_out")
+        tcs[layer] = gw.SparseCoder(cfg)
+        tcs[layer].reset_parameters(seed=layer)
+    gw.save_set({f"layer_{layer:02d}": d for layer, d in tcs.items()}, tmp_path / "set")
+    paths = gw.features.build_set_index(model, tmp_path / "set", ctx, cfg=stats, batch_size=5)
+    assert paths == [tmp_path / "set" / f"layer_{layer:02d}" / "features.sqlite" for layer in tcs]
+    clt_cfg = gw.DictionaryConfig(kind="clt", d_in=model.d_model, d_sae=16, d_out=model.d_model, activation="relu",
+                                  n_layers=model.n_layers, model=model.name, hook_in=hooks,
+                                  hook_out=[f"blocks.{layer}.hook_mlp_out" for layer in tcs])
+    clt = gw.CrossLayerTranscoder(clt_cfg)
+    clt.reset_parameters(seed=5)
+    gw.save_dictionary(clt, tmp_path / "clt")
+    clt_paths = gw.features.build_set_index(model, tmp_path / "clt", ctx, cfg=stats, batch_size=5)
+    assert clt_paths == [gw.features.layer_index_path(tmp_path / "clt", layer) for layer in tcs]
+    with torch.no_grad():
+        _, cache = gw.capture(model, ctx, hooks)
+        x = torch.stack([cache[h] for h in hooks], dim=2)  # [n, S, L, d]
+        clt_acts = clt.encode(x).double()  # [n, S, L, F]
+        for layer in tcs:
+            for acts, path in ((tcs[layer].encode(cache[hooks[layer]]).double(), paths[layer]),
+                               (clt_acts[:, :, layer], clt_paths[layer])):
+                acts[ctx == model.bos_token_id] = 0
+                ix = FeatureIndex(path)
+                assert ix.meta["layer"] == layer and ix.meta["indexed_together"] == len(tcs)
+                rows = {f: (n, m) for f, n, m in ix.db.execute("SELECT feature, n_fired, max_act FROM features")}
+                fired = (acts > 0).flatten(0, 1).sum(0)
+                peak = acts.flatten(0, 1).max(0).values
+                for f in range(acts.shape[-1]):
+                    assert rows[f][0] == int(fired[f])
+                    assert rows[f][1] == pytest.approx(float(peak[f]), rel=1e-5, abs=1e-6)
+                f = int(fired.argmax())
+                best = acts[..., f].max(1).values.argsort(descending=True)[:4].tolist()
+                assert sorted(e["ctx"] for e in ix.examples(f, "top")) == sorted(best)
+    alone = build_index(model, tcs[1], ctx, path=tmp_path / "alone.sqlite", cfg=stats, batch_size=5)
+    a, b = FeatureIndex(alone), FeatureIndex(paths[1])
+    assert a.db.execute("SELECT * FROM features").fetchall() == b.db.execute("SELECT * FROM features").fetchall()
+    with pytest.raises(gw.GlassworkError, match="build_set_index"):
+        build_index(model, tmp_path / "set", ctx)
+    with pytest.raises(gw.GlassworkError, match="transcoders"):
+        gw.features.build_set_index(model, tmp_path / "set" / "layer_00", ctx)

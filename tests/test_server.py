@@ -42,16 +42,99 @@ def test_pages_and_static(env):
 def test_view_equals_circuits_api(env):
     c, _, parts = env
     g = parts["graph"]
-    for nt, et in ((0.8, 0.98), (0.5, 0.9)):
-        v = c.get("/api/graphs/france/view", params={"node_threshold": nt, "edge_threshold": et}).json()
-        ref = g.view(nt, et)
+    for nt, et, budget in ((0.8, 0.98, 0), (0.5, 0.9, 0), (0.8, 0.98, 12), (1.0, 1.0, 5)):
+        v = c.get("/api/graphs/france/view", params={"node_threshold": nt, "edge_threshold": et,
+                                                      "budget": budget}).json()
+        ref = g.view(nt, et, max_nodes=budget or None)
         assert {n["node_id"] for n in v["nodes"]} == {n["node_id"] for n in ref["nodes"]}
         got = {(x["source"], x["target"]): x["weight"] for x in v["links"]}
         want = {(x["source"], x["target"]): x["weight"] for x in ref["links"]}
         assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-6 for k in want)
         assert v["metadata"]["prompt"] == PROMPT
-    small = c.get("/api/graphs/france/view", params={"node_threshold": 0.3}).json()
-    assert len(small["nodes"]) < len(c.get("/api/graphs/france/view").json()["nodes"])
+    small = c.get("/api/graphs/france/view", params={"node_threshold": 0.3, "budget": 0}).json()
+    assert len(small["nodes"]) < len(c.get("/api/graphs/france/view", params={"budget": 0}).json()["nodes"])
+
+
+def test_budgeted_view_keeps_the_most_influential_and_says_how_much(env):
+    c, _, parts = env
+    g = parts["graph"]
+    infl = g.node_influence()
+    inner = ((g.node_kind == 0) | (g.node_kind == 1)).nonzero().flatten()  # features and errors
+    ids = [g.node_id(i) for i in range(g.n_nodes)]
+    for budget in (3, 10, 40):
+        v = c.get("/api/graphs/france/view", params={"node_threshold": 1.0, "edge_threshold": 1.0,
+                                                      "budget": budget}).json()
+        shown = {n["node_id"] for n in v["nodes"] if n["feature_type"] not in ("embedding", "logit")}
+        top = inner[infl[inner].argsort(descending=True)[:budget]]
+        assert len(shown) <= budget and shown <= {ids[i] for i in top.tolist()}  # the strongest (minus edgeless)
+        kept = [i for i in inner.tolist() if ids[i] in shown]
+        want = float(infl[kept].sum() / infl[inner].sum())
+        assert v["metadata"]["info"]["influence_kept"] == pytest.approx(want, abs=1e-4)
+        assert all(n.get("clerp") for n in v["nodes"])  # every node drawn with a label
+    # every transcoder layer of the fixture is indexed: feature nodes carry a label made from the index, and stored
+    v = c.get("/api/graphs/france/view", params={"budget": 0}).json()
+    feats = [n for n in v["nodes"] if n["feature_type"] not in ("embedding", "logit", "mlp reconstruction error")]
+    index = {layer: gw.FeatureIndex(env[1] / "tc" / f"layer_{layer:02d}") for layer in (0, 1)}
+    for n in feats:
+        layer, f = int(n["layer"]), int(n["node_id"].split("_")[1])
+        stored = index[layer].labels().get(f)
+        assert n["clerp"] == (stored or f"L{layer} #{f}")
+    assert sum(1 for n in feats if not n["clerp"].startswith("L")) > len(feats) // 2
+
+
+def test_subgraph_edges_are_the_adjacency_and_supernodes_sum_them(env):
+    c, _, parts = env
+    g = parts["graph"]
+    dense = g.dense()  # [target, source]
+    ids = [g.node_id(i) for i in range(g.n_nodes)]
+    feats = [i for i in range(g.n_features)]
+    l0 = [i for i in feats if int(g.node_layer[i]) == 0][:3]
+    l1 = [i for i in feats if int(g.node_layer[i]) == 1][:2]
+    logit = g.n_nodes - g.n_logits
+    body = {"nodes": [ids[i] for i in l1] + [ids[logit]], "supernodes": [["low", *[ids[i] for i in l0]]]}
+    r = c.post("/api/graphs/france/subgraph", json=body).json()
+    got = {(x["source"], x["target"]): x["weight"] for x in r["links"]}
+    for t in l1 + [logit]:
+        want = float(dense[t, l0].sum())
+        if want != 0:
+            assert got[("super:low", ids[t])] == pytest.approx(want, rel=1e-5, abs=1e-7)
+        for s_ in l1:
+            if dense[t, s_] != 0:
+                assert got[(ids[s_], ids[t])] == pytest.approx(float(dense[t, s_]), rel=1e-6)
+    assert r["members"] == {"super:low": [ids[i] for i in l0]}
+    assert {n["node_id"] for n in r["nodes"]} == {*body["nodes"], *[ids[i] for i in l0]}
+    assert c.post("/api/graphs/france/subgraph", json={"nodes": ["9_9_9"]}).status_code == 404
+
+
+def test_supernode_suggestions_group_features_at_one_position(env):
+    c, _, parts = env
+    r = c.get("/api/graphs/france/suggestions", params={"budget": 0, "min_similarity": 0.2}).json()
+    v = c.get("/api/graphs/france/view", params={"budget": 0}).json()
+    pos = {n["node_id"]: n["ctx_idx"] for n in v["nodes"]}
+    assert r["suggestions"], r
+    seen = set()
+    for sg in r["suggestions"]:
+        assert len(sg["node_ids"]) >= 2 and {pos[n] for n in sg["node_ids"]} == {sg["position"]}
+        assert not seen & set(sg["node_ids"]) and sg["similarity"] >= 0.2 and sg["name"]
+        seen |= set(sg["node_ids"])
+
+
+def test_inline_intervention_equals_the_python_api(env):
+    c, root, parts = env
+    from glasswork.circuits import Edit, intervene_logits
+    g, m, tcs = parts["graph"], parts["model"], parts["transcoders"]
+    picks = [i for i in range(g.n_features)][:2]
+    ids = [g.node_id(i) for i in picks]
+    edits = [Edit(int(g.node_layer[i]), int(g.node_index[i]), [int(g.node_pos[i])], 0.0) for i in picks]
+    for mode in ("frozen", "free"):
+        r = c.post("/api/graphs/france/intervene", json={"node_ids": ids, "value": 0, "mode": mode, "generate": 3})
+        assert r.status_code == 200, r.text
+        want = intervene_logits(m, tcs, PROMPT, edits, mode=mode)
+        assert r.json()["tokens"] == want["tokens"]
+        assert r.json()["change"] == pytest.approx(want["change"], abs=1e-5)
+        assert isinstance(r.json()["generated"], str) and isinstance(r.json()["plain"], str)
+    bad = c.post("/api/graphs/france/intervene", json={"node_ids": ["err_0_1"], "value": 0})
+    assert bad.status_code == 400 and "feature node" in bad.json()["detail"]
 
 
 def test_node_details_are_the_strongest_adjacency_entries(env):
@@ -134,6 +217,13 @@ def test_features_search_and_page(env):
     assert c.get("/api/features/100000", params={"index": "sae"}).status_code == 400
     assert c.get("/api/features/1", params={"index": "../etc"}).status_code == 404
     assert c.get("/api/features/1", params={"index": "tc"}).status_code == 404  # a set has no index of its own
+    one = gw.FeatureIndex(root / "tc" / "layer_01")  # ... but each layer has: by the set and layer, or the member
+    f1 = one.live_features()[0]
+    for params in ({"index": "tc", "layer": 1}, {"index": "tc/layer_01"}):
+        assert c.get(f"/api/features/{f1}", params=params).json()["max_act"] == one.feature(f1)["max_act"]
+    top = c.get("/api/features/top", params={"index": "sae", "limit": 5}).json()["features"]
+    assert top[0]["feature"] == f and top[0]["label"] == "weather and rain words"  # labelled first
+    assert all(t["freq"] > 0 for t in top)
 
 
 def test_steer_equals_python_api(env):
@@ -233,7 +323,7 @@ def test_big_graph_view_is_capped_and_fast(tmp_path):
     del g
     c = TestClient(create_app(root, max_nodes=1500, max_links=8000))
     t0 = time.perf_counter()
-    r = c.get("/api/graphs/big/view", params={"node_threshold": 0.95, "edge_threshold": 0.99})
+    r = c.get("/api/graphs/big/view", params={"node_threshold": 0.95, "edge_threshold": 0.99, "budget": 0})
     cold = time.perf_counter() - t0
     v = r.json()
     assert r.status_code == 200
@@ -244,7 +334,7 @@ def test_big_graph_view_is_capped_and_fast(tmp_path):
     kept = {n["node_id"] for n in v["nodes"]}
     assert all(x["source"] in kept and x["target"] in kept for x in v["links"])
     t0 = time.perf_counter()
-    again = c.get("/api/graphs/big/view", params={"node_threshold": 0.95, "edge_threshold": 0.99})
+    again = c.get("/api/graphs/big/view", params={"node_threshold": 0.95, "edge_threshold": 0.99, "budget": 0})
     warm = time.perf_counter() - t0
     assert again.json()["links"] == v["links"] and warm < 1.0
     t0 = time.perf_counter()

@@ -105,7 +105,7 @@ function layout() {
   const spare = (box.width - 2 * PAD) / colW.reduce((a, b) => a + b, 0);
   colW = colW.map((w) => w * spare);  // the graph fits the width: wide cells squeeze their slots (labels cut shorter)
   const squeeze = Math.min(1, spare);
-  S.rowH = Math.max(18, Math.min(ROW, (box.height - 2 * PAD - 70) / Math.max(1, rows.length)));
+  S.rowH = Math.max(12, Math.min(ROW, (box.height - 2 * PAD - 70) / Math.max(1, rows.length)));
   const colX = []; let x = PAD;
   for (const w of colW) { colX.push(x); x += w; }
   S.colX = colX; S.colW = colW; S.rows = rows;
