@@ -48,6 +48,10 @@ def test_quick_demo_outputs_load(demo_run, default_model):
     ix = gw.FeatureIndex(out / "sae-l15" / "features.sqlite")
     assert ix.d_sae == sae.d_sae and len(ix.live_features()) == stages["features"]["live"] > 0
     assert len(ix.labels("builtin")) == stages["features"]["labelled"] > 0
+    # every transcoder layer has its own index, from one pass
+    paths = [gw.features.layer_index_path(out / "transcoders", layer) for layer in range(30)]
+    assert all(p.exists() for p in paths) and stages["features"]["transcoders"]["indexes"] == 30
+    assert sum(len(gw.FeatureIndex(p).live_features()) for p in paths) == stages["features"]["transcoders"]["live"]
 
     for name, prompt in (("france", "The capital of France is"),
                          ("mary-john", "When Mary and John went to the store, John gave a drink to")):
@@ -56,6 +60,9 @@ def test_quick_demo_outputs_load(demo_run, default_model):
         view = g.view(0.8, 0.98)
         rec = stages["graphs"]["graphs"][name]
         assert (len(view["nodes"]), len(view["links"])) == (rec["nodes"], rec["edges"])
+        first = g.view(0.8, 0.98, max_nodes=100)  # the viewer's first view: at most 100 features and errors
+        assert len(first["nodes"]) == rec["view_nodes"] and sum(
+            n["feature_type"] not in ("embedding", "logit") for n in first["nodes"]) <= 100
     # the graph's top target is the model's own top next token
     france = gw.load_graph(out / "graphs" / "france.safetensors")
     top = default_model.logits(default_model.tokenize("The capital of France is"))[0, -1].argmax().item()
@@ -108,6 +115,16 @@ def test_demo_opens_in_the_browser(demo_run):
     last = len(view["metadata"]["prompt_tokens"]) - 1
     feats = [n for n in view["nodes"] if n["feature_type"] == "transcoder" and n["ctx_idx"] == last]
     node = min(feats, key=lambda n: n["influence"])["node_id"]  # at " is"; cumulative influence: smallest = most
+    from fastapi.testclient import TestClient
+    api = TestClient(create_app(out))
+    for name in ("france", "mary-john"):  # every feature node of the first views: a label and a top context
+        v = api.get(f"/api/graphs/{name}/view").json()
+        for n in v["nodes"]:
+            if n["feature_type"] in ("embedding", "logit", "mlp reconstruction error"):
+                continue
+            d = api.get(f"/api/graphs/{name}/node/{n['node_id']}").json()
+            assert d["node"]["clerp"] and not d["node"]["clerp"].startswith(f"L{n['layer']} #"), d["node"]
+            assert d["feature"] is not None and d["feature"]["top"], n["node_id"]
     try:
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -116,10 +133,28 @@ def test_demo_opens_in_the_browser(demo_run):
             pg.on("pageerror", lambda e: errors.append(str(e)))
             pg.goto(f"http://127.0.0.1:{port}/graph?name=france")
             pg.wait_for_selector("svg#nodes circle.node")
+            pg.wait_for_function("document.getElementById('counts').textContent.includes('influence')")
+            time.sleep(0.3)
+            first_png = shot(pg, shots, "demo-graph-default")
+            drawn = pg.eval_on_selector_all("svg#nodes .node", "els => els.map(e => e.dataset.id)")
+            assert sum(not (i.startswith("E_") or i.startswith("30_")) for i in drawn) <= 100
+            labels = pg.eval_on_selector_all("text.logit-label", "els => els.map(e => { const r = "
+                                             "e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })")
+            from test_browser import boxes_intersect
+            assert labels and not boxes_intersect(labels)
             pg.locator(f'svg#nodes [data-id="{node}"]').click()
-            pg.wait_for_selector("#side h3:has-text('Strongest inputs')")
+            pg.wait_for_selector("#node-feature .ctx")
+            assert not pg.inner_text("#side h2").startswith("L")
             time.sleep(0.3)
             graph_png = shot(pg, shots, "demo-graph-viewer")
+            # the inline ablation shows what `glasswork intervene` prints for the same node
+            pg.click("#ablate-btn")
+            pg.select_option("#iv-mode", "frozen")
+            pg.fill("#iv-generate", "0")
+            pg.click("#iv-run")
+            pg.wait_for_selector("#iv-table", timeout=120_000)
+            shown = pg.eval_on_selector_all("#iv-table td[data-change]", "els => els.map(e => Number(e.dataset.change))")
+            shot(pg, shots, "demo-graph-intervention")
             pg.goto(f"http://127.0.0.1:{port}/features?index=sae-l15&feature={feature}")
             pg.wait_for_selector("#page .ctx span.t")
             assert ix.labels("builtin")[feature] in pg.inner_text("#page")
@@ -129,7 +164,15 @@ def test_demo_opens_in_the_browser(demo_run):
     finally:
         srv.should_exit = True
         thread.join(5)
+    layer, f, pos = node.split("_")
+    cli = str(Path(sys.executable).parent / "glasswork")
+    r = subprocess.run([cli, "intervene", "--prompt", "The capital of France is", "--dictionary",
+                        str(out / "transcoders"), "--feature", f"{layer}:{f}:{pos}", "--value", "0", "--mode", "frozen",
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert shown == pytest.approx(json.loads(r.stdout.strip().splitlines()[-1])["change"], abs=1e-4)
     target = os.environ.get("GLASSWORK_README_IMAGES")
     if target:
+        shutil.copy(first_png, Path(target) / "graph-default.png")
         shutil.copy(graph_png, Path(target) / "graph-viewer.png")
         shutil.copy(feature_png, Path(target) / "feature-page.png")

@@ -305,8 +305,9 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     a = _load_trained(out, extra).state_dict()
     b = _load_trained(tmp_path / "straight", extra).state_dict()
     for name in b:
-        assert (a[name] - b[name]).abs().max() <= 1e-6, name
+        assert torch.equal(a[name], b[name]), name  # bit for bit
     assert _load_trained(out, extra).cfg.tokens_seen == 64 * 30
+    assert _load_trained(out, extra).cfg.training["precision_used"] == gw.precision.resolve("auto")
     assert _load_trained(out, extra).cfg.training["matryoshka"] == extra.get("matryoshka", [])
 
 
@@ -518,3 +519,78 @@ def test_model_source_mix_shuffles_within_blocks_and_resumes_exactly(default_mod
     assert torch.equal(resumed[0], b[6]) and torch.equal(resumed[1], b[7])
     with pytest.raises(GlassworkError, match="mix must be at least 1"):
         ModelSource(m, texts, hooks, batch_size=15, ctx=16, mix=0)
+
+
+LOAD_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_training import _data, _cfg
+from glasswork.training import TensorSource, train
+train(_cfg(tokens=64 * 20, checkpoint_every=0), TensorSource({{"h": _data()}}, 64), {out!r})
+"""
+
+
+def test_same_command_idle_and_under_cpu_load_gives_identical_weights(tmp_path):
+    """The precision comes from the hardware, not a timing: a run beside a CPU-burning process equals an idle one."""
+    env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    env.pop("GLASSWORK_BF16", None)
+
+    def run(out):
+        script = LOAD_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
+        assert subprocess.run([sys.executable, "-c", script], env=env, timeout=300).returncode == 0
+        return load(out)
+
+    idle = run(tmp_path / "idle")
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        busy = run(tmp_path / "busy")
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    for name, t in idle.state_dict().items():
+        assert torch.equal(t, busy.state_dict()[name]), name
+    assert idle.cfg.training["precision_used"] == busy.cfg.training["precision_used"] == gw.precision.resolve("auto")
+
+
+def test_precision_is_read_from_the_hardware(monkeypatch):
+    from glasswork import precision
+    monkeypatch.delenv("GLASSWORK_BF16", raising=False)
+    for flags, want in (({"avx2", "fma"}, "fp32"), ({"avx2", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16")):
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: flags)
+        precision.bf16_is_fast.cache_clear()
+        assert precision.resolve("auto", "cpu") == want and precision.resolve("fp32", "cpu") == "fp32"
+    monkeypatch.setenv("GLASSWORK_BF16", "1")
+    precision.bf16_is_fast.cache_clear()
+    assert precision.resolve("auto") == "bf16"
+    precision.bf16_is_fast.cache_clear()
+    with pytest.raises(GlassworkError, match="precision"):
+        TrainConfig(hooks=["h"], precision="fp16")
+
+
+def test_resume_keeps_the_recorded_precision(tmp_path):
+    src = TensorSource({"h": _data()}, 64)
+    out = tmp_path / "o"
+
+    class Stop(Exception):
+        pass
+
+    from glasswork.training import trainer as tr
+    real = tr.Trainer._checkpoint
+
+    def once(self):
+        real(self)
+        raise Stop
+
+    tr.Trainer._checkpoint = once
+    try:
+        with pytest.raises(Stop):
+            train(_cfg(tokens=64 * 10, checkpoint_every=3, precision="fp32"), src, out)
+    finally:
+        tr.Trainer._checkpoint = real
+    from glasswork.training.checkpoint import load_checkpoint
+    assert load_checkpoint(out / "checkpoint.safetensors")[1]["precision"] == "fp32"
+    with pytest.raises(GlassworkError, match="trained in fp32"):
+        train(_cfg(tokens=64 * 10, checkpoint_every=3, precision="bf16"), src, out, resume=True)
+    train(_cfg(tokens=64 * 10, checkpoint_every=3), src, out, resume=True)  # auto: the recorded fp32
+    assert load(out).cfg.training["precision_used"] == "fp32"

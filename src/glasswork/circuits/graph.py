@@ -190,6 +190,10 @@ class Graph:
             "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
             "nodes": nodes, "links": links}
 
+    def out_edges(self, nodes: list[int]) -> torch.Tensor:
+        """Each node's direct effects on every target row of the graph: [len(nodes), n_rows] float32."""
+        return self.adjacency[:, torch.tensor(nodes, dtype=torch.long)].T.float()
+
     def influence_kept(self, node_mask: torch.Tensor) -> float:
         """The share of the influence of all features and errors on the targets carried by those in `node_mask`."""
         infl = self.node_influence()

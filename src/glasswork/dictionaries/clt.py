@@ -75,7 +75,7 @@ class CrossLayerTranscoder(nn.Module):
         return self.activate(self.pre_acts(x))
 
     def encode_layer(self, x: torch.Tensor, layer: int) -> torch.Tensor:
-        """One layer's features from that layer's input alone: x [..., d_in] -> [..., F] (= encode(.)[..., layer, :])."""
+        """One layer's features from its own input: x [..., d_in] -> [..., F] (= encode(.)[..., layer, :])."""
         return self.activate(x @ self.W_enc[layer] + self.b_enc[layer], layer)
 
     def writes(self, layer: int) -> torch.Tensor:

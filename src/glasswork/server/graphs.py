@@ -268,7 +268,7 @@ class GraphStore:
             for j in np.nonzero(np.isin(g.src, pos))[0]:
                 out[where[int(g.src[j])], g.dst[j]] += g.weight[j]
             return torch.from_numpy(out)
-        return g.adjacency[:, torch.tensor(pos, dtype=torch.long)].T.float()
+        return g.out_edges(pos)
 
     def subgraph(self, name: str, node_ids: list[str], supernodes: list[list[str]]) -> dict:
         """Pinned nodes and supernodes as one small graph: a supernode is one node whose edges are the sums of its

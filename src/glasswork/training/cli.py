@@ -73,6 +73,8 @@ def train_cmd(
     resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
     ctx: int = typer.Option(128, help="Tokens per sequence when reading from the model."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 (auto: bf16 only where the hardware has fast bf16: "
+                                  "AMX / AVX512-BF16 CPUs, bf16 GPUs; recorded, and kept on --resume)."),
     as_json: bool = JSON_OPT,
 ):
     """Train sparse dictionaries (SAEs, transcoders, a CLT) from a store or straight from the model."""
@@ -86,7 +88,8 @@ def train_cmd(
         tc = TrainConfig(kind=kind, arch=arch, hooks=[h for h in hooks.split(",") if h], layers=parse_layers(layers) if layers else [],
                          k=k, expansion=expansion, d_sae=d_sae, tokens=tokens, batch_size=batch_size, lr=lr, skip=skip,
                          window=window, seed=seed, ctx=ctx, device=device, matryoshka=parse_sizes(matryoshka),
-                         skip_fit=skip_fit, freeze_skip=freeze_skip, init=init, init_tokens=init_tokens, mix=mix)
+                         skip_fit=skip_fit, freeze_skip=freeze_skip, init=init, init_tokens=init_tokens, mix=mix,
+                         precision=precision)
         if store is not None:
             from ..data.store import ActivationStore
             source = StoreSource(ActivationStore(store), tc.input_hooks(), batch_size, seed=seed)

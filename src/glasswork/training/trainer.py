@@ -21,7 +21,7 @@ from ..dictionaries.activations import ACTIVATIONS
 from ..dictionaries.coder import KINDS, DictionaryConfig, SparseCoder
 from ..dictionaries.saving import build, save, save_set
 from ..io import GlassworkError
-from ..precision import autocast
+from ..precision import PRECISIONS, autocast, resolve
 from ..progress import progress
 from . import distributed as dist
 from .init import fit_linear, geometric_median, seed_latents_on_tokens
@@ -67,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0  # steps (0: every ~120 s)
     device: str = "cpu"
+    precision: str = "auto"  # auto | fp32 | bf16: matmul precision (auto: bf16 only on hardware with fast bf16)
     model: str = ""
     ctx: int = 128  # model source: tokens per sequence
     mix: int = 1  # model source: batches whose tokens are shuffled together (1: each batch is consecutive tokens)
@@ -76,6 +77,9 @@ class TrainConfig:
             raise GlassworkError(f"train config: unknown kind '{self.kind}' (expected one of {', '.join(KINDS)})")
         if self.arch not in ACTIVATIONS:
             raise GlassworkError(f"train config: unknown arch '{self.arch}' (expected one of {', '.join(ACTIVATIONS)})")
+        if self.precision not in PRECISIONS:
+            raise GlassworkError(f"train config: precision must be one of {', '.join(PRECISIONS)} (got "
+                                 f"'{self.precision}')")
         if self.init not in ("random", "data"):
             raise GlassworkError(f"train config: init must be random or data (got '{self.init}')")
         if (self.skip_fit or self.freeze_skip) and not self.skip:
@@ -221,6 +225,7 @@ class Trainer:
         ckpt = self.out / CHECKPOINT
         if (self.out / "config.json").exists() or (self.out / "set.json").exists():
             raise GlassworkError(f"{self.out} already holds a trained dictionary; choose another --out")
+        self.precision = resolve(tc.precision, tc.device)  # from the hardware; a resume keeps the recorded one
         if resume and ckpt.exists():
             self._restore(ckpt)
         elif ckpt.exists():
@@ -299,6 +304,11 @@ class Trainer:
         self.step, self.skipped = meta["step"], meta["skipped"]
         self.window_tokens, self.scale = meta["window_tokens"], meta["scale"]
         self.recent = meta["recent"]
+        recorded = meta.get("precision", self.precision)  # older checkpoints did not record it
+        if self.tc.precision != "auto" and self.tc.precision != recorded:
+            raise GlassworkError(f"{path}: checkpoint trained in {recorded}, this run asks for precision "
+                                 f"{self.tc.precision}; resume with the same precision or choose another --out")
+        self.precision = recorded
 
     def _checkpoint(self) -> None:
         if not dist.is_main():
@@ -311,7 +321,8 @@ class Trainer:
             tensors[f"track.{u.name}.fire_count"] = self.fire_count[i]
             tensors[f"track.{u.name}.thresholds"] = torch.tensor(self.thresholds[u.name], dtype=torch.float64)
         meta = {"step": self.step, "skipped": self.skipped, "window_tokens": self.window_tokens, "scale": self.scale,
-                "recent": self.recent, "train_config": asdict(self.tc), "glasswork_version": __version__}
+                "recent": self.recent, "train_config": asdict(self.tc), "precision": self.precision,
+                "glasswork_version": __version__}
         save_checkpoint(self.out / CHECKPOINT, tensors, meta)
 
     # --- the loop --------------------------------------------------------------------------------------------
@@ -333,7 +344,7 @@ class Trainer:
         self.opt.lr = lr
         total = 0.0
         stats = {}
-        with autocast(tc.device):
+        with autocast(tc.device, self.precision):
             for i, u in enumerate(self.units):
                 d = u.dictionary
                 x = _stack(batch, u.x_hooks, self.scale).to(tc.device)
@@ -433,7 +444,8 @@ class Trainer:
             folded.cfg.tokens_seen = self.step * tc.batch_size
             folded.cfg.training = {**asdict(tc), "scale_in": [self.scale[h] for h in u.x_hooks],
                                    "scale_out": [self.scale[h] for h in u.y_hooks], "seconds": round(seconds, 1),
-                                   "tokens_per_second": round(tokens_run / max(seconds, 1e-9), 1), "world_size": self.world}
+                                   "tokens_per_second": round(tokens_run / max(seconds, 1e-9), 1), "world_size": self.world,
+                                   "precision_used": self.precision}
             dicts[u.name] = folded
             summary[u.name] = metrics
         if dist.is_main():

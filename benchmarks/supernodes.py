@@ -1,0 +1,105 @@
+"""Do suggested supernodes act together? On graphs of held-out prompts through the demo's transcoders, each suggested
+group (glasswork.circuits.supernodes, from the viewer's first view: at most 100 features and errors) is ablated on the
+real model (free mode: later layers respond), and the change in the top target's logit is compared with ablating the
+same number of random features of the same view: (a) at the same token position, (b) anywhere in the view.
+A suggestion "acts together" when its ablation moves the target logit more than the mean of the random draws.
+
+  python benchmarks/supernodes.py [--demo DIR] [--prompts 8] [--draws 10] [--no-record]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import glasswork as gw
+from glasswork.circuits import Edit, intervene_logits
+from glasswork.circuits.supernodes import suggest
+from glasswork.features import FeatureIndex, ensure_labels, layer_index_path
+from _machine import cpu_name  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def effect(model, tcs, prompt: str, nodes: list[str], token: int) -> float:
+    """|change of the target token's logit| when the features of `nodes` are set to 0 at their positions."""
+    edits = [Edit(int(a), int(b), [int(c)], 0.0) for a, b, c in (n.split("_") for n in nodes)]
+    return abs(intervene_logits(model, tcs, prompt, edits, mode="free", tokens=[token])["change"][0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--demo", type=Path, default=gw.home() / "demo", help="a demo folder (its transcoders/)")
+    ap.add_argument("--prompts", type=int, default=8, help="the first N of benchmarks/data/heldout_prompts.txt")
+    ap.add_argument("--draws", type=int, default=10, help="random groups per suggestion and baseline")
+    ap.add_argument("--min-similarity", type=float, default=0.5)
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    model = gw.load_model()
+    tc_dir = args.demo / "transcoders"
+    tcs = gw.load_transcoders(tc_dir)
+    prompts = [p for p in (HERE / "data" / "heldout_prompts.txt").read_text().splitlines() if p.strip()][:args.prompts]
+    rng = random.Random(0)
+    rows, t0 = [], time.time()
+    for prompt in prompts:
+        g = gw.attribute(model, tcs, prompt, max_features=4096, show_progress=False, dictionary=str(tc_dir))
+        view = g.view(0.8, 0.98, max_nodes=100)
+        feats = [n for n in view["nodes"] if n["feature_type"] not in ("embedding", "logit", "mlp reconstruction error")]
+        ids = [n["node_id"] for n in feats]
+        index_of = {g.node_id(i): i for i in range(g.n_features)}
+        labels = []
+        for n in feats:
+            layer, f = int(n["layer"]), int(n["node_id"].split("_")[1])
+            path = layer_index_path(tc_dir, layer)
+            labels.append(ensure_labels(FeatureIndex(path), [f])[f] if path.exists() else "")
+        found = suggest(ids, [n["ctx_idx"] for n in feats], [int(n["layer"]) for n in feats],
+                        g.out_edges([index_of[i] for i in ids]), labels, view["metadata"]["prompt_tokens"],
+                        args.min_similarity)
+        token = int(g.node_index[g.n_nodes - g.n_logits])  # the top target
+        for sg in found:
+            group = sg["node_ids"]
+            same = [i for n, i in zip(feats, ids) if n["ctx_idx"] == sg["position"] and i not in group]
+            anywhere = [i for i in ids if i not in group]
+            e = effect(model, tcs, prompt, group, token)
+            base = {}
+            for name, pool in (("same_position", same), ("anywhere", anywhere)):
+                if len(pool) >= len(group):
+                    base[name] = statistics.mean(effect(model, tcs, prompt, rng.sample(pool, len(group)), token)
+                                                 for _ in range(args.draws))
+            rows.append({"prompt": prompt, "name": sg["name"], "size": len(group), "similarity": sg["similarity"],
+                         "effect": e, **base})
+        print(f"{prompt!r}: {len(found)} suggestions ({time.time() - t0:.0f} s)", file=sys.stderr)
+
+    def beat(key):
+        have = [r for r in rows if key in r]
+        return sum(r["effect"] > r[key] for r in have), len(have), \
+            statistics.median(r["effect"] / max(r[key], 1e-9) for r in have) if have else float("nan")
+
+    lines = ["| baseline (same number of random features of the view) | suggestions that beat it | median effect ratio |",
+             "|---|---|---|"]
+    for key, what in (("same_position", "at the same position"), ("anywhere", "anywhere in the view")):
+        b, n, ratio = beat(key)
+        lines.append(f"| {what} | {b} of {n} ({100 * b / max(n, 1):.0f}%) | {ratio:.2f}x |")
+    sizes = [r["size"] for r in rows]
+    summary = (f"{len(rows)} suggestions on {len(prompts)} held-out prompts (sizes {min(sizes, default=0)}-"
+               f"{max(sizes, default=0)}, median {statistics.median(sizes) if sizes else 0}), {args.draws} random draws "
+               f"each, {time.time() - t0:.0f} s")
+    table = "\n".join(lines)
+    print(table + "\n" + summary)
+    if not args.no_record:
+        cmd = "python benchmarks/" + " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))
+        with open(HERE / "RESULTS.md", "a") as fh:
+            fh.write(f"\n## Suggested supernodes: do they act together? ({datetime.now(timezone.utc):%Y-%m-%d})\n\n"
+                     f"Machine: {cpu_name()}, {os.cpu_count()} cores, fp32. Command: `{cmd}`. Transcoders: "
+                     f"{tc_dir}. Each suggested group is ablated on the real model (free mode) and the top target's "
+                     f"logit change is compared with ablating as many random features of the same first view "
+                     f"(at most 100 features and errors).\n\n{table}\n\n{summary}.\n")
+
+
+if __name__ == "__main__":
+    main()
