@@ -186,7 +186,8 @@ def test_viewer_json_from_other_tools(env, tmp_path):
     d = c.get(f"/api/graphs/uploaded/node/{target}", params={"top": 3}).json()
     want = sorted((x for x in viewer["links"] if x["target"] == target), key=lambda x: -abs(x["weight"]))[:3]
     assert [x["node_id"] for x in d["inputs"]] == [x["source"] for x in want]
-    path = tmp_path / "neuronpedia graph.json"
+    path = root / "downloads" / "neuronpedia graph.json"  # open by path: only inside the served folder
+    path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(viewer))
     r = c.post("/api/graphs/open", json={"path": str(path)})
     assert r.status_code == 200 and r.json()["name"] == "neuronpedia-graph"

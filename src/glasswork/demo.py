@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .io import GlassworkError, home, read_json, write_json
+from .io import GlassworkError, home, read_json, relative_path, write_json
 
 LAYER = 15  # the SAE's layer: the middle of SmolLM2-135M's 30
 VIEW_BUDGET = 100  # feature and error nodes in a graph's first view (the viewer's default)
@@ -208,7 +208,8 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
         made = {}
         for name, prompt in PROMPTS.items():
             t0 = time.time()
-            g = attribute(model, tcs, prompt, max_features=cfg.max_features, dictionary=str(tc_dir))
+            g = attribute(model, tcs, prompt, max_features=cfg.max_features,
+                          dictionary=relative_path(tc_dir, graph_dir))  # relative: the folder can move
             g.save(graph_dir / f"{name}.safetensors")
             full, view = g.view(0.8, 0.98), g.view(0.8, 0.98, max_nodes=VIEW_BUDGET)
             scores = g.meta.get("scores", {})

@@ -23,6 +23,11 @@ def home() -> Path:
     return path
 
 
+def relative_path(target: str | Path, base: str | Path) -> str:
+    """`target` as a POSIX path relative to the folder `base` (what an artifact records of another: no local paths)."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(base).resolve())).as_posix()
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

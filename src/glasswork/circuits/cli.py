@@ -79,8 +79,9 @@ def attribute_cmd(
             if not 0 < t <= 1:
                 raise GlassworkError(f"{name} must be in (0, 1] (got {t})")
         targets = list(target) if target else None
+        from ..io import relative_path
         graph = attribute(m, coders, prompt, target=targets, max_features=max_features, batch_size=batch_size,
-                          dictionary=str(dictionary))
+                          dictionary=relative_path(dictionary, Path(out).parent))  # relative to the graph file
         graph.save(out)
         summary = summarize(graph, node_threshold, edge_threshold)
         summary.update(path=str(out), node_threshold=node_threshold, edge_threshold=edge_threshold,

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 from fastapi import FastAPI, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..features.scoring import ensure_labels
-from ..io import GlassworkError
+from ..io import GlassworkError, relative_path
 from .graphs import GraphStore
 from .jobs import Jobs
 from .resources import Resources, describe
@@ -44,19 +45,23 @@ MAX_PROMPT = 2000  # characters: a prompt past this is a mistake or an attack, a
 MAX_NEW_TOKENS = 200
 
 
-class State(BaseModel):
+class Body(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN / Infinity in a body: a 422 naming the field
+
+
+class State(Body):
     pinnedIds: list[str] = Field(default_factory=list, max_length=5000)
     supernodes: list[list[str]] = Field(default_factory=list, max_length=1000)
     names: dict[str, str] = Field(default_factory=dict, max_length=5000)
     clickedId: str = Field("", max_length=200)
 
 
-class Subgraph(BaseModel):
+class Subgraph(Body):
     nodes: list[str] = Field(default_factory=list, max_length=5000)
     supernodes: list[list[str]] = Field(default_factory=list, max_length=1000)
 
 
-class GraphIntervention(BaseModel):
+class GraphIntervention(Body):
     node_ids: list[str] = Field(..., min_length=1, max_length=500)
     value: Optional[float] = Field(0.0, ge=-1e4, le=1e4)  # the activation to set (0: ablate)
     scale: Optional[float] = Field(None, ge=-1e4, le=1e4)  # or multiply the activation
@@ -64,40 +69,40 @@ class GraphIntervention(BaseModel):
     generate: int = Field(0, ge=0, le=60)
 
 
-class Upload(BaseModel):
+class Upload(Body):
     name: str = Field(..., max_length=128)
     graph: dict
 
 
-class OpenFile(BaseModel):
+class OpenFile(Body):
     path: str = Field(..., max_length=4096)
     name: Optional[str] = Field(None, max_length=128)
 
 
-class FeatureEdit(BaseModel):
+class FeatureEdit(Body):
     dictionary: str = Field(..., max_length=1000)
     feature: int = Field(..., ge=0)
     layer: Optional[int] = Field(None, ge=0)
     value: Union[float, str] = "10x"  # a number, or 'Nx' = N times the feature's max activation
 
 
-class DirectionEdit(BaseModel):
+class DirectionEdit(Body):
     direction: str = Field(..., max_length=128)
     coeff: float = Field(..., ge=-1e4, le=1e4)
     hook: Optional[str] = Field(None, max_length=200)
     ablate: bool = False
 
 
-class Steer(BaseModel):
+class Steer(Body):
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
     edits: list[Union[FeatureEdit, DirectionEdit]] = Field(..., min_length=1, max_length=16)
     positions: Literal["all", "prompt", "generated"] = "all"
     max_new_tokens: int = Field(30, ge=1, le=MAX_NEW_TOKENS)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     temperature: float = Field(0.7, ge=0, le=5)
 
 
-class Attribute(BaseModel):
+class Attribute(Body):
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT)
     dictionary: str = Field(..., max_length=1000)
     name: Optional[str] = Field(None, max_length=128)
@@ -122,6 +127,15 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
     @app.exception_handler(GlassworkError)
     async def _bad_input(request, e: GlassworkError):
         return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):  # the offending input is not echoed (NaN has no JSON)
+        return JSONResponse({"detail": [{"loc": list(x.get("loc", ())), "msg": x.get("msg", "")} for x in e.errors()]},
+                            status_code=422)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request, e: OSError):  # a read-only or full WORKDIR: say so, no traceback
+        return JSONResponse({"detail": f"cannot write in {root}: {e.strerror or e}"}, status_code=403)
 
     for route, page in PAGES.items():
         app.add_api_route(route, _page(page), methods=["GET"], include_in_schema=False)
@@ -190,7 +204,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
         """The feature index of one layer of a graph's dictionary (a set member, a CLT layer), or None."""
         from ..features.index import layer_index_path
         folder = resolve_dictionary(dictionary)
-        if folder is None or not folder.exists():
+        if folder is None:
             return None
         try:
             return res.index(layer_index_path(folder, layer))
@@ -198,10 +212,15 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
             return None
 
     def resolve_dictionary(dictionary: str) -> Path | None:
+        """A graph's dictionary: a path relative to the graph's folder (how glasswork records it), else to WORKDIR, or
+        absolute; served only when it lies inside WORKDIR or a --dictionary folder (never a path elsewhere)."""
         if not dictionary:
             return None
         folder = Path(dictionary)
-        return (root / folder) if not folder.is_absolute() and (root / folder).exists() else folder
+        for candidate in ([folder] if folder.is_absolute() else [store.folder / folder, root / folder]):
+            if candidate.exists() and res.allowed(candidate):
+                return candidate
+        return None
 
     def feature_of(dictionary: str, node: dict):
         """The feature page of a graph node when its layer's feature index exists: (record, index key, layer)."""
@@ -273,8 +292,8 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
             layer, feat, pos = map(int, m.groups())
             edits.append(Edit(layer, feat, [pos], None if body.scale is not None else body.value, body.scale))
         folder = resolve_dictionary(store.dictionary_of(name))
-        if folder is None or not folder.exists():
-            raise HTTPException(400, f"graph '{name}' names no dictionary folder that exists here: cannot intervene")
+        if folder is None:
+            raise HTTPException(400, f"graph '{name}' names no dictionary folder inside {root}: cannot intervene")
         g = store.get(name)
         meta = g.metadata if hasattr(g, "metadata") else g.meta
         prompt = meta.get("prompt", "")
@@ -312,7 +331,12 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
 
     @app.post("/api/graphs/open")
     def open_file(body: OpenFile):
+        if "\x00" in body.path:
+            raise HTTPException(400, "path: a NUL byte is not allowed in a path")
         p = Path(body.path).expanduser()
+        p = p if p.is_absolute() else root / p
+        if not res.allowed(p):
+            raise HTTPException(400, f"{body.path[:200]}: only files inside {root} can be opened (upload others)")
         if p.suffix != ".json" or not p.is_file():
             raise HTTPException(400, f"{body.path}: expected an existing .json file (viewer JSON in the "
                                      f"attribution-graph schema)")
@@ -355,7 +379,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
                layer: Optional[int] = Query(None, ge=0, le=10_000)):
         fi = index_or_404(index, layer)
         with res._lock:
-            if q.strip().isdigit() and mode != "token":
+            if q.strip().isascii() and q.strip().isdigit() and mode != "token":
                 f = int(q)
                 hits = [{"feature": f, "where": "id", "text": ""}] if f < fi.d_sae else []
             elif mode == "token":
@@ -440,7 +464,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
             with res.compute:
                 model = res.model(some.cfg.model or None)
                 graph = attribute(model, coders, body.prompt, max_features=body.max_features,
-                                  batch_size=body.batch_size, dictionary=str(folder.resolve()))
+                                  batch_size=body.batch_size, dictionary=relative_path(folder, store.folder))
             graph.save(store.folder / f"{name}.safetensors")
             store.forget(name)
             return {"graph": name, "nodes": graph.n_nodes, "features": graph.n_features,
@@ -465,10 +489,25 @@ def _page(name: str):
     return page
 
 
+def served_hosts(host: str) -> set[str]:
+    """The Host header names a server bound to `host` answers to."""
+    import socket
+    names = {"127.0.0.1", "localhost", "::1"}
+    if host in names:
+        return names | {host}
+    names |= {host} - {"0.0.0.0", "::"}
+    try:
+        me = socket.gethostname()
+        names |= {me, socket.getfqdn()} | set(socket.gethostbyname_ex(me)[2])
+    except OSError:
+        pass
+    return names
+
+
 def serve(workdir: str | Path, host: str = "127.0.0.1", port: int = 8765, model=None,
           dictionaries: list[str | Path] = ()) -> None:
-    """Run the app with uvicorn (blocking). A loopback host accepts only loopback Host headers (DNS rebinding)."""
+    """Run the app with uvicorn (blocking). Only this machine's own names are accepted as Host headers, for every
+    --host (DNS rebinding): loopback names, and for another address that address, the host name and its addresses."""
     import uvicorn
-    loopback = host in ("127.0.0.1", "localhost", "::1")
-    hosts = {"127.0.0.1", "localhost", "::1", host} if loopback else None
+    hosts = served_hosts(host)
     uvicorn.run(create_app(workdir, model, dictionaries, hosts=hosts), host=host, port=port, log_level="warning")

@@ -8,6 +8,7 @@ nodes and `max_links` links (the strongest), so a graph of any size stays light 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import GlassworkError, read_json, write_json
+from .security import within
 
 STATE_SUFFIX = ".state.json"
 EMPTY_STATE = {"pinnedIds": [], "supernodes": [], "names": {}, "clickedId": ""}
@@ -57,6 +59,13 @@ def parse_viewer(obj, where: str) -> ViewerGraph:
         except (KeyError, TypeError, ValueError):
             raise GlassworkError(f"{where}: links[{i}] needs 'source' and 'target' naming nodes and a numeric "
                                  f"'weight' (got {str(link)[:120]})") from None
+        if not math.isfinite(w[i]):
+            raise GlassworkError(f"{where}: links[{i}].weight is {link['weight']}: weights must be finite numbers")
+    for i, n in enumerate(nodes):
+        for key in ("influence", "activation"):
+            v = n.get(key)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise GlassworkError(f"{where}: nodes[{i}].{key} is {v}: must be a finite number or null")
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     q = obj.get("qParams") if isinstance(obj.get("qParams"), dict) else {}
     return ViewerGraph(meta, q, nodes, src, dst, w, ids)
@@ -103,7 +112,7 @@ class GraphStore:
     def path(self, name: str) -> Path | None:
         for suffix in (".safetensors", ".json"):
             p = self.folder / f"{name}{suffix}"
-            if p.is_file():
+            if p.is_file() and within([self.folder], p):  # a symlink out of the folder is not a graph here
                 return p
         return None
 
@@ -111,6 +120,8 @@ class GraphStore:
         out = []
         for p in sorted(self.folder.iterdir()):
             if p.name.endswith(STATE_SUFFIX) or p.name.startswith(".") or p.suffix not in (".safetensors", ".json"):
+                continue
+            if not p.is_file() or not within([self.folder], p):
                 continue
             out.append({"name": p.stem, "format": "glasswork" if p.suffix == ".safetensors" else "viewer-json",
                         "bytes": p.stat().st_size, "modified": p.stat().st_mtime})

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from ..io import GlassworkError, read_json
+from .security import within
 
 MAX_DEPTH = 4
 
@@ -32,7 +33,8 @@ def scan(root: Path, extra: list[Path] = ()) -> dict[str, Path]:
         except OSError:
             return
         for child in children:
-            walk(child, depth + 1)
+            if within([root], child):  # a symlink out of the folder is not served
+                walk(child, depth + 1)
     walk(root, 0)
     for folder in extra:
         folder = Path(folder)
@@ -93,6 +95,10 @@ class Resources:
     def dictionaries(self) -> dict[str, Path]:
         return scan(self.root, self.extra)
 
+    def allowed(self, path: Path) -> bool:
+        """Inside the served folder or a dictionary folder the server was started with (symlinks resolved)."""
+        return within([self.root, *self.extra], path)
+
     def folder(self, key: str) -> Path:
         found = self.dictionaries()
         if key not in found:
@@ -132,7 +138,7 @@ class Resources:
         path = index_path(folder).resolve()
         with self._lock:
             if path not in self._indexes:
-                if not path.exists():
+                if not path.exists() or not self.allowed(path):  # SQLite's side files go where the index is
                     return None
                 self._indexes[path] = FeatureIndex(path)
             return self._indexes[path]

@@ -11,23 +11,32 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def check_name(name: str, what: str = "graph name") -> str:
     """A file stem the server may use: letters, digits, '.', '_', '-'; no slashes, no '..', at most 128 chars."""
-    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
         raise HTTPException(400, f"{what} '{str(name)[:80]}' is not allowed: use letters, digits, '.', '_' and '-' "
                                  f"(no slashes, no '..', at most 128 characters)")
     return name
 
 
+def within(roots, path: Path) -> bool:
+    """Whether `path`, resolved (symlinks and '..' included), is one of `roots` or inside one."""
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL byte in the path
+        return False
+    return any(resolved == r or r in resolved.parents for r in (Path(x).resolve() for x in roots))
+
+
 def inside(root: Path, path: Path) -> Path:
     """`path` resolved, or a 400 when it leaves `root` (symlinks and '..' included)."""
-    root, resolved = root.resolve(), path.resolve()
-    if resolved != root and root not in resolved.parents:
+    if not within([root], path):
         raise HTTPException(400, "path leaves the served folder")
-    return resolved
+    return Path(path).resolve()
 
 
 class Guard:
     """ASGI middleware: refuse bodies over `max_body` bytes (413), writes that are not JSON (415), writes from another
-    origin (403), and Host headers that are not this server's name (421: DNS-rebinding), before any route runs."""
+    origin (403: an Origin whose host:port is not the Host header), and Host headers that are not this server's name
+    (421: DNS-rebinding), before any route runs."""
 
     def __init__(self, app, max_body: int, upload_body: int, hosts: set[str]):
         self.app, self.max_body, self.upload_body, self.hosts = app, max_body, upload_body, hosts
@@ -45,8 +54,8 @@ class Guard:
             if ctype != "application/json":
                 return await _answer(send, 415, f"send JSON (Content-Type: application/json), not '{ctype}'")
             origin = headers.get("origin")
-            if origin and origin.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]") not in (self.hosts or {host}):
-                return await _answer(send, 403, f"cross-origin request from {origin} refused")
+            if origin and origin.split("://", 1)[-1].rstrip("/") != headers.get("host", ""):  # host and port
+                return await _answer(send, 403, f"cross-origin request from {origin[:200]} refused")
         size = headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > limit):
             return await _answer(send, 413, f"request body over {limit} bytes")
