@@ -4,7 +4,7 @@ real model (free mode: later layers respond), and the change in the top target's
 same number of random features of the same view: (a) at the same token position, (b) anywhere in the view.
 A suggestion "acts together" when its ablation moves the target logit more than the mean of the random draws.
 
-  python benchmarks/supernodes.py [--demo DIR] [--prompts 8] [--draws 8] [--no-record]
+  python benchmarks/supernodes.py [--demo DIR] [--prompts 8] [--draws 8] [--split sign|none] [--no-record]
 """
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="the first N of benchmarks/data/heldout_prompts.txt")
     ap.add_argument("--draws", type=int, default=8, help="random groups per suggestion and baseline")
     ap.add_argument("--min-similarity", type=float, default=0.5)
+    ap.add_argument("--split", choices=["sign", "none"], default="sign",
+                    help="sign: groups never mix features pushing the target up and down (the viewer's default)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     model = gw.load_model()
@@ -65,23 +67,24 @@ def main() -> None:
             layer, f = int(n["layer"]), int(n["node_id"].split("_")[1])
             path = layer_index_path(tc_dir, layer)
             labels.append(ensure_labels(FeatureIndex(path), [f])[f] if path.exists() else "")
-        found = suggest(ids, [n["ctx_idx"] for n in feats], [int(n["layer"]) for n in feats],
-                        g.out_edges([index_of[i] for i in ids]), labels, view["metadata"]["prompt_tokens"],
-                        args.min_similarity)
+        rows = [index_of[i] for i in ids]
+        effects = g.total_effects()[rows].tolist() if args.split == "sign" else None
+        found = suggest(ids, [n["ctx_idx"] for n in feats], [int(n["layer"]) for n in feats], g.out_edges(rows),
+                        labels, view["metadata"]["prompt_tokens"], args.min_similarity, effects=effects)
         token = int(g.node_index[g.n_nodes - g.n_logits])  # the top target
-        ids = prompt_ids(model, prompt)
+        prompt_tokens = prompt_ids(model, prompt)
         with torch.no_grad():
-            before = float(model.logits(ids.view(1, -1))[0, -1, token])
+            before = float(model.logits(prompt_tokens.view(1, -1))[0, -1, token])
         for sg in found:
             group = sg["node_ids"]
             same = [i for n, i in zip(feats, ids) if n["ctx_idx"] == sg["position"] and i not in group]
             anywhere = [i for i in ids if i not in group]
-            e = effect(model, tcs, ids, before, group, token)
+            e = effect(model, tcs, prompt_tokens, before, group, token)
             base = {}
             for name, pool in (("same_position", same), ("anywhere", anywhere)):
                 if len(pool) >= len(group):
-                    base[name] = statistics.mean(effect(model, tcs, ids, before, rng.sample(pool, len(group)), token)
-                                                 for _ in range(args.draws))
+                    draws = [rng.sample(pool, len(group)) for _ in range(args.draws)]
+                    base[name] = statistics.mean(effect(model, tcs, prompt_tokens, before, d, token) for d in draws)
             rows.append({"prompt": prompt, "name": sg["name"], "size": len(group), "similarity": sg["similarity"],
                          "effect": e, **base})
         print(f"{prompt!r}: {len(found)} suggestions ({time.time() - t0:.0f} s)", file=sys.stderr)
@@ -107,7 +110,7 @@ def main() -> None:
         with open(HERE / "RESULTS.md", "a") as fh:
             fh.write(f"\n## Suggested supernodes: do they act together? ({datetime.now(timezone.utc):%Y-%m-%d})\n\n"
                      f"Machine: {cpu_name()}, {os.cpu_count()} cores, fp32. Command: `{cmd}`. Transcoders: "
-                     f"{tc_dir}. Each suggested group is ablated on the real model (free mode) and the top target's "
+                     f"{tc_dir}. Groups split by sign of effect: {args.split}. Each suggested group is ablated on the real model (free mode) and the top target's "
                      f"logit change is compared with ablating as many random features of the same first view "
                      f"(at most 100 features and errors).\n\n{table}\n\n{summary}.\n")
 

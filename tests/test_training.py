@@ -594,3 +594,23 @@ def test_resume_keeps_the_recorded_precision(tmp_path):
         train(_cfg(tokens=64 * 10, checkpoint_every=3, precision="bf16"), src, out, resume=True)
     train(_cfg(tokens=64 * 10, checkpoint_every=3), src, out, resume=True)  # auto: the recorded fp32
     assert load(out).cfg.training["precision_used"] == "fp32"
+
+
+def test_a_second_writer_into_the_same_folder_is_refused(tmp_path):
+    from glasswork.io import output_lock
+    out = tmp_path / "o"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom glasswork.io import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    try:
+        with pytest.raises(GlassworkError, match="another job"):
+            train(_cfg(tokens=64 * 3), TensorSource({"h": _data()}, 64), out)
+        assert not (out / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    train(_cfg(tokens=64 * 3), TensorSource({"h": _data()}, 64), out)  # the killed holder's lock is taken over
+    assert (out / "config.json").exists() and not (out / ".glasswork.lock").exists()
+    with output_lock(tmp_path / "p"):
+        pass

@@ -36,11 +36,25 @@ def emit(summary: dict, as_json: bool, human: str | None = None) -> None:
 
 
 def run_verb(fn):
-    """Turn GlassworkError into a clear one-line message and exit code 2, never a traceback."""
+    """Turn bad input into a clear one-line message and exit code 2, never a traceback: our own errors, and what the
+    operating system says about files (read-only, full disk, missing permission) or a broken SQLite / safetensors file."""
+    import sqlite3
     try:
         return fn()
     except GlassworkError as e:
         err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2)
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        err.print(f"[bold red]error:[/]{where}: {e.strerror or e}")
+        raise typer.Exit(2)
+    except sqlite3.Error as e:
+        err.print(f"[bold red]error:[/] SQLite: {e}")
+        raise typer.Exit(2)
+    except Exception as e:  # safetensors raises its own error type for a truncated or foreign file
+        if type(e).__name__ != "SafetensorError":
+            raise
+        err.print(f"[bold red]error:[/] safetensors: {e}")
         raise typer.Exit(2)
 
 
@@ -71,10 +85,10 @@ def steer(prompt: str = typer.Option(..., help="Text to complete."),
           ablate: bool = typer.Option(False, help="Project --direction out of every layer (directional ablation)."),
           hook: Optional[str] = typer.Option(None, help="Hook point for --add (default: the direction's own)."),
           positions: str = typer.Option("all", help="Where to edit: all, prompt or generated."),
-          seed: int = typer.Option(0, help="Sampling seed (the same for baseline and steered)."),
-          max_new_tokens: int = typer.Option(40, help="Tokens to generate."),
+          seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Sampling seed (the same for baseline and steered)."),
+          max_new_tokens: int = typer.Option(40, min=1, max=2000, help="Tokens to generate."),
           temperature: float = typer.Option(0.7, help="Sampling temperature (0: greedy)."),
-          n: int = typer.Option(1, help="Completions of each kind."),
+          n: int = typer.Option(1, min=1, max=64, help="Completions of each kind."),
           model: Optional[str] = typer.Option(None, help="Model name or folder (default: the dictionary's, else smollm2-135m)."),
           as_json: bool = JSON_OPT):
     """Generate with and without an intervention (same seed) and print both completions side by side."""
@@ -82,6 +96,8 @@ def steer(prompt: str = typer.Option(..., help="Text to complete."),
         from . import load_model
         from . import steering as st
         from .directions import directional_ablation, load_direction
+        if not prompt.strip():
+            raise GlassworkError("--prompt is empty: give the text to complete")
         t0 = time.time()
         if (feature is None) == (direction is None):
             raise GlassworkError("give exactly one of --feature LAYER/INDEX (with --dictionary) or --direction FILE")
@@ -181,7 +197,7 @@ def demo(out: Optional[Path] = typer.Option(None, help="Folder for the demo's st
                                                       "(default: $GLASSWORK_HOME/demo, or demo-quick with --quick)."),
          quick: bool = typer.Option(False, help="A smaller run (about 5 minutes on 2 cores instead of 20)."),
          serve: bool = typer.Option(True, "--serve/--no-serve", help="Open the results in the web app at the end."),
-         port: int = typer.Option(8765, help="Port for the web app."),
+         port: int = typer.Option(8765, min=1, max=65535, help="Port for the web app."),
          fresh: bool = typer.Option(False, help="Delete the demo folder first and start over."),
          as_json: bool = JSON_OPT):
     """The main job on the default model: harvest, train an SAE and 30 transcoders, index and label features,
@@ -209,7 +225,7 @@ def demo(out: Optional[Path] = typer.Option(None, help="Folder for the demo's st
 def serve(folder: Path = typer.Option(Path("."), "--dir", help="Folder with graphs/, dictionaries (and their feature "
                                       "indexes) and directions/ to show."),
           host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default: only this machine)."),
-          port: int = typer.Option(8765, help="Port."),
+          port: int = typer.Option(8765, min=1, max=65535, help="Port."),
           dictionary: Optional[list[Path]] = typer.Option(None, help="Also offer this dictionary folder (repeatable)."),
           model: Optional[str] = typer.Option(None, help="Model for steering and tracing (default: the dictionary's)."),
           as_json: bool = JSON_OPT):

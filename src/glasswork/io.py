@@ -28,6 +28,46 @@ def relative_path(target: str | Path, base: str | Path) -> str:
     return Path(os.path.relpath(Path(target).resolve(), Path(base).resolve())).as_posix()
 
 
+@contextmanager
+def output_lock(folder: str | Path) -> Iterator[None]:
+    """Hold FOLDER/.glasswork.lock while a job writes the folder: a second writer is refused (a lock left by a killed
+    process, whose pid is gone, is taken over)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".glasswork.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise GlassworkError(f"{folder} is being written by another job (pid {pid}): wait for it, or choose "
+                                     f"another output folder") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise GlassworkError(f"{lock}: could not take the output lock")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -113,8 +113,12 @@ def load_model(name_or_path: str | os.PathLike | None = None, dtype: torch.dtype
             folder = _from_hub(name)
         elif not (folder / "config.json").exists():
             raise GlassworkError(f"{folder}: not a Hugging Face model folder (no config.json)")
-    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (ValueError, KeyError, OSError) as e:  # bad JSON, an unknown model_type, missing files: one line
+        raise GlassworkError(f"{folder}: cannot load this model folder ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:300] if str(e) else ''})") from None
     return Model(hf, tokenizer, name)
 
 

@@ -61,7 +61,7 @@ def attribute_cmd(
         edge_threshold: float = typer.Option(0.98, help="Keep edges to this cumulative influence."),
         max_features: Optional[int] = typer.Option(None, help="Keep at most this many features (most influential "
                                                    "first), for long prompts."),
-        batch_size: int = typer.Option(64, help="Targets per backward pass."),
+        batch_size: int = typer.Option(64, min=1, help="Targets per backward pass."),
         out: Path = typer.Option(Path("graph.safetensors"), help="Native graph file (the whole graph, once)."),
         viewer_json: Optional[Path] = typer.Option(None, "--viewer-json", help="Also write the pruned graph as the "
                                                    "attribution-graph viewer's JSON."),
@@ -113,7 +113,7 @@ def intervene_cmd(
         scale: Optional[float] = typer.Option(None, help="Multiply the features' activations by this."),
         mode: str = typer.Option("free", help="free: the real model responds; frozen: attention, norms and other "
                                  "features fixed (the graph's direct effects)."),
-        generate_tokens: int = typer.Option(0, "--generate", help="Also generate this many tokens with the edit."),
+        generate_tokens: int = typer.Option(0, "--generate", min=0, max=2000, help="Also generate this many tokens with the edit."),
         model: Optional[str] = typer.Option(None, help="Model name or folder (default: smollm2-135m)."),
         as_json: bool = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")):
     """Set or ablate features (a supernode when repeated) and show how the top next-token logits change."""

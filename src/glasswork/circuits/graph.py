@@ -93,6 +93,16 @@ class Graph:
             self._cache["influence"] = influence(self.normalized(), self.row_nodes, self._logit_vector())
         return self._cache["influence"]
 
+    def total_effects(self, target: int = 0) -> torch.Tensor:
+        """Signed total effect of every node on target logit `target` (0: the top one) in the frozen linear replacement:
+        its direct edge plus every path through features, sum over k >= 1 of e^T A^k: [n_nodes]."""
+        key = ("effects", target)
+        if key not in self._cache:
+            onehot = torch.zeros(self.n_nodes)
+            onehot[self.n_nodes - self.n_logits + target] = 1.0
+            self._cache[key] = influence(self.adjacency.float(), self.row_nodes, onehot)
+        return self._cache[key]
+
     def _logit_vector(self) -> torch.Tensor:
         w = torch.zeros(self.n_nodes)
         w[self.n_nodes - self.n_logits:] = self.logit_weight.float()

@@ -96,6 +96,11 @@ def intervene_logits(model, transcoders, prompt, edits: list[Edit], mode: str = 
     change in logit and in demeaned logit (the quantity graph edges measure)."""
     ids = prompt_ids(model, prompt)
     _check(transcoders, edits)
+    for e in edits:
+        bad = [p for p in (e.positions or []) if not 0 <= p < ids.numel()]
+        if bad:
+            raise GlassworkError(f"edit of layer {e.layer} feature {e.feature}: position {bad[0]} is outside the "
+                                 f"prompt's {ids.numel()} tokens (0..{ids.numel() - 1}, BOS is 0)")
     before = model.logits(ids.view(1, -1))[0, -1].float()
     if mode == "free":
         with feature_edits(model, transcoders, edits):

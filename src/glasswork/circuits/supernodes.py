@@ -3,7 +3,9 @@ point the same way are grouped, so a person starts from a handful of named group
 
 A feature's profile is its row of outgoing direct effects on every target node of the whole graph (features and
 logits): two features with cosine-similar profiles push the same downstream nodes the same way. Features are grouped
-per position by average-linkage clustering on that cosine, stopping at `min_similarity`; groups of one are dropped.
+per position, and (given their signed total effects on the top target) per sign of that effect, so a group never mixes
+features that push the target up with features that push it down (ablated together they would cancel), by
+average-linkage clustering on that cosine, stopping at `min_similarity`; groups of one are dropped.
 Each group is named from its members' labels (the token most of them name) or the prompt token, and its layer span.
 benchmarks/supernodes.py measures whether the groups act together on the real model (RESULTS.md).
 """
@@ -57,13 +59,15 @@ def name_group(labels: list[str], layers: list[int], prompt_token: str) -> str:
 
 def suggest(node_ids: list[str], positions: list[int], layers: list[int], profiles: torch.Tensor,
             labels: list[str], prompt_tokens: list[str], min_similarity: float = 0.5,
-            max_size: int = 12) -> list[dict]:
-    """Suggested supernodes among feature nodes (ids, positions, layers, outgoing profiles [k, D], labels):
-    [{name, node_ids, position, similarity}], groups of at least two, strongest cohesion first."""
+            max_size: int = 12, effects: list[float] | None = None) -> list[dict]:
+    """Suggested supernodes among feature nodes (ids, positions, layers, outgoing profiles [k, D], labels, and
+    optionally their signed total effects on the target): [{name, node_ids, position, similarity}], groups of at least
+    two, strongest cohesion first."""
     out = []
-    for pos in sorted(set(positions)):
-        members = [i for i, p in enumerate(positions) if p == pos]
-        if len(members) < 2:
+    sign = [0] * len(node_ids) if effects is None else [1 if e > 0 else -1 if e < 0 else 0 for e in effects]
+    for pos, s in sorted(set(zip(positions, sign))):
+        members = [i for i, (p, g) in enumerate(zip(positions, sign)) if p == pos and g == s]
+        if len(members) < 2 or (effects is not None and s == 0):
             continue
         sub = profiles[members]
         for group in cluster_profiles(sub, min_similarity):

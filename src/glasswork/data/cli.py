@@ -16,17 +16,17 @@ corpus_app = typer.Typer(help="Inspect corpora (the default one is fetched from 
 def harvest_cmd(
     out: Path = typer.Option(..., help="Store folder (created; rerun the same command to resume)."),
     hooks: str = typer.Option(..., help="Hook points, comma-separated, e.g. blocks.6.hook_resid_post."),
-    tokens: int = typer.Option(100_000, help="Tokens to harvest (rounded up to whole contexts)."),
+    tokens: int = typer.Option(100_000, min=1, help="Tokens to harvest (rounded up to whole contexts)."),
     model: Optional[str] = typer.Option(None, help="Model name or folder (default: smollm2-135m)."),
-    ctx_len: int = typer.Option(128, "--context", "--ctx-len", help="Tokens per context (each starts with BOS)."),
-    batch_size: int = typer.Option(16, help="Contexts per model forward."),
+    ctx_len: int = typer.Option(128, "--context", "--ctx-len", min=2, help="Tokens per context (each starts with BOS)."),
+    batch_size: int = typer.Option(16, min=1, help="Contexts per model forward."),
     dtype: str = typer.Option("fp32", help="Storage dtype: fp32 | bf16."),
     source: str = typer.Option("default", help="Corpus: default, enwiki, lee, botchan, bgwiki, a .txt/.jsonl/"
                                                ".parquet file, or hf:NAME."),
     field: str = typer.Option("text", help="JSONL field / parquet column / dataset column holding the text."),
     split: str = typer.Option("train", help="Corpus split: train | heldout."),
-    seed: int = typer.Option(0, help="Seed for the order of documents."),
-    shard_contexts: int = typer.Option(0, help="Contexts per shard (0: about 64 MB per shard)."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for the order of documents."),
+    shard_contexts: int = typer.Option(0, min=0, help="Contexts per shard (0: about 64 MB per shard)."),
     as_json: bool = JSON_OPT,
 ):
     """Run a model over a corpus and store activations at hook points (sharded safetensors + manifest.json)."""
@@ -70,7 +70,7 @@ def store_info(folder: Path = typer.Argument(..., help="Activation store folder.
 def corpus_info(source: str = typer.Option("default", help="default, enwiki, lee, botchan, bgwiki, a file, hf:NAME."),
                 field: str = typer.Option("text", help="JSONL field / parquet column holding the text."),
                 model: Optional[str] = typer.Option(None, help="Also count tokens with this model's tokenizer."),
-                ctx_len: int = typer.Option(128, "--context", "--ctx-len", help="Context length for the counts."),
+                ctx_len: int = typer.Option(128, "--context", "--ctx-len", min=2, help="Context length for the counts."),
                 as_json: bool = JSON_OPT):
     """Documents, characters and (with --model) tokens and contexts per split of a corpus."""
     def go():

@@ -7,6 +7,7 @@ Weights (stored dictionaries work on raw activations: any training normalization
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -17,6 +18,9 @@ from ..io import GlassworkError
 from .activations import ACTIVATIONS, jumprelu, topk
 
 KINDS = ("sae", "transcoder", "clt")
+FIELD_TYPES = {"kind": str, "d_in": int, "d_sae": int, "d_out": int, "activation": str, "k": int, "skip": bool,
+               "b_dec_in": bool, "n_layers": int, "window": int, "model": str, "hook_in": str, "hook_out": str,
+               "layer": int, "tokens_seen": int, "metrics": dict, "training": dict, "glasswork_version": str}
 
 
 @dataclass
@@ -59,6 +63,16 @@ class DictionaryConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise GlassworkError(f"{source}: unknown field(s) {', '.join(unknown)} (expected some of {', '.join(sorted(known))})")
+        for key, value in d.items():
+            want = FIELD_TYPES[key]
+            ok = (value is None and key == "layer") or (key in ("hook_in", "hook_out") and isinstance(value, list) and
+                                                        all(isinstance(v, str) for v in value)) or \
+                (isinstance(value, want) and not (want is int and isinstance(value, bool)))
+            if not ok:
+                raise GlassworkError(f"{source}: field '{key}' is {json.dumps(value)[:60]} ({type(value).__name__}); "
+                                     f"expected {'an integer' if want is int else want.__name__}"
+                                     f"{' or null' if key == 'layer' else ''}"
+                                     f"{' or a list of strings' if key in ('hook_in', 'hook_out') else ''}")
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -108,6 +108,10 @@ def export_circuit_tracer(dictionaries, folder: str | Path, scan: str = "") -> d
     folder = Path(folder)
     if isinstance(dictionaries, CrossLayerTranscoder):
         return _export_clt(dictionaries, folder, scan)
+    if not isinstance(dictionaries, dict):
+        kind = getattr(getattr(dictionaries, "cfg", None), "kind", type(dictionaries).__name__)
+        raise GlassworkError(f"circuit-tracer export takes a transcoder set or a CLT, not one {kind} (export an SAE "
+                             f"with --format saelens)")
     tcs = dict(sorted(dictionaries.items()))
     if sorted(tcs) != list(range(len(tcs))):
         raise GlassworkError(f"circuit-tracer needs a transcoder for every layer 0..{max(tcs)} (got layers {sorted(tcs)})")
@@ -124,8 +128,6 @@ def export_circuit_tracer(dictionaries, folder: str | Path, scan: str = "") -> d
             tensors["W_skip"] = t.W_skip.T
         if act == "jumprelu":
             tensors["activation_function.threshold"] = t.threshold
-        if act == "topk":
-            tensors["k"] = torch.tensor(t.cfg.k)
         name = f"layer_{layer}.safetensors"
         save_tensors(folder / name, {k: v.detach().float() if v.is_floating_point() else v for k, v in tensors.items()})
         files.append(name)
@@ -199,9 +201,11 @@ def read_circuit_tracer(folder: str | Path, model: str = "") -> dict | CrossLaye
     for layer, name in enumerate(conf["transcoders"]):
         w = load_tensors(folder / name)
         F, d = w["W_enc"].shape
-        act = "topk" if "k" in w else "jumprelu" if "activation_function.threshold" in w else "relu"
+        # TopK's k is a config.yaml field (circuit-tracer's loader refuses an extra tensor); older exports had a tensor
+        topk_k = int(w["k"]) if "k" in w else int(conf["k"]) if conf.get("activation") == "topk" else 0
+        act = "topk" if topk_k else "jumprelu" if "activation_function.threshold" in w else "relu"
         cfg = DictionaryConfig(kind="transcoder", d_in=d, d_sae=F, d_out=w["W_dec"].shape[1], activation=act,
-                               k=int(w["k"]) if "k" in w else 1, skip="W_skip" in w, b_dec_in=False, layer=layer,
+                               k=topk_k or 1, skip="W_skip" in w, b_dec_in=False, layer=layer,
                                hook_in=f"blocks.{layer}.ln2.hook_normalized", hook_out=f"blocks.{layer}.hook_mlp_out",
                                model=conf.get("model_name", model))
         t = SparseCoder(cfg)

@@ -42,6 +42,10 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> Dictionary:
         if weights[name].shape != tensor.shape:
             raise GlassworkError(f"{folder / 'weights.safetensors'}: tensor '{name}' has shape "
                                  f"{list(weights[name].shape)}, config.json implies {list(tensor.shape)}")
+        if weights[name].is_floating_point() and not torch.isfinite(weights[name]).all():
+            bad = int((~torch.isfinite(weights[name])).sum())
+            raise GlassworkError(f"{folder / 'weights.safetensors'}: tensor '{name}' has {bad} NaN or infinite "
+                                 f"values: refusing a broken dictionary")
     extra = sorted(set(weights) - set(expected))
     if extra:
         raise GlassworkError(f"{folder / 'weights.safetensors'}: unexpected tensors {extra} for config {cfg.kind}/{cfg.activation}")

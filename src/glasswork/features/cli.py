@@ -21,7 +21,13 @@ def _open(where: Path):
 
 
 def _ids(text: Optional[str]) -> Optional[list[int]]:
-    return [int(x) for x in text.replace(",", " ").split()] if text else None
+    from ..io import GlassworkError
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise GlassworkError(f"--features '{text[:80]}': expected feature ids, comma-separated (e.g. 3,17,42)") from None
 
 
 @features_app.command("build")
@@ -44,7 +50,9 @@ def build(dictionary: Path = typer.Argument(..., help="Dictionary folder: one di
         if text_file is not None:
             if not text_file.exists():
                 raise GlassworkError(f"{text_file}: text file not found")
-            texts = text_file.read_text(errors="replace").splitlines()
+            texts = [t for t in text_file.read_text(errors="replace").splitlines() if t.strip()]
+            if not texts:
+                raise GlassworkError(f"{text_file}: the text file is empty (no line of text to index)")
         stats = StatsConfig(top_k=top_k)
         is_set = (dictionary / "set.json").is_file() or ((dictionary / "config.json").is_file() and read_json(
             dictionary / "config.json", "dictionary config").get("kind") == "clt")
@@ -87,7 +95,7 @@ def show(where: Path = WHERE, feature: int = typer.Argument(..., help="Feature i
 @features_app.command("search")
 def search(where: Path = WHERE, query: str = typer.Argument(..., help="Words (labels and contexts), or a token."),
            token: bool = typer.Option(False, "--token", help="Treat QUERY as one exact token (e.g. ' Paris')."),
-           limit: int = typer.Option(20, help="At most this many features."), as_json: bool = JSON_OPT):
+           limit: int = typer.Option(20, min=1, help="At most this many features."), as_json: bool = JSON_OPT):
     """Find features by label or context text, or by the token they fire on."""
     def go():
         ix = _open(where)
@@ -111,7 +119,7 @@ def label(where: Path = WHERE,
           features: Optional[str] = typer.Option(None, help="Feature ids, comma-separated (default: all live)."),
           n: Optional[int] = typer.Option(None, help="Label this many random live features instead."),
           timeout: float = typer.Option(30.0, help="openai: seconds per request."),
-          seed: int = typer.Option(0), as_json: bool = JSON_OPT):
+          seed: int = typer.Option(0, min=0, max=2**32 - 1), as_json: bool = JSON_OPT):
     """Label features automatically and score each label (detection, fuzzing) against random labels."""
     def go():
         import os
@@ -153,7 +161,7 @@ def export(where: Path = WHERE, out: Path = typer.Option(..., help="Output folde
 
 def fires_cmd(dictionary: Path = typer.Argument(..., help="Dictionary folder (labels from DICT/features.sqlite)."),
               text: str = typer.Option(..., "--text", help="Text to read."),
-              top: int = typer.Option(5, help="Features per token."),
+              top: int = typer.Option(5, min=1, help="Features per token."),
               model: Optional[str] = typer.Option(None, help="Model (default: the one the dictionary names)."),
               as_json: bool = JSON_OPT):
     """What fires here: for each token of TEXT, the most active features with their labels."""

@@ -272,9 +272,10 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
                                                                               "mlp reconstruction error")]
         name_features(store.dictionary_of(name), feats)
         ids = [n["node_id"] for n in feats]
-        profiles = store.profiles(name, ids)
+        profiles, effects = store.profiles(name, ids), store.effects(name, ids)
         found = suggest(ids, [int(n["ctx_idx"]) for n in feats], [int(n["layer"]) for n in feats], profiles,
-                        [n.get("clerp", "") for n in feats], v["metadata"].get("prompt_tokens", []), min_similarity)
+                        [n.get("clerp", "") for n in feats], v["metadata"].get("prompt_tokens", []), min_similarity,
+                        effects=effects)
         return {"suggestions": found, "features": len(feats), "min_similarity": min_similarity}
 
     @app.post("/api/graphs/{name}/intervene")

@@ -281,6 +281,14 @@ class GraphStore:
             return torch.from_numpy(out)
         return g.out_edges(pos)
 
+    def effects(self, name: str, node_ids: list[str]) -> list[float] | None:
+        """Signed total effects of the nodes on the top target (glasswork graphs; None for viewer JSON)."""
+        g = self.get(name)
+        if isinstance(g, ViewerGraph):
+            return None
+        e = g.total_effects()
+        return [float(e[i]) for i in self._positions(g, node_ids)]
+
     def subgraph(self, name: str, node_ids: list[str], supernodes: list[list[str]]) -> dict:
         """Pinned nodes and supernodes as one small graph: a supernode is one node whose edges are the sums of its
         members' edges (to and from every other node shown); edges among a supernode's own members are dropped."""

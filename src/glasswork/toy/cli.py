@@ -10,7 +10,7 @@ import typer
 
 def toy_cmd(out: Path = typer.Option(Path("toy"), "--out", help="Folder for the figures, data.json and weights."),
             quick: bool = typer.Option(False, "--quick", help="Smoke-sized run: small models, few steps (seconds; rough figures)."),
-            seed: int = typer.Option(0, help="Seed for initialization and data (same seed: same data.json)."),
+            seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for initialization and data (same seed: same data.json)."),
             part: Optional[List[str]] = typer.Option(None, help="Only these experiments: geometry, dimensionality, "
                                                      "phase, sae (repeatable; default all)."),
             as_json: bool = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing "

@@ -52,11 +52,11 @@ def train_cmd(
     kind: str = typer.Option("sae", help="sae | transcoder | clt"),
     layers: str = typer.Option("", help="Transcoder/CLT layers, e.g. 0-29."),
     arch: str = typer.Option("topk", help="relu | topk | batchtopk | jumprelu"),
-    k: int = typer.Option(32, help="Active latents per token (topk, batchtopk)."),
-    expansion: int = typer.Option(8, help="d_sae = expansion * d_in."),
-    d_sae: int = typer.Option(0, help="Latents (overrides --expansion)."),
-    tokens: int = typer.Option(1_000_000, help="Training tokens."),
-    batch_size: int = typer.Option(4096, help="Tokens per step (global, over all ranks)."),
+    k: int = typer.Option(32, min=1, help="Active latents per token (topk, batchtopk)."),
+    expansion: int = typer.Option(8, min=1, help="d_sae = expansion * d_in."),
+    d_sae: int = typer.Option(0, min=0, help="Latents (overrides --expansion)."),
+    tokens: int = typer.Option(1_000_000, min=1, help="Training tokens."),
+    batch_size: int = typer.Option(4096, min=1, help="Tokens per step (global, over all ranks)."),
     lr: float = typer.Option(0.0, help="Peak learning rate (0: 2e-4 / sqrt(d_sae / 16384))."),
     matryoshka: str = typer.Option("", help="Matryoshka prefix sizes, e.g. 256,1024: the first 256, the first 1024 "
                                             "and all latents each learn to reconstruct alone (SAEs, transcoders)."),
@@ -65,13 +65,13 @@ def train_cmd(
                                               "MLP output on input (over --init-tokens), the sparse part learns the rest."),
     freeze_skip: bool = typer.Option(False, help="With --skip-fit: keep the fitted skip fixed."),
     init: str = typer.Option("random", help="random | data: seed each latent on a token of the init sample."),
-    init_tokens: int = typer.Option(0, help="Tokens read before training for the skip fit and data init "
+    init_tokens: int = typer.Option(0, min=0, help="Tokens read before training for the skip fit and data init "
                                             "(0: 8192 when used)."),
     mix: int = typer.Option(1, help="Reading from the model: shuffle the tokens of this many batches together."),
     window: int = typer.Option(0, help="CLT: later layers each feature writes to (0: all)."),
-    seed: int = typer.Option(0, help="Seed for init and data order."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for init and data order."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
-    ctx: int = typer.Option(128, help="Tokens per sequence when reading from the model."),
+    ctx: int = typer.Option(128, min=8, help="Tokens per sequence when reading from the model."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 (auto: bf16 only where the hardware has fast bf16: "
                                   "AMX / AVX512-BF16 CPUs, bf16 GPUs; recorded, and kept on --resume)."),
@@ -112,8 +112,8 @@ def train_cmd(
 def eval_cmd(
     folder: Path = typer.Argument(..., help="Dictionary folder or set folder."),
     model: Optional[str] = typer.Option(None, help="Model (default: the one the dictionary names)."),
-    tokens: int = typer.Option(16_384, help="Held-out tokens to evaluate on."),
-    ctx: int = typer.Option(128, help="Tokens per sequence."),
+    tokens: int = typer.Option(16_384, min=1, help="Held-out tokens to evaluate on."),
+    ctx: int = typer.Option(128, min=8, help="Tokens per sequence."),
     as_json: bool = JSON_OPT,
 ):
     """FVU, L0, dead/dense fractions; CE-loss score and KL with the dictionaries spliced into the model."""

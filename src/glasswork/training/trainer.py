@@ -77,6 +77,16 @@ class TrainConfig:
             raise GlassworkError(f"train config: unknown kind '{self.kind}' (expected one of {', '.join(KINDS)})")
         if self.arch not in ACTIVATIONS:
             raise GlassworkError(f"train config: unknown arch '{self.arch}' (expected one of {', '.join(ACTIVATIONS)})")
+        if self.tokens < 1 or self.batch_size < 1:
+            raise GlassworkError(f"train config: tokens and batch_size must be at least 1 (got {self.tokens}, "
+                                 f"{self.batch_size})")
+        try:
+            dev = torch.device(self.device)
+        except RuntimeError:
+            raise GlassworkError(f"train config: device '{self.device}' is not a device (cpu, cuda, cuda:1)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise GlassworkError(f"train config: device '{self.device}', but this torch build sees no CUDA device "
+                                 f"(torch {torch.__version__}): use --device cpu")
         if self.precision not in PRECISIONS:
             raise GlassworkError(f"train config: precision must be one of {', '.join(PRECISIONS)} (got "
                                  f"'{self.precision}')")
@@ -484,5 +494,12 @@ def fold_scale(d, s_in: list[float], s_out: list[float]):
 
 def train(tc: TrainConfig, source, out: str | Path, resume: bool = False) -> dict:
     """Train the dictionaries tc describes on batches from `source`; write them to `out` (a folder for one
-    dictionary, a set folder for several or for transcoders). Returns a summary with metrics and the dictionaries."""
-    return Trainer(tc, source, out, resume).run()
+    dictionary, a set folder for several or for transcoders). Returns a summary with metrics and the dictionaries.
+    The folder is locked while training writes it: a second run into the same folder is refused."""
+    import os
+    from contextlib import nullcontext
+
+    from ..io import output_lock
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
+    with output_lock(out) if main else nullcontext():
+        return Trainer(tc, source, out, resume).run()

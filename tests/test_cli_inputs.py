@@ -1,0 +1,79 @@
+"""Bad CLI input, table-driven: each case exits 2 with a short message and no traceback, and writes nothing."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import glasswork as gw
+from glasswork.cli import app
+
+from server_fixtures import shared_workdir
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    base, _ = shared_workdir()
+    root = tmp_path_factory.mktemp("inputs")
+    shutil.copytree(base / "sae", root / "sae")  # a small indexed SAE
+    for name, change in (("wrong-type", {"d_sae": "48"}), ("float-k", {"k": 3.5}), ("null-kind", {"kind": None}),
+                         ("list-model", {"model": ["x"]})):
+        shutil.copytree(base / "sae", root / name, ignore=shutil.ignore_patterns("features.sqlite*"))
+        cfg = json.loads((root / name / "config.json").read_text())
+        (root / name / "config.json").write_text(json.dumps({**cfg, **change}))
+    nan = gw.load_dictionary(base / "sae")
+    with torch.no_grad():
+        nan.W_dec[3, 1] = float("nan")
+    gw.save_dictionary(nan, root / "nan-weights")
+    (root / "bad-json-model").mkdir()
+    (root / "bad-json-model" / "config.json").write_text("{not json")
+    (root / "odd-model").mkdir()
+    (root / "odd-model" / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    (root / "empty.txt").write_text("\n  \n")
+    (root / "a-file").write_text("x")
+    return root
+
+
+CASES = [
+    ("train --tokens 0", ["train", "--hooks", "blocks.1.hook_resid_post", "--tokens", "0", "--out", "{t}/o"]),
+    ("train --tokens -5", ["train", "--hooks", "blocks.1.hook_resid_post", "--tokens", "-5", "--out", "{t}/o"]),
+    ("train --batch-size 0", ["train", "--hooks", "h", "--batch-size", "0", "--out", "{t}/o"]),
+    ("train --device cuda", ["train", "--hooks", "h", "--device", "cuda", "--out", "{t}/o"]),
+    ("train --seed huge", ["train", "--hooks", "h", "--seed", "99999999999999999999", "--out", "{t}/o"]),
+    ("harvest --ctx-len 1", ["harvest", "--hooks", "blocks.1.hook_resid_post", "--ctx-len", "1", "--out", "{t}/s"]),
+    ("harvest --ctx-len 0", ["harvest", "--hooks", "blocks.1.hook_resid_post", "--ctx-len", "0", "--out", "{t}/s"]),
+    ("features build --contexts -5", ["features", "build", "{t}/sae", "--contexts", "-5"]),
+    ("features build --contexts 0", ["features", "build", "{t}/sae", "--contexts", "0"]),
+    ("features build empty text file", ["features", "build", "{t}/sae", "--text-file", "{t}/empty.txt"]),
+    ("features label --features abc", ["features", "label", "{t}/sae", "--features", "abc"]),
+    ("features export --features abc", ["features", "export", "{t}/sae", "--features", "abc", "--out", "{t}/np"]),
+    ("steer empty prompt", ["steer", "--prompt", " ", "--direction", "x"]),
+    ("steer --max-new-tokens -3", ["steer", "--prompt", "hi", "--max-new-tokens", "-3"]),
+    ("steer --seed huge", ["steer", "--prompt", "hi", "--seed", "99999999999999999999"]),
+    ("serve --port 99999", ["serve", "--dir", "{t}/w", "--port", "99999"]),
+    ("serve --dir a file", ["serve", "--dir", "{t}/a-file"]),
+    ("export SAE --format circuit-tracer", ["export", "{t}/sae", "--format", "circuit-tracer", "--out", "{t}/ct"]),
+    ("config field a string", ["export", "{t}/wrong-type", "--format", "saelens", "--out", "{t}/x"]),
+    ("config field a float", ["export", "{t}/float-k", "--format", "saelens", "--out", "{t}/x"]),
+    ("config field null", ["export", "{t}/null-kind", "--format", "saelens", "--out", "{t}/x"]),
+    ("config field a list", ["export", "{t}/list-model", "--format", "saelens", "--out", "{t}/x"]),
+    ("NaN weights", ["export", "{t}/nan-weights", "--format", "saelens", "--out", "{t}/x"]),
+    ("info on bad JSON", ["info", "--model", "{t}/bad-json-model"]),
+    ("info on an unknown model_type", ["info", "--model", "{t}/odd-model"]),
+]
+
+
+@pytest.mark.parametrize("args", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_clear_message(folders, args):
+    before = sorted(p.relative_to(folders) for p in folders.rglob("*") if "features.sqlite" not in p.name)
+    r = CliRunner().invoke(app, [a.replace("{t}", str(folders)) for a in args])
+    out = r.output
+    assert r.exit_code == 2, (r.exit_code, out[-800:], r.exception)
+    assert "Traceback" not in out and not isinstance(r.exception, (TypeError, ValueError, KeyError, AttributeError))
+    message = [line for line in out.splitlines() if line.strip(" │╭╮╰╯─")]
+    assert 1 <= len(message) <= 6, out  # one line of ours, or typer's short usage box
+    after = sorted(p.relative_to(folders) for p in folders.rglob("*") if "features.sqlite" not in p.name)
+    assert after == before  # nothing written, nothing half-made
