@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="the first N of benchmarks/data/heldout_prompts.txt")
     ap.add_argument("--draws", type=int, default=8, help="random groups per suggestion and baseline")
     ap.add_argument("--min-similarity", type=float, default=0.5)
+    ap.add_argument("--profile", choices=["edges", "influence"], default="edges",
+                    help="edges: outgoing direct effects; influence: each weighted by its target's influence")
     ap.add_argument("--split", choices=["sign", "none"], default="sign",
                     help="sign: groups never mix features pushing the target up and down (the viewer's default)")
     ap.add_argument("--no-record", action="store_true")
@@ -67,9 +69,12 @@ def main() -> None:
             layer, f = int(n["layer"]), int(n["node_id"].split("_")[1])
             path = layer_index_path(tc_dir, layer)
             labels.append(ensure_labels(FeatureIndex(path), [f])[f] if path.exists() else "")
-        rows = [index_of[i] for i in ids]
-        effects = g.total_effects()[rows].tolist() if args.split == "sign" else None
-        found = suggest(ids, [n["ctx_idx"] for n in feats], [int(n["layer"]) for n in feats], g.out_edges(rows),
+        feature_rows = [index_of[i] for i in ids]
+        effects = g.total_effects()[feature_rows].tolist() if args.split == "sign" else None
+        profiles = g.out_edges(feature_rows)
+        if args.profile == "influence":  # each edge weighted by how much its target matters for the prediction
+            profiles = profiles * g.node_influence()[g.row_nodes][None, :]
+        found = suggest(ids, [n["ctx_idx"] for n in feats], [int(n["layer"]) for n in feats], profiles,
                         labels, view["metadata"]["prompt_tokens"], args.min_similarity, effects=effects)
         token = int(g.node_index[g.n_nodes - g.n_logits])  # the top target
         prompt_tokens = prompt_ids(model, prompt)
@@ -110,7 +115,7 @@ def main() -> None:
         with open(HERE / "RESULTS.md", "a") as fh:
             fh.write(f"\n## Suggested supernodes: do they act together? ({datetime.now(timezone.utc):%Y-%m-%d})\n\n"
                      f"Machine: {cpu_name()}, {os.cpu_count()} cores, fp32. Command: `{cmd}`. Transcoders: "
-                     f"{tc_dir}. Groups split by sign of effect: {args.split}. Each suggested group is ablated on the real model (free mode) and the top target's "
+                     f"{tc_dir}. Groups split by sign of effect: {args.split}; profile: {args.profile}. Each suggested group is ablated on the real model (free mode) and the top target's "
                      f"logit change is compared with ablating as many random features of the same first view "
                      f"(at most 100 features and errors).\n\n{table}\n\n{summary}.\n")
 

@@ -28,6 +28,20 @@ def folders(tmp_path_factory):
     with torch.no_grad():
         nan.W_dec[3, 1] = float("nan")
     gw.save_dictionary(nan, root / "nan-weights")
+    from glasswork.dictionaries.formats import export_saelens
+    topk = gw.SparseCoder(gw.DictionaryConfig(kind="sae", d_in=8, d_sae=16, activation="topk", k=4, hook_in="h"))
+    topk.reset_parameters(seed=0)
+    export_saelens(topk, root / "sl-ok")
+    for name, change in (("sl-no-k", {"k": None}), ("sl-k0", {"k": 0})):
+        shutil.copytree(root / "sl-ok", root / name)
+        cfg = json.loads((root / name / "cfg.json").read_text())
+        cfg.update(change)
+        (root / name / "cfg.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
+    shutil.copytree(root / "sl-ok", root / "sl-nan")
+    from safetensors.torch import load_file, save_file
+    w = load_file(str(root / "sl-nan" / "sae_weights.safetensors"))
+    w["W_dec"][0, 0] = float("nan")
+    save_file(w, str(root / "sl-nan" / "sae_weights.safetensors"))
     (root / "bad-json-model").mkdir()
     (root / "bad-json-model" / "config.json").write_text("{not json")
     (root / "odd-model").mkdir()
@@ -61,6 +75,9 @@ CASES = [
     ("config field null", ["export", "{t}/null-kind", "--format", "saelens", "--out", "{t}/x"]),
     ("config field a list", ["export", "{t}/list-model", "--format", "saelens", "--out", "{t}/x"]),
     ("NaN weights", ["export", "{t}/nan-weights", "--format", "saelens", "--out", "{t}/x"]),
+    ("import SAELens with NaN weights", ["import", "{t}/sl-nan", "--out", "{t}/imported"]),
+    ("import SAELens TopK without k", ["import", "{t}/sl-no-k", "--out", "{t}/imported"]),
+    ("import SAELens TopK with k 0", ["import", "{t}/sl-k0", "--out", "{t}/imported"]),
     ("info on bad JSON", ["info", "--model", "{t}/bad-json-model"]),
     ("info on an unknown model_type", ["info", "--model", "{t}/odd-model"]),
 ]
@@ -77,3 +94,9 @@ def test_bad_input_exits_2_with_one_clear_message(folders, args):
     assert 1 <= len(message) <= 6, out  # one line of ours, or typer's short usage box
     after = sorted(p.relative_to(folders) for p in folders.rglob("*") if "features.sqlite" not in p.name)
     assert after == before  # nothing written, nothing half-made
+
+
+def test_a_corrected_retry_succeeds(folders):
+    r = CliRunner().invoke(app, ["import", str(folders / "sl-ok"), "--out", str(folders / "fixed")])
+    assert r.exit_code == 0, r.output
+    assert gw.load_dictionary(folders / "fixed").cfg.k == 4

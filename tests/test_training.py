@@ -267,7 +267,7 @@ TRANSCODER = dict(kind="transcoder", hooks=[], layers=[0], skip=True)
 
 
 def _resume_data(extra):
-    if extra.get("kind") != "transcoder":
+    if extra.get("kind") not in ("transcoder", "clt"):
         return {"h": _data()}
     x = _data()
     return {"blocks.0.ln2.hook_normalized": x, "blocks.0.hook_mlp_out": (x - 2).relu() @ _data(n=16, seed=1) / 4 + 1}
@@ -278,8 +278,9 @@ def _load_trained(out, extra):
 
 
 @pytest.mark.parametrize("extra", [{}, {"matryoshka": [16, 40]}, {**TRANSCODER, "skip_fit": True, "init": "data", "init_tokens": 320},
-                                   {**TRANSCODER, "skip_fit": True, "freeze_skip": True, "init_tokens": 640}],
-                         ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip"])
+                                   {**TRANSCODER, "skip_fit": True, "freeze_skip": True, "init_tokens": 640},
+                                   {"kind": "clt", "hooks": [], "layers": [0], "arch": "relu"}],
+                         ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip", "clt"])
 def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     """Every run in a fresh single-threaded process, so all three use the same kernels and reduction order."""
     env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}

@@ -69,6 +69,10 @@ def import_saelens(folder: str | Path) -> SparseCoder:
     hook = meta.get("hook_name") or raw.get("hook_name") or ""
     model = meta.get("model_name") or raw.get("model_name") or ""
     act = FROM_SAELENS[arch]
+    if act in ("topk", "batchtopk") and (not isinstance(raw.get("k"), int) or isinstance(raw.get("k"), bool)
+                                        or not 0 < raw["k"] <= raw["d_sae"]):
+        raise GlassworkError(f"{path}: field 'k' is {raw.get('k')!r}; a {arch} SAE needs an integer k in "
+                             f"1..d_sae={raw['d_sae']}")
     cfg = DictionaryConfig(kind="sae", d_in=raw["d_in"], d_sae=raw["d_sae"], activation=act,
                            k=int(raw.get("k") or 1), b_dec_in=bool(raw.get("apply_b_dec_to_input", True)),
                            model=model, hook_in=hook, hook_out=hook)
@@ -83,6 +87,9 @@ def import_saelens(folder: str | Path) -> SparseCoder:
         if tuple(weights[name].shape) != shape:
             raise GlassworkError(f"{folder / 'sae_weights.safetensors'}: '{name}' has shape {list(weights[name].shape)}, "
                                  f"cfg.json implies {list(shape)}")
+        if not torch.isfinite(weights[name].float()).all():
+            raise GlassworkError(f"{folder / 'sae_weights.safetensors'}: '{name}' holds NaN or infinite values: "
+                                 f"refusing a broken SAE")
     with torch.no_grad():
         for name in want:
             value = weights[name].float()

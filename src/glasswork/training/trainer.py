@@ -151,6 +151,11 @@ class Unit:
     x_hooks: list[str]
     y_hooks: list[str]
 
+    @property
+    def layered(self) -> bool:
+        """A CLT's inputs are [batch, L, d] even with one layer."""
+        return self.dictionary.cfg.kind == "clt"
+
 
 def make_units(tc: TrainConfig, dims: dict[str, int]) -> list[Unit]:
     def dcfg(**kw) -> DictionaryConfig:
@@ -187,10 +192,12 @@ def _layer_of(hook: str) -> int | None:
     return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else None
 
 
-def _stack(batch: dict[str, torch.Tensor], hooks: list[str], scale: dict[str, float]) -> torch.Tensor:
-    """[batch, d] for one hook, [batch, L, d] for several, each scaled to unit mean squared norm."""
+def _stack(batch: dict[str, torch.Tensor], hooks: list[str], scale: dict[str, float],
+           layered: bool = False) -> torch.Tensor:
+    """[batch, d] for one hook, [batch, L, d] for several (or for a CLT, even of one layer), each scaled to unit mean
+    squared norm."""
     xs = [batch[h] * scale[h] for h in hooks]
-    return xs[0] if len(xs) == 1 else torch.stack(xs, 1)
+    return xs[0] if len(xs) == 1 and not layered else torch.stack(xs, 1)
 
 
 class Trainer:
@@ -269,14 +276,14 @@ class Trainer:
         for u in self.units:
             d = u.dictionary
             if tc.b_dec_init != "zero":
-                y = _stack(batch, u.y_hooks, self.scale).float()
+                y = _stack(batch, u.y_hooks, self.scale, u.layered).float()
                 center = geometric_median if tc.b_dec_init == "median" else (lambda t: t.mean(0))
                 b = center(y) if y.dim() == 2 else torch.stack([center(y[:, i]) for i in range(y.shape[1])])
                 d.b_dec.copy_(b)
             if not (tc.skip_fit or tc.init == "data"):
                 continue
-            x = torch.cat([_stack(b, u.x_hooks, self.scale).float() for b in batches])
-            y = torch.cat([_stack(b, u.y_hooks, self.scale).float() for b in batches])
+            x = torch.cat([_stack(b, u.x_hooks, self.scale, u.layered).float() for b in batches])
+            y = torch.cat([_stack(b, u.y_hooks, self.scale, u.layered).float() for b in batches])
             if tc.skip_fit:
                 W, b = fit_linear(x, y)
                 d.W_skip.copy_(W)
@@ -357,8 +364,8 @@ class Trainer:
         with autocast(tc.device, self.precision):
             for i, u in enumerate(self.units):
                 d = u.dictionary
-                x = _stack(batch, u.x_hooks, self.scale).to(tc.device)
-                y = _stack(batch, u.y_hooks, self.scale).to(tc.device)
+                x = _stack(batch, u.x_hooks, self.scale, u.layered).to(tc.device)
+                y = _stack(batch, u.y_hooks, self.scale, u.layered).to(tc.device)
                 if d.cfg.kind == "clt":
                     loss, s = clt_loss(d, x, y, tc)
                 else:
