@@ -180,7 +180,7 @@ function draw() {
   });
   for (const [, { x, y, n, gap }] of S.pos) {  // logit labels: horizontal, cut to their slot: they never overlap
     if (n.feature_type !== "logit") continue;
-    const m = /"(.*)"/.exec(n.clerp || "");
+    const m = /"([\s\S]*)"/.exec(n.clerp || "");  // a token may be a newline
     const tx = document.createElementNS(NS, "text");
     tx.setAttribute("x", x); tx.setAttribute("y", y - 11); tx.setAttribute("class", "logit-label");
     tx.setAttribute("font-size", "10.5"); tx.setAttribute("fill", "#2b8a3e"); tx.setAttribute("text-anchor", "middle");
