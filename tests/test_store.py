@@ -297,3 +297,24 @@ def test_default_model_harvest_cli(default_model, tmp_path):
                                rtol=1e-4, atol=1e-4)
     res = CliRunner().invoke(app, ["store", "info", str(out), "--verify", "--json"])
     assert json.loads(res.stdout.strip().splitlines()[-1])["verified"] is True
+
+
+def test_bad_manifests_are_clear_errors_and_a_failed_harvest_can_be_corrected(store, tmp_path):
+    import json
+    import shutil
+    for name, edit in (("null", lambda m: None), ("no-file", lambda m: {**m, "shards": [{"rows": 1, "bytes": 2}]}),
+                       ("path-file", lambda m: {**m, "shards": [{**m["shards"][0], "file": "../x"}]}),
+                       ("shards-dict", lambda m: {**m, "shards": {}})):
+        bad = tmp_path / name
+        shutil.copytree(store, bad)
+        (bad / "manifest.json").write_text(json.dumps(edit(read_json(bad / "manifest.json"))))
+        with pytest.raises(GlassworkError, match="manifest"):
+            ActivationStore(bad)
+    # a harvest that failed before its first shard (here: a corpus source that does not exist) leaves a manifest
+    # with no shards; the corrected command starts over instead of refusing "other settings"
+    out = tmp_path / "retry"
+    with pytest.raises(GlassworkError):
+        harvest(make_tiny("llama"), HOOKS, out, tokens=8 * CTX, ctx_len=CTX, source="no-such-source")
+    assert (out / "manifest.json").exists() and not read_json(out / "manifest.json")["shards"]
+    make_store(out, n=8)
+    assert ActivationStore(out).n_rows == 8 * CTX

@@ -142,7 +142,10 @@ def load_tensors(path: str | Path, what: str = "safetensors file") -> dict[str, 
 
 
 def require_keys(obj: dict, keys: list[str], path: str | Path, what: str) -> None:
-    """Raise a GlassworkError naming the first missing field."""
+    """Raise a GlassworkError naming the first missing field (or saying the file holds no JSON object at all)."""
+    if not isinstance(obj, dict):
+        raise GlassworkError(f"{path}: {what} is {type(obj).__name__}, expected a JSON object with fields "
+                             f"{', '.join(keys)}")
     for key in keys:
         if key not in obj:
             raise GlassworkError(f"{path}: {what} has no field '{key}' (expected fields: {', '.join(keys)})")

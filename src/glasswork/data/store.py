@@ -139,6 +139,9 @@ def _start_manifest(out: Path, cfg: HarvestConfig) -> dict:
     path = out / MANIFEST
     if path.exists():
         manifest = _read_manifest(out)
+        if manifest["config"] != asdict(cfg) and not manifest["shards"] and not manifest["complete"]:
+            path.unlink()  # a harvest that failed before its first shard: its settings may be corrected freely
+            return _start_manifest(out, cfg)
         if manifest["config"] != asdict(cfg):
             diff = {k: (manifest["config"].get(k), v) for k, v in asdict(cfg).items() if manifest["config"].get(k) != v}
             raise GlassworkError(f"{path}: this folder holds a store harvested with other settings "
@@ -179,6 +182,14 @@ def _read_manifest(folder: Path) -> dict:
     m = read_json(path, "activation store manifest")
     require_keys(m, ["config", "dims", "shards", "n_rows", "complete"], path, "activation store manifest")
     require_keys(m["config"], ["model", "hooks", "ctx_len", "dtype"], path, "manifest 'config'")
+    if not isinstance(m["shards"], list):
+        raise GlassworkError(f"{path}: field 'shards' must be a list (got {type(m['shards']).__name__})")
+    for i, shard in enumerate(m["shards"]):
+        require_keys(shard, ["file", "rows", "bytes"], path, f"manifest shards[{i}]")
+        if not isinstance(shard["file"], str) or "/" in shard["file"] or shard["file"].startswith("."):
+            raise GlassworkError(f"{path}: shards[{i}].file must be a file name in the store (got {shard['file']!r})")
+        if not all(isinstance(shard[k], int) and not isinstance(shard[k], bool) for k in ("rows", "bytes")):
+            raise GlassworkError(f"{path}: shards[{i}] 'rows' and 'bytes' must be integers")
     return m
 
 
