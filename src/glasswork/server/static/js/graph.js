@@ -371,6 +371,9 @@ async function drawSubgraph() {
     $("subgraph-info").textContent = " · pin nodes or accept a supernode to see them here";
     svg.replaceChildren(); svg.setAttribute("width", 10); svg.setAttribute("height", 10); return;
   }
+  const logits = S.view.nodes.filter((n) => n.feature_type === "logit");
+  const top = logits.length ? logits.reduce((a, b) => ((b.token_prob || 0) > (a.token_prob || 0) ? b : a)) : null;
+  if (top && !loose.includes(top.node_id) && !grouped.has(top.node_id)) loose.push(top.node_id);  // the target anchors it
   let d;
   try { d = await api(`/api/graphs/${encodeURIComponent(S.name)}/subgraph`, { method: "POST", body: { nodes: loose, supernodes: S.supernodes } }); }
   catch (e) { return showError($("subgraph-info"), e); }
