@@ -191,3 +191,141 @@ def test_circuit_tracer_needs_every_layer(tmp_path):
     del tcs[1]
     with pytest.raises(GlassworkError, match="every layer"):
         export_circuit_tracer(tcs, tmp_path / "x")
+
+
+# ---------------------------------------------------------------------------------------------------- imports
+
+def _random(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_import_sparsify_transcoders_and_sae_reproduce_its_equations(tmp_path):
+    """Fixture files in sparsify's layout (its tensor names and shapes); codes topk(relu(x W^T + b)), no b_dec on the
+    input, skip x @ W_skip^T."""
+    from safetensors.torch import save_file
+
+    from glasswork.dictionaries.imports import import_folder
+    d, F, k = 8, 24, 4
+    run = tmp_path / "run"
+    weights = {}
+    for layer, skip in ((0, False), (1, True)):
+        w = {"encoder.weight": _random(F, d, seed=layer), "encoder.bias": _random(F, seed=10 + layer) * 0.1,
+             "W_dec": _random(F, d, seed=20 + layer), "b_dec": _random(d, seed=30 + layer)}
+        if skip:
+            w["W_skip"] = _random(d, d, seed=40)
+        (run / f"layers.{layer}.mlp").mkdir(parents=True)
+        save_file(w, str(run / f"layers.{layer}.mlp" / "sae.safetensors"))
+        (run / f"layers.{layer}.mlp" / "cfg.json").write_text(json.dumps(
+            {"activation": "topk", "num_latents": F, "k": k, "skip_connection": skip, "transcode": True, "d_in": d}))
+        weights[layer] = w
+    got, fmt = import_folder(run)
+    assert fmt == "sparsify" and sorted(got) == [0, 1] and got[1].W_skip is not None
+    x = _random(10, d, seed=99)
+    for layer, w in weights.items():
+        pre = (x @ w["encoder.weight"].T + w["encoder.bias"]).relu()
+        v, i = pre.topk(k, -1)
+        want = torch.zeros_like(pre).scatter(-1, i, v) @ w["W_dec"] + w["b_dec"] + (
+            x @ w["W_skip"].T if "W_skip" in w else 0)
+        torch.testing.assert_close(got[layer](x), want, rtol=1e-5, atol=1e-5)
+        assert got[layer].cfg.hook_in == f"blocks.{layer}.ln2.hook_normalized"
+        assert got[layer].cfg.training["imported_from"]["format"] == "sparsify"
+    sae_dir = tmp_path / "layers.3"
+    sae_dir.mkdir()
+    save_file({k_: v for k_, v in weights[0].items()}, str(sae_dir / "sae.safetensors"))
+    (sae_dir / "cfg.json").write_text(json.dumps({"activation": "topk", "k": k, "transcode": False, "d_in": d}))
+    sae, _ = import_folder(sae_dir)
+    assert sae.cfg.kind == "sae" and sae.cfg.hook_in == "blocks.3.hook_resid_post"
+
+
+@pytest.mark.parametrize("cls", ["AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "JumpReluAutoEncoder"])
+def test_import_dictionary_learning_reproduces_its_equations(tmp_path, cls):
+    """ae.pt + config.json in saprmarks/dictionary_learning's layout, reconstructed with its published forward."""
+    from glasswork.dictionaries.imports import import_folder
+    d, F, k = 8, 20, 3
+    x = _random(12, d, seed=5)
+    if cls == "JumpReluAutoEncoder":
+        state = {"W_enc": _random(d, F, seed=1), "b_enc": _random(F, seed=2) * 0.1, "W_dec": _random(F, d, seed=3),
+                 "b_dec": _random(d, seed=4), "threshold": _random(F, seed=6).abs() * 0.5}
+        pre = x @ state["W_enc"] + state["b_enc"]
+        want = (pre * (pre > state["threshold"])).relu() @ state["W_dec"] + state["b_dec"]
+    else:
+        bias = "bias" if cls == "AutoEncoder" else "b_dec"
+        state = {"encoder.weight": _random(F, d, seed=1), "encoder.bias": _random(F, seed=2) * 0.1,
+                 "decoder.weight": _random(d, F, seed=3), bias: _random(d, seed=4)}
+        f = ((x - state[bias]) @ state["encoder.weight"].T + state["encoder.bias"]).relu()
+        if cls != "AutoEncoder":
+            state["k"] = torch.tensor(k)
+        if cls == "AutoEncoderTopK":
+            v, i = f.topk(k, -1)
+            f = torch.zeros_like(f).scatter(-1, i, v)
+        elif cls == "BatchTopKSAE":
+            state["threshold"] = torch.tensor(0.4)
+            f = f * (f > state["threshold"])
+        want = f @ state["decoder.weight"].T + state[bias]
+    folder = tmp_path / cls
+    folder.mkdir()
+    torch.save(state, folder / "ae.pt")
+    (folder / "config.json").write_text(json.dumps({"trainer": {"dict_class": cls, "layer": 3, "lm_name": "m",
+                                                                "submodule_name": "resid_post_layer_3"}}))
+    got, fmt = import_folder(folder)
+    assert fmt == "dictionary-learning" and got.cfg.hook_in == "blocks.3.hook_resid_post"
+    torch.testing.assert_close(got(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_import_gemma_scope_npz_and_circuit_tracer_through_the_cli(tmp_path):
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from glasswork.cli import app
+    d, F = 8, 16
+    p = {"W_enc": _random(d, F, seed=1), "W_dec": _random(F, d, seed=2), "b_enc": _random(F, seed=3) * 0.1,
+         "b_dec": _random(d, seed=4), "threshold": _random(F, seed=5).abs() * 0.3}
+    (tmp_path / "gs").mkdir()
+    np.savez(tmp_path / "gs" / "params.npz", **{k: v.numpy() for k, v in p.items()})
+    r = CliRunner().invoke(app, ["import", str(tmp_path / "gs"), "--out", str(tmp_path / "gs-native"), "--json"])
+    assert r.exit_code == 0, r.output
+    sae = load(tmp_path / "gs-native")
+    x = _random(9, d, seed=7)
+    pre = x @ p["W_enc"] + p["b_enc"]
+    torch.testing.assert_close(sae(x), (pre > p["threshold"]) * pre.relu() @ p["W_dec"] + p["b_dec"], rtol=1e-5,
+                               atol=1e-5)
+    tcs = _transcoders("jumprelu", True)
+    with torch.no_grad():
+        for t in tcs.values():
+            t.threshold.abs_()
+    export_circuit_tracer(tcs, tmp_path / "ct")
+    r = CliRunner().invoke(app, ["import", str(tmp_path / "ct"), "--out", str(tmp_path / "ct-native")])
+    assert r.exit_code == 0, r.output
+    from glasswork.dictionaries import load_transcoders
+    back = load_transcoders(tmp_path / "ct-native")
+    for layer, t in tcs.items():
+        torch.testing.assert_close(back[layer](x), t(x))
+        assert back[layer].cfg.training["imported_from"]["format"] == "circuit-tracer"
+
+
+class NotATensor:
+    """A pickled object that is not a tensor: what torch.load(weights_only=True) must refuse."""
+
+
+def test_import_refuses_unknown_layouts_lying_configs_and_pickled_objects(tmp_path):
+    import collections
+    from typer.testing import CliRunner
+
+    from glasswork.cli import app
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "weights.bin").write_bytes(b"x")
+    (tmp_path / "pickle").mkdir()
+    torch.save({"encoder.weight": torch.zeros(4, 2), "extra": NotATensor()}, tmp_path / "pickle" / "ae.pt")
+    (tmp_path / "counter").mkdir()
+    torch.save({"encoder.weight": torch.zeros(4, 2), "extra": collections.Counter(a=1)}, tmp_path / "counter" / "ae.pt")
+    from safetensors.torch import save_file
+    (tmp_path / "lies").mkdir()
+    save_file({"encoder.weight": torch.zeros(6, 4), "encoder.bias": torch.zeros(6), "W_dec": torch.zeros(5, 4),
+               "b_dec": torch.zeros(4)}, str(tmp_path / "lies" / "sae.safetensors"))
+    (tmp_path / "lies" / "cfg.json").write_text(json.dumps({"activation": "topk", "k": 2, "d_in": 4}))
+    for name, needle in (("odd", "not a dictionary layout"), ("pickle", "refused"), ("counter", "state dict of tensors"),
+                         ("lies", "'W_dec' has shape")):
+        out = tmp_path / f"{name}-out"
+        r = CliRunner().invoke(app, ["import", str(tmp_path / name), "--out", str(out)])
+        assert r.exit_code == 2 and needle in " ".join(r.output.split()), r.output
+        assert not out.exists()

@@ -155,18 +155,32 @@ def export_cmd(
 
 
 def import_cmd(
-    folder: Path = typer.Argument(..., help="SAELens folder (cfg.json + sae_weights.safetensors)."),
-    out: Path = typer.Option(..., help="Native folder to write."),
+    folder: Path = typer.Argument(..., help="Another tool's dictionary folder: SAELens, circuit-tracer, sparsify, "
+                                             "dictionary_learning or Gemma Scope (recognized from its files)."),
+    out: Path = typer.Option(..., help="Native folder to write (a set folder for transcoders)."),
+    format: str = typer.Option("auto", "--format", help="auto | saelens | circuit-tracer | sparsify | "
+                               "dictionary-learning | gemma-scope"),
+    model: str = typer.Option("", help="The model name to record (where the files do not say)."),
     as_json: bool = JSON_OPT,
 ):
-    """Import a SAELens SAE folder as a native glasswork dictionary."""
+    """Import a dictionary another tool wrote as a native glasswork dictionary (or transcoder set)."""
     from ..cli import emit, run_verb
 
     def go():
-        from ..dictionaries.formats import import_saelens
-        from ..dictionaries.saving import save
-        sae = import_saelens(folder)
-        save(sae, out)
-        emit({"folder": str(out), "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "activation": sae.cfg.activation,
-              "hook": sae.cfg.hook_in, "model": sae.cfg.model}, as_json)
+        from ..dictionaries.imports import import_folder
+        from ..dictionaries.saving import save, save_set
+        if out.exists() and any(out.iterdir()):
+            raise GlassworkError(f"--out {out}: folder exists and is not empty; choose a new folder")
+        got, fmt = import_folder(folder, format, model)
+        if isinstance(got, dict):
+            save_set({f"layer_{layer:02d}": d for layer, d in sorted(got.items())}, out)
+            first = next(iter(got.values())).cfg
+            summary = {"folder": str(out), "format": fmt, "kind": "transcoder set", "layers": sorted(got),
+                       "d_in": first.d_in, "d_sae": first.d_sae, "activation": first.activation}
+        else:
+            save(got, out)
+            summary = {"folder": str(out), "format": fmt, "kind": got.cfg.kind, "d_in": got.cfg.d_in,
+                       "d_sae": got.cfg.d_sae, "activation": got.cfg.activation, "hook": got.cfg.hook_in,
+                       "model": got.cfg.model}
+        emit(summary, as_json)
     run_verb(go)
