@@ -323,3 +323,8 @@ def test_supernode_clustering_finds_planted_groups():
     by_pos = {s["position"]: s for s in found}
     assert by_pos[0]["name"] == "Paris L3-6" and by_pos[1]["name"] == "@b L2"
     assert name_group(["x", "y"], [1, 1], " is") == "@is L1"
+
+
+def test_viewer_json_is_named_by_its_prompt_and_carries_no_absolute_path(tmp_path):
+    from glasswork.circuits.graph import _slug
+    assert _slug("The capital of France is") == "the-capital-of-france-is" and _slug("???") == "graph"

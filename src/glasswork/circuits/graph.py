@@ -190,7 +190,8 @@ class Graph:
                  for s, t, w in zip(c.tolist(), rows[r].tolist(), weights)]
         meta = self.meta
         return {
-            "metadata": {"slug": slug or meta.get("slug", "graph"), "scan": meta.get("model", ""),
+            "metadata": {"slug": slug or meta.get("slug") or _slug(meta.get("prompt", "")),
+                         "scan": meta.get("model", ""),
                          "prompt": meta.get("prompt", ""), "prompt_tokens": meta.get("str_tokens", []),
                          "node_threshold": node_threshold, "edge_threshold": edge_threshold,
                          "schema_version": 1, "transcoder_list": [], "scores": meta.get("scores", {}),
@@ -291,6 +292,12 @@ def load_graph(path: str | Path) -> Graph:
         raise GlassworkError(f"{path}: graph file lacks tensor(s) {', '.join(missing)}")
     tensors["adjacency"] = tensors["adjacency"].float()
     return Graph(**{k: tensors[k] for k in _TENSORS}, meta=meta)
+
+
+def _slug(prompt: str) -> str:
+    """'The capital of France is' -> 'the-capital-of-france-is': a graph's name when none is given."""
+    import re
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "graph"
 
 
 def influence(norm: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, max_iter: int = 10_000) -> torch.Tensor:
