@@ -325,6 +325,6 @@ def test_supernode_clustering_finds_planted_groups():
     assert name_group(["x", "y"], [1, 1], " is") == "@is L1"
 
 
-def test_viewer_json_is_named_by_its_prompt_and_carries_no_absolute_path(tmp_path):
+def test_viewer_json_is_named_by_its_prompt():
     from glasswork.circuits.graph import _slug
     assert _slug("The capital of France is") == "the-capital-of-france-is" and _slug("???") == "graph"
