@@ -31,7 +31,7 @@ def confined(tmp_path_factory):
     view = parts["graph"].view(0.9, 0.99)
     view["metadata"]["prompt"] = SECRET
     (outside / "secret.json").write_text(json.dumps(view))
-    shutil.copytree(base / "sae", outside / "sae")
+    shutil.copytree(base / "sae", outside / "sae", ignore=shutil.ignore_patterns("*-wal", "*-shm"))
     (root / "graphs" / "evil.json").symlink_to(outside / "secret.json")
     (root / "linked-sae").symlink_to(outside / "sae", target_is_directory=True)
     named = parts["graph"].view(0.9, 0.99)

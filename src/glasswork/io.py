@@ -31,8 +31,9 @@ def relative_path(target: str | Path, base: str | Path) -> str:
 @contextmanager
 def output_lock(folder: str | Path) -> Iterator[None]:
     """Hold FOLDER/.glasswork.lock while a job writes the folder: a second writer is refused (a lock left by a killed
-    process, whose pid is gone, is taken over)."""
+    process, whose pid is gone, is taken over). A folder this made and the job left empty is removed again."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / ".glasswork.lock"
     for _ in range(2):
@@ -56,6 +57,8 @@ def output_lock(folder: str | Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a job that failed before writing anything leaves no empty folder behind
 
 
 def _alive(pid: int) -> bool:
