@@ -160,12 +160,14 @@ def label_features(index, explainer: Explainer, scorer: Scorer | None = None, fe
             "n_errors": len(errors), "n_detection_beats_baseline": beats, "errors": errors, "results": results}
 
 
-def ensure_labels(index, features: list[int], explainer: Explainer | None = None) -> dict[int, str]:
+def ensure_labels(index, features: list[int], explainer: Explainer | None = None,
+                  limit: int | None = None) -> dict[int, str]:
     """{feature: label} for `features`: the best stored label, and for features with none yet a label made now by
-    `explainer` (default: built-in) and stored with its scores, so a graph's nodes are all labelled on first sight."""
+    `explainer` (default: built-in) and stored with its scores, so a graph's nodes are all labelled on first sight.
+    `limit`: make at most this many now (a request stays short; the rest come on later calls)."""
     from .explain import BuiltinExplainer
     tried = {f for (f,) in index.db.execute("SELECT DISTINCT feature FROM labels")}  # failures count: not retried
-    missing = sorted({f for f in features if f not in tried and 0 <= f < index.d_sae})
+    missing = sorted({f for f in features if f not in tried and 0 <= f < index.d_sae})[:limit]
     if missing:
         label_features(index, explainer or BuiltinExplainer(), features=missing)
     labels = index.labels()

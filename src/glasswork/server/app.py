@@ -196,7 +196,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
             labels = {}
             if index is not None:
                 with res._lock:
-                    labels = ensure_labels(index, [f for _, f in pairs])
+                    labels = ensure_labels(index, [f for _, f in pairs], limit=40)  # a request stays short
             for n, f in pairs:
                 n["clerp"] = labels.get(f) or f"L{layer} #{f}"
 
