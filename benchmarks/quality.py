@@ -86,7 +86,7 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "before": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=1),
     "skip": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16, skip=True,
                  skip_fit=True, init="data"),
-    "clt": dict(kind="clt", batch_size=508, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=8, window=4),
+    "clt": dict(kind="clt", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
 }
 
 

@@ -279,7 +279,8 @@ def _load_trained(out, extra):
 
 @pytest.mark.parametrize("extra", [{}, {"matryoshka": [16, 40]}, {**TRANSCODER, "skip_fit": True, "init": "data", "init_tokens": 320},
                                    {**TRANSCODER, "skip_fit": True, "freeze_skip": True, "init_tokens": 640},
-                                   {"kind": "clt", "hooks": [], "layers": [0], "arch": "relu"}],
+                                   {"kind": "clt", "hooks": [], "layers": [0], "arch": "relu", "init": "data",
+                                    "init_tokens": 128}],
                          ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip", "clt"])
 def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     """Every run in a fresh single-threaded process, so all three use the same kernels and reduction order."""
@@ -453,8 +454,6 @@ def test_skip_fit_needs_more_samples_than_d_in(tmp_path):
         TrainConfig(kind="transcoder", layers=[0], skip_fit=True)
     with pytest.raises(GlassworkError, match="init must be random or data"):
         TrainConfig(kind="transcoder", layers=[0], init="kmeans")
-    with pytest.raises(GlassworkError, match="a CLT starts random"):
-        TrainConfig(kind="clt", layers=[0, 1], init="data")
     with pytest.raises(GlassworkError, match="skip_fit is for transcoders"):
         TrainConfig(kind="sae", hooks=["h"], skip=True, skip_fit=True)
 
@@ -499,6 +498,30 @@ def test_data_init_seeds_each_latent_on_a_token():
     torch.testing.assert_close(pre.diagonal(), r[token].norm(dim=-1), rtol=1e-4, atol=1e-4)
     with pytest.raises(GlassworkError, match="at least one token per latent"):
         seed_latents_on_tokens(W_enc, b_enc, W_dec, x[:10], r[:10], torch.Generator())
+
+
+def test_clt_data_init_seeds_each_layer_on_its_own_output(tmp_path):
+    from glasswork.training.trainer import Trainer
+    g = torch.Generator().manual_seed(4)
+    acts = {}
+    for l in range(3):
+        x = torch.randn(512, 8, generator=g) + l
+        acts[f"blocks.{l}.ln2.hook_normalized"], acts[f"blocks.{l}.hook_mlp_out"] = x, (x @ torch.randn(8, 6, generator=g)).relu()
+    tc = _cfg(kind="clt", hooks=[], layers=[0, 1, 2], window=2, d_sae=24, init="data", init_tokens=256, normalize=False,
+              b_dec_init="mean")
+    clt = Trainer(tc, TensorSource(acts, 64, seed=1), tmp_path / "o").units[0].dictionary
+    x = torch.stack([acts[f"blocks.{l}.ln2.hook_normalized"] for l in range(3)], 1)  # [n, L, d_in]
+    y = torch.stack([acts[f"blocks.{l}.hook_mlp_out"] for l in range(3)], 1)
+    for i, w_dec in enumerate(clt.W_dec):
+        own = w_dec[:, 0]  # [F, d_out]: each latent's write to its own layer is a unit residual direction of a token
+        torch.testing.assert_close(own.norm(dim=-1), torch.ones(24))
+        assert torch.equal(w_dec[:, 1:], torch.zeros_like(w_dec[:, 1:]))
+        r = y[:, i] - clt.b_dec[i]
+        cos = own @ (r / r.norm(dim=-1, keepdim=True).clamp_min(1e-8)).T  # [F, n]
+        token = cos.argmax(1)
+        assert torch.allclose(cos.max(1).values, torch.ones(24), atol=1e-5)
+        pre = clt.pre_acts(x[token])[:, i]  # [F, F]: latent f's pre-activation on its own token is |r|
+        torch.testing.assert_close(pre.diagonal(), r[token].norm(dim=-1), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.model

@@ -64,7 +64,7 @@ def train_cmd(
     skip_fit: bool = typer.Option(False, help="Transcoders with --skip: start the skip at the least-squares fit of "
                                               "MLP output on input (over --init-tokens), the sparse part learns the rest."),
     freeze_skip: bool = typer.Option(False, help="With --skip-fit: keep the fitted skip fixed."),
-    init: str = typer.Option("random", help="random | data: seed each latent on a token of the init sample."),
+    init: str = typer.Option("random", help="random | data: seed each latent on a token of the init sample (a CLT: on its own layer's output)."),
     init_tokens: int = typer.Option(0, min=0, help="Tokens read before training for the skip fit and data init "
                                             "(0: 8192 when used)."),
     mix: int = typer.Option(1, help="Reading from the model: shuffle the tokens of this many batches together."),

@@ -96,8 +96,6 @@ class TrainConfig:
             raise GlassworkError("train config: skip_fit / freeze_skip need skip=True (a transcoder with a skip)")
         if self.skip_fit and self.kind != "transcoder":
             raise GlassworkError(f"train config: skip_fit is for transcoders (kind is '{self.kind}')")
-        if self.init == "data" and self.kind == "clt":
-            raise GlassworkError("train config: init 'data' seeds SAE and transcoder latents; a CLT starts random")
         if self.freeze_skip and not self.skip_fit:
             raise GlassworkError("train config: freeze_skip needs skip_fit (a skip kept at zero would do nothing)")
         if self.init_tokens < 0:
@@ -288,7 +286,11 @@ class Trainer:
                 W, b = fit_linear(x, y)
                 d.W_skip.copy_(W)
                 d.b_dec.copy_(b)
-            if tc.init == "data":
+            if tc.init == "data" and u.layered:  # a CLT: each layer's latents seeded on its own layer's output
+                for i, w_dec in enumerate(d.W_dec):
+                    w_dec[:, 1:].zero_()  # cross-layer writes start at zero and are learned
+                    seed_latents_on_tokens(d.W_enc[i], d.b_enc[i], w_dec[:, 0], x[:, i], y[:, i] - d.b_dec[i], gen)
+            elif tc.init == "data":
                 residual = y - d.skip_term(x) - d.b_dec
                 seed_latents_on_tokens(d.W_enc, d.b_enc, d.W_dec, x - d.b_dec if d.cfg.b_dec_in else x, residual, gen)
 
