@@ -109,7 +109,8 @@ def ablate(model, train_acts, eval_acts, layers: list[int], steps: int, variants
     options.update({f"skip fit + init data, {name}": {**fit_data, **kw} for name, kw in {
         "lr 1e-3": {"lr": 1e-3}, "lr 1e-2": {"lr": 1e-2}, "k 32": {"k": 32}, "d_sae 4608": {"d_sae": 4608},
         "d_sae 1152": {"d_sae": 1152}, "no AuxK": {"aux_coeff": 0.0}, "batch 1016": {"batch_size": 1016},
-        "2x steps": {"tokens": 2 * 254 * steps}}.items()})
+        "2x steps": {"tokens": 2 * 254 * steps}, "lr 2e-3": {"lr": 2e-3}, "decay from 50%": {"decay_start": 0.5},
+        "AuxK 1/4": {"aux_coeff": 0.25}, "lr 2e-3, decay from 50%": {"lr": 2e-3, "decay_start": 0.5}}.items()})
     rows = []
     for l in layers:
         xh, yh = hooks_of(l)

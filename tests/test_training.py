@@ -500,6 +500,18 @@ def test_data_init_seeds_each_latent_on_a_token():
         seed_latents_on_tokens(W_enc, b_enc, W_dec, x[:10], r[:10], torch.Generator())
 
 
+def test_code_scale_is_the_least_squares_scale():
+    from glasswork.training.init import fit_code_scale
+    g = torch.Generator().manual_seed(5)
+    recon, target = torch.randn(50, 4, generator=g, dtype=torch.float64), torch.randn(50, 4, generator=g, dtype=torch.float64)
+    target = target + 0.3 * recon
+    W, b = torch.ones(3, 5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)
+    c = fit_code_scale(W, b, recon, target)
+    brute = torch.linalg.lstsq(recon.reshape(-1, 1), target.reshape(-1, 1)).solution.item()
+    assert abs(c - brute) < 1e-12 and torch.equal(W, torch.full((3, 5), c, dtype=torch.float64)) and b[0] == c
+    assert fit_code_scale(W, b, recon, -recon) == 1.0 and b[0] == c  # a negative scale would flip TopK: left alone
+
+
 def test_clt_data_init_seeds_each_layer_on_its_own_output(tmp_path):
     from glasswork.training.trainer import Trainer
     g = torch.Generator().manual_seed(4)
@@ -509,7 +521,11 @@ def test_clt_data_init_seeds_each_layer_on_its_own_output(tmp_path):
         acts[f"blocks.{l}.ln2.hook_normalized"], acts[f"blocks.{l}.hook_mlp_out"] = x, (x @ torch.randn(8, 6, generator=g)).relu()
     tc = _cfg(kind="clt", hooks=[], layers=[0, 1, 2], window=2, d_sae=24, init="data", init_tokens=256, normalize=False,
               b_dec_init="mean")
-    clt = Trainer(tc, TensorSource(acts, 64, seed=1), tmp_path / "o").units[0].dictionary
+    trainer = Trainer(tc, TensorSource(acts, 64, seed=1), tmp_path / "o")
+    clt = trainer.units[0].dictionary
+    sample = {h: torch.cat([b[h] for b in trainer._prefetched]) for h in acts}  # the init sample (256 tokens)
+    xs = torch.stack([sample[f"blocks.{l}.ln2.hook_normalized"] for l in range(3)], 1)
+    ys = torch.stack([sample[f"blocks.{l}.hook_mlp_out"] for l in range(3)], 1)
     x = torch.stack([acts[f"blocks.{l}.ln2.hook_normalized"] for l in range(3)], 1)  # [n, L, d_in]
     y = torch.stack([acts[f"blocks.{l}.hook_mlp_out"] for l in range(3)], 1)
     for i, w_dec in enumerate(clt.W_dec):
@@ -520,8 +536,14 @@ def test_clt_data_init_seeds_each_layer_on_its_own_output(tmp_path):
         cos = own @ (r / r.norm(dim=-1, keepdim=True).clamp_min(1e-8)).T  # [F, n]
         token = cos.argmax(1)
         assert torch.allclose(cos.max(1).values, torch.ones(24), atol=1e-5)
-        pre = clt.pre_acts(x[token])[:, i]  # [F, F]: latent f's pre-activation on its own token is |r|
-        torch.testing.assert_close(pre.diagonal(), r[token].norm(dim=-1), rtol=1e-4, atol=1e-4)
+        pre = clt.pre_acts(x[token])[:, i]  # [F, F]: latent f's pre-activation on its own token is c |r|
+        ratio = pre.diagonal() / r[token].norm(dim=-1)
+        assert 0 < ratio.min() < 1 and torch.allclose(ratio, ratio.mean().expand(24), rtol=1e-4)
+        # c is the least-squares scale of the code's reconstruction on the init sample: the error is orthogonal to it
+        with torch.no_grad():
+            recon = clt.encode_layer(xs[:, i], i) @ own
+            err = ys[:, i] - clt.b_dec[i] - recon
+        assert abs(float((err * recon).sum())) < 1e-4 * float(recon.pow(2).sum())
 
 
 @pytest.mark.model

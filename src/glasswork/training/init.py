@@ -59,3 +59,19 @@ def seed_latents_on_tokens(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torc
     enc = u * (r_norm / u.pow(2).sum(-1, keepdim=True).clamp_min(1e-8))  # [F, d_in]: enc_i . u_i = |r_i|
     W_enc.copy_(enc.T)
     b_enc.copy_(-(mu.float() @ enc.T))
+
+
+@torch.no_grad()
+def fit_code_scale(W_enc: torch.Tensor, b_enc: torch.Tensor, recon: torch.Tensor, target: torch.Tensor) -> float:
+    """Scale the encoder by the least-squares c of target ~ c * recon and return c (1 if c <= 0).
+
+    Seeded latents each fire at full strength on inputs like their token, so k of them together overshoot (FVU ~10
+    at step 0 without this, measured in benchmarks/RESULTS.md). Scaling W_enc and b_enc by c > 0 scales every
+    pre-activation by c: TopK keeps the same latents and the code, hence recon, scales by c exactly.
+    recon [n, d_out] is what the codes alone decode to, target [n, d_out] what they should (after bias and skip)."""
+    c = float((recon.double() * target.double()).sum() / (recon.double().pow(2).sum()).clamp_min(1e-30))
+    if c <= 0:
+        return 1.0
+    W_enc.mul_(c)
+    b_enc.mul_(c)
+    return c

@@ -17,14 +17,14 @@ import torch
 
 from .. import __version__
 from ..allocator import keep_freed_memory
-from ..dictionaries.activations import ACTIVATIONS
+from ..dictionaries.activations import ACTIVATIONS, batch_topk
 from ..dictionaries.coder import KINDS, DictionaryConfig, SparseCoder
 from ..dictionaries.saving import build, save, save_set
 from ..io import GlassworkError
 from ..precision import PRECISIONS, autocast, resolve
 from ..progress import progress
 from . import distributed as dist
-from .init import fit_linear, geometric_median, seed_latents_on_tokens
+from .init import fit_code_scale, fit_linear, geometric_median, seed_latents_on_tokens
 from .checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
 from .optim import Adam
 from .losses import clt_loss, coder_loss, matryoshka_prefixes
@@ -198,6 +198,14 @@ def _stack(batch: dict[str, torch.Tensor], hooks: list[str], scale: dict[str, fl
     return xs[0] if len(xs) == 1 and not layered else torch.stack(xs, 1)
 
 
+def _training_codes(d, pre: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+    """Codes as a training step makes them from pre-activations [n, F] (batchtopk: over the batch, not the
+    inference threshold)."""
+    if d.cfg.activation == "batchtopk":
+        return batch_topk(pre, d.cfg.k)
+    return d.activate(pre) if layer is None else d.activate(pre, layer)
+
+
 class Trainer:
     def __init__(self, tc: TrainConfig, source, out: str | Path, resume: bool = False):
         self.tc, self.source, self.out = tc, source, Path(out)
@@ -289,10 +297,14 @@ class Trainer:
             if tc.init == "data" and u.layered:  # a CLT: each layer's latents seeded on its own layer's output
                 for i, w_dec in enumerate(d.W_dec):
                     w_dec[:, 1:].zero_()  # cross-layer writes start at zero and are learned
-                    seed_latents_on_tokens(d.W_enc[i], d.b_enc[i], w_dec[:, 0], x[:, i], y[:, i] - d.b_dec[i], gen)
+                    residual = y[:, i] - d.b_dec[i]
+                    seed_latents_on_tokens(d.W_enc[i], d.b_enc[i], w_dec[:, 0], x[:, i], residual, gen)
+                    codes = _training_codes(d, x[:, i] @ d.W_enc[i] + d.b_enc[i], i)
+                    fit_code_scale(d.W_enc[i], d.b_enc[i], codes @ w_dec[:, 0], residual)
             elif tc.init == "data":
                 residual = y - d.skip_term(x) - d.b_dec
                 seed_latents_on_tokens(d.W_enc, d.b_enc, d.W_dec, x - d.b_dec if d.cfg.b_dec_in else x, residual, gen)
+                fit_code_scale(d.W_enc, d.b_enc, _training_codes(d, d.pre_acts(x)) @ d.W_dec, residual)
 
     def _restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
