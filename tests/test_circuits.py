@@ -248,6 +248,34 @@ def test_view_schema_and_file_round_trip(tmp_path):
         load_graph(tmp_path / "bad.safetensors")
 
 
+def test_saved_graph_is_exact_smaller_and_old_files_still_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+    g = _random_graph(2, nf=2000, seq=40)  # values below bf16's range and digits past its precision
+    g.adjacency[0, 0] = 1e-30
+    g.adjacency[1, 0] = 1 + 2 ** -20
+    path = g.save(tmp_path / "g.safetensors")
+    h = load_graph(path)
+    assert torch.equal(h.adjacency, g.adjacency) and h.adjacency.dtype == torch.float32  # bit for bit
+    for name in ("node_kind", "node_layer", "node_pos", "node_index", "node_activation", "logit_weight", "input_ids"):
+        assert torch.equal(getattr(h, name), getattr(g, name)), name
+    density = float((g.adjacency != 0).float().mean())
+    assert path.stat().st_size < g.adjacency.numel() * (density * 4 + 1 / 8) + 100_000  # values, one bit each, nodes
+    assert path.stat().st_size < g.adjacency.numel() * 2  # below a dense bfloat16 matrix (the old big-graph file)
+    # a file written before the exact encoding (dense "adjacency") still loads
+    tensors = load_file(str(path))
+    old = {k: v for k, v in tensors.items() if not k.startswith("adjacency_")} | {"adjacency": g.adjacency.bfloat16()}
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file(old, str(tmp_path / "old.safetensors"), metadata=meta)
+    torch.testing.assert_close(load_graph(tmp_path / "old.safetensors").adjacency, g.adjacency.bfloat16().float())
+    # a packed file whose mask and values disagree is refused, naming both
+    bad = dict(tensors, adjacency_values=tensors["adjacency_values"][:-1])
+    save_file(bad, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(gw.GlassworkError, match="adjacency_mask marks .* adjacency_values holds"):
+        load_graph(tmp_path / "bad.safetensors")
+
+
 def test_interventions_check_the_graph():
     m = make_tiny("llama")
     tcs = random_transcoders(m)

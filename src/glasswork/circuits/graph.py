@@ -2,10 +2,17 @@
 
 Native format (one safetensors file, written atomically; `Graph.save(path)` / `load_graph(path)`):
   tensors
-    adjacency        [n_rows, n_nodes] float32 (or bfloat16 for big graphs): direct effect of source (column) on the
-                     target (row), measured on the target's pre-activation (features) or demeaned logit (logits).
-                     Rows are the targets only: row r < n_features is feature node r; row n_features + j is logit j
-                     (node n_nodes - n_logits + j). Error and token nodes have no inputs, so they have no row.
+    the adjacency [n_rows, n_nodes] float32: direct effect of source (column) on the target (row), measured on the
+                     target's pre-activation (features) or demeaned logit (logits). Rows are the targets only: row
+                     r < n_features is feature node r; row n_features + j is logit j (node n_nodes - n_logits + j).
+                     Error and token nodes have no inputs, so they have no row. Stored exactly, as its non-zeros
+                     (about 30% of entries: a source only reaches later layers and positions):
+    adjacency_shape  [2] int64    n_rows, n_nodes
+    adjacency_mask   [ceil(n_rows * n_nodes / 8)] uint8  which entries are non-zero, row-major, one bit each
+                     (numpy.packbits, bitorder "little")
+    adjacency_values [n_nonzero] float32  those entries in the same order (1.3 bytes per entry in all, against 4
+                     for a dense fp32 matrix and 2 for the bfloat16 that files before 2026-12-01 used past 8192
+                     nodes; `load_graph` still reads their dense `adjacency` tensor)
     node_kind        [n_nodes] int8   0 feature, 1 error, 2 token (embedding), 3 logit
     node_layer       [n_nodes] int32  layer of a feature / error node; -1 token; n_layers logit
     node_pos         [n_nodes] int32  token position (logits: the last position)
@@ -31,7 +38,7 @@ from ..io import GlassworkError, atomic_path
 
 FEATURE, ERROR, TOKEN, LOGIT = 0, 1, 2, 3
 KIND_NAMES = {FEATURE: "feature", ERROR: "error", TOKEN: "token", LOGIT: "logit"}
-_TENSORS = ("adjacency", "node_kind", "node_layer", "node_pos", "node_index", "node_activation", "logit_weight",
+_NODE_TENSORS = ("node_kind", "node_layer", "node_pos", "node_index", "node_activation", "logit_weight",
             "input_ids")
 
 
@@ -253,15 +260,13 @@ class Graph:
         return toks[pos] if pos < len(toks) else str(int(self.input_ids[pos]))
 
     # --- files -------------------------------------------------------------------------------------------------
-    def save(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write the whole graph once (see the format above); bfloat16 adjacency by default past 8192 nodes."""
+    def save(self, path: str | Path) -> Path:
+        """Write the whole graph once (see the format above): the adjacency exactly, as its fp32 non-zeros."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        if dtype is None:
-            dtype = torch.bfloat16 if self.n_nodes > 8192 else torch.float32
-        tensors = {name: getattr(self, name).detach().contiguous().cpu() for name in _TENSORS}
-        tensors["adjacency"] = tensors["adjacency"].to(dtype)
+        tensors = {name: getattr(self, name).detach().contiguous().cpu() for name in _NODE_TENSORS}
+        tensors.update(_pack_adjacency(self.adjacency.detach().float().cpu()))
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"glasswork_graph": json.dumps(self.meta, default=float)})
         return path
@@ -287,11 +292,42 @@ def load_graph(path: str | Path) -> Graph:
         raise GlassworkError(f"{path}: not a readable graph file ({e})") from None
     if meta is None:
         raise GlassworkError(f"{path}: safetensors file without 'glasswork_graph' metadata: not a glasswork graph")
-    missing = [k for k in _TENSORS if k not in tensors]
+    packed = ("adjacency_shape", "adjacency_mask", "adjacency_values")
+    missing = [k for k in _NODE_TENSORS if k not in tensors]
+    if "adjacency" not in tensors:
+        missing += [k for k in packed if k not in tensors]
     if missing:
         raise GlassworkError(f"{path}: graph file lacks tensor(s) {', '.join(missing)}")
-    tensors["adjacency"] = tensors["adjacency"].float()
-    return Graph(**{k: tensors[k] for k in _TENSORS}, meta=meta)
+    if "adjacency" in tensors:  # a file from before the exact encoding: dense fp32 or bfloat16
+        adjacency = tensors["adjacency"].float()
+    else:
+        adjacency = _unpack_adjacency(*(tensors[k] for k in packed), path)
+    return Graph(adjacency=adjacency, **{k: tensors[k] for k in _NODE_TENSORS}, meta=meta)
+
+
+def _pack_adjacency(a: torch.Tensor) -> dict[str, torch.Tensor]:
+    """a [n_rows, n_nodes] float32 -> its shape, a bit mask of its non-zeros and their values (exact)."""
+    import numpy as np
+    nonzero = a != 0
+    mask = np.packbits(nonzero.numpy().ravel(), bitorder="little")
+    return {"adjacency_shape": torch.tensor(a.shape, dtype=torch.int64), "adjacency_mask": torch.from_numpy(mask),
+            "adjacency_values": a[nonzero].contiguous()}
+
+
+def _unpack_adjacency(shape: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, path: Path) -> torch.Tensor:
+    import numpy as np
+    n_rows, n_nodes = (int(v) for v in shape.tolist())
+    n = n_rows * n_nodes
+    if mask.dtype != torch.uint8 or mask.numel() != -(-n // 8):
+        raise GlassworkError(f"{path}: adjacency_mask holds {mask.numel()} bytes ({mask.dtype}); a [{n_rows}, "
+                             f"{n_nodes}] adjacency needs {-(-n // 8)} uint8")
+    nonzero = torch.from_numpy(np.unpackbits(mask.numpy(), count=n, bitorder="little").astype(bool))
+    if int(nonzero.sum()) != values.numel():
+        raise GlassworkError(f"{path}: adjacency_mask marks {int(nonzero.sum())} non-zero entries but "
+                             f"adjacency_values holds {values.numel()}")
+    a = torch.zeros(n, dtype=torch.float32)
+    a[nonzero] = values.float()
+    return a.view(n_rows, n_nodes)
 
 
 def _slug(prompt: str) -> str:
