@@ -248,6 +248,60 @@ def test_view_schema_and_file_round_trip(tmp_path):
         load_graph(tmp_path / "bad.safetensors")
 
 
+def _reference_prune(A, logit_w, n_features, n_tokens, n_logits, node_threshold, edge_threshold):
+    """The published pruning (circuit-tracer's prune_graph), written plainly on the square adjacency A [n, n]."""
+    def norm(M):
+        M = M.abs()
+        return M / M.sum(1, keepdim=True).clamp(min=1e-10)
+
+    def influence(B, w):
+        total, v = torch.zeros_like(w), w @ B
+        while v.any():
+            total, v = total + v, v @ B
+        return total
+
+    def threshold(scores, t):
+        s = scores.flatten().sort(descending=True).values
+        i = int(torch.searchsorted(torch.cumsum(s, 0) / s.sum(), torch.tensor(t)))
+        return s[min(i, max(int((s > 0).sum()) - 1, 0))]
+
+    infl = influence(norm(A), logit_w)
+    node = infl >= threshold(infl, node_threshold)
+    node[-n_logits - n_tokens:] = True
+    P = A.clone()
+    P[~node], P[:, ~node] = 0, 0
+    Bp = norm(P)
+    scores = Bp * (influence(Bp, logit_w) + logit_w)[:, None]
+    cut = threshold(scores, edge_threshold)
+    edge = scores >= cut
+    inner = slice(0, A.shape[0] - n_logits - n_tokens)  # features and errors
+    while True:
+        before = node.clone()
+        edge[~node], edge[:, ~node] = False, False
+        node[inner] &= edge[:, inner].any(0)  # every feature and error has an output
+        node[:n_features] &= edge[:n_features].any(1)  # every feature has an input
+        if torch.equal(node, before):
+            return node, edge, (scores - cut).abs() <= 1e-5 * cut  # edges at the cut-off (a float rounding apart)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pruning_equals_the_published_algorithm(seed):
+    g = _random_graph(seed, nf=40 + 10 * seed, L=3, seq=5)
+    if seed >= 4:  # a real graph of a tiny model
+        m = make_tiny("llama")
+        g = attribute(m, random_transcoders(m), prompt(m, 6), batch_size=16)
+    A, n = g.dense(), g.n_nodes
+    w = torch.zeros(n)
+    w[n - g.n_logits:] = g.logit_weight.float()
+    n_tokens = int((g.node_kind == TOKEN).sum())
+    for nt, et in ((0.8, 0.98), (0.5, 0.9), (0.95, 0.999)):
+        node_ref, edge_ref, tie = _reference_prune(A, w, g.n_features, n_tokens, g.n_logits, nt, et)
+        node_mask, edge_mask, _ = g.prune(nt, et)
+        assert torch.equal(node_mask, node_ref), (nt, et, int(node_mask.sum()), int(node_ref.sum()))
+        differ = edge_mask ^ edge_ref[g.row_nodes]  # only where a score equals the cut-off to float rounding
+        assert not (differ & ~tie[g.row_nodes]).any() and int(differ.sum()) <= 2, (nt, et, int(differ.sum()))
+
+
 def test_saved_graph_is_exact_smaller_and_old_files_still_load(tmp_path):
     from safetensors.torch import load_file, save_file
     g = _random_graph(2, nf=2000, seq=40)  # values below bf16's range and digits past its precision

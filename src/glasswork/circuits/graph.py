@@ -38,6 +38,7 @@ from ..io import GlassworkError, atomic_path
 
 FEATURE, ERROR, TOKEN, LOGIT = 0, 1, 2, 3
 KIND_NAMES = {FEATURE: "feature", ERROR: "error", TOKEN: "token", LOGIT: "logit"}
+NORM_FLOOR = 1e-10  # a row's |A| sum is clamped here before normalizing (circuit-tracer's value: equal pruning)
 _NODE_TENSORS = ("node_kind", "node_layer", "node_pos", "node_index", "node_activation", "logit_weight",
             "input_ids")
 
@@ -91,7 +92,7 @@ class Graph:
         """|A| with each row scaled to sum 1 (rows of zeros stay zero): [n_rows, n_nodes]."""
         if "norm" not in self._cache:
             a = self.adjacency.float().abs()
-            self._cache["norm"] = a.div_(a.sum(1, keepdim=True).clamp_min(1e-30))  # in place: one n_rows x n copy
+            self._cache["norm"] = a.div_(a.sum(1, keepdim=True).clamp_min(NORM_FLOOR))  # in place: one n_rows x n copy
         return self._cache["norm"]
 
     def node_influence(self) -> torch.Tensor:
@@ -129,8 +130,11 @@ class Graph:
 
     # --- pruning -----------------------------------------------------------------------------------------------
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, max_nodes: int | None = None):
-        """Keep features and errors to cumulative influence `node_threshold` (and at most `max_nodes` of them, the most
-        influential), then edges to cumulative edge influence `edge_threshold`; tokens and logits are always kept.
+        """Keep the nodes that hold `node_threshold` of the total influence (tokens count in that total, as in
+        circuit-tracer's prune_graph; tokens and logits are always kept) and at most `max_nodes` features and errors,
+        the most influential; then edges to cumulative edge influence `edge_threshold` on the kept subgraph, and drop
+        features without inputs and features or errors without outputs until none is left. With max_nodes None this
+        equals circuit-tracer's prune_graph on the same adjacency (tests/test_circuits.py checks a reimplementation).
         Returns (node_mask [n_nodes], edge_mask [n_rows, n_nodes], cumulative node influence [n_nodes])."""
         for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
             if not 0.0 < t <= 1.0:
@@ -138,7 +142,7 @@ class Graph:
         infl = self.node_influence()
         kind, rows = self.node_kind, self.row_nodes
         always = (kind == TOKEN) | (kind == LOGIT)
-        node_mask = always | (infl >= cutoff(infl[~always], node_threshold))
+        node_mask = always | (infl >= cutoff(infl, node_threshold))
         if max_nodes is not None:
             if max_nodes < 1:
                 raise GlassworkError(f"max_nodes must be at least 1 (got {max_nodes})")
@@ -154,7 +158,7 @@ class Graph:
         sub_rows = local[rows[row_sel]]  # [k_rows] local index of each row's target
         sub = self.adjacency[row_sel][:, kept].float()  # [k_rows, k]
         norm = sub.abs()
-        norm = norm / norm.sum(1, keepdim=True).clamp_min(1e-30)
+        norm = norm / norm.sum(1, keepdim=True).clamp_min(NORM_FLOOR)
         w = self._logit_vector()[kept]
         edge_infl = influence(norm, sub_rows, w) + w  # the influence of each target node, logits included
         edge_scores = norm * edge_infl[sub_rows, None]
