@@ -111,7 +111,7 @@ def _ours_child(dictionary, ids, batch, threads, out, max_features):
     g = gw.attribute(model, tcs, tokens, batch_size=int(batch), show_progress=False,
                      max_features=int(max_features) or None)
     seconds = time.time() - t0
-    g.save(out, dtype=torch.float32)
+    g.save(out)
     node_mask, edge_mask, _ = g.prune(0.8, 0.98)
     print(json.dumps({"pruned_nodes": int(node_mask.sum()), "pruned_edges": int(edge_mask.sum()),
                       "top_logit": g.meta["logit_labels"][0], "seconds": seconds, "load_seconds": load_s, "n_features": g.n_features, "n_nodes": g.n_nodes,

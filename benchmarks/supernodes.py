@@ -22,7 +22,8 @@ import torch
 
 from glasswork.circuits import Edit, feature_edits
 from glasswork.circuits.attribution import prompt_ids
-from glasswork.circuits.supernodes import suggest
+from glasswork.circuits.graph import view_features
+from glasswork.circuits.supernodes import suggest_in_view
 from glasswork.features import FeatureIndex, ensure_labels, layer_index_path
 from _machine import cpu_name  # noqa: E402
 
@@ -61,21 +62,19 @@ def main() -> None:
     for prompt in prompts:
         g = gw.attribute(model, tcs, prompt, max_features=4096, show_progress=False, dictionary=str(tc_dir))
         view = g.view(0.8, 0.98, max_nodes=100)
-        feats = [n for n in view["nodes"] if n["feature_type"] not in ("embedding", "logit", "mlp reconstruction error")]
+        feats = [dict(n) for n in view_features(view)]
         ids = [n["node_id"] for n in feats]
         index_of = {g.node_id(i): i for i in range(g.n_features)}
-        labels = []
         for n in feats:
             layer, f = int(n["layer"]), int(n["node_id"].split("_")[1])
             path = layer_index_path(tc_dir, layer)
-            labels.append(ensure_labels(FeatureIndex(path), [f])[f] if path.exists() else "")
+            n["clerp"] = ensure_labels(FeatureIndex(path), [f])[f] if path.exists() else ""
         feature_rows = [index_of[i] for i in ids]
         effects = g.total_effects()[feature_rows].tolist() if args.split == "sign" else None
         profiles = g.out_edges(feature_rows)
         if args.profile == "influence":  # each edge weighted by how much its target matters for the prediction
             profiles = profiles * g.node_influence()[g.row_nodes][None, :]
-        found = suggest(ids, [n["ctx_idx"] for n in feats], [int(n["layer"]) for n in feats], profiles,
-                        labels, view["metadata"]["prompt_tokens"], args.min_similarity, effects=effects)
+        found = suggest_in_view(view, feats, profiles, effects, args.min_similarity)
         token = int(g.node_index[g.n_nodes - g.n_logits])  # the top target
         prompt_tokens = prompt_ids(model, prompt)
         with torch.no_grad():

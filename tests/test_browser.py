@@ -276,11 +276,9 @@ def test_readable_view_search_suggestions_subgraph_and_inline_ablation(server, p
 def test_large_graph_interactions_answer_within_a_second(server, page):
     """A 10k-node / 1M-edge graph: once the server has it in memory, loading the view, clicking a node, searching
     and moving the pruning slider each answer in under a second in the browser."""
-    import torch
-
     from server_fixtures import synthetic_graph
     url, root, parts, shots = server
-    synthetic_graph().save(root / "graphs" / "big.safetensors", dtype=torch.float32)
+    synthetic_graph().save(root / "graphs" / "big.safetensors")
     page.goto(f"{url}/graph?name=france")
     page.wait_for_selector("svg#nodes circle.node")
     page.evaluate("fetch('/api/graphs/big/view?budget=100').then(r => r.json())")  # the server loads it once

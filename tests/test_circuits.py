@@ -355,6 +355,29 @@ def test_interventions_check_the_graph():
     assert edited == str(plain[0].tolist())
 
 
+def test_clt_interventions_write_to_every_layer_a_feature_reaches():
+    m = make_tiny("llama")
+    clt = random_clt(m)
+    ids = prompt(m, 7)
+    g = attribute(m, clt, ids, batch_size=8)
+    feats = (g.node_kind == FEATURE).nonzero().flatten()
+    tokens = g.node_index[g.node_kind == LOGIT].tolist()
+    for i in feats[g.node_influence()[feats].argsort(descending=True)[:3]].tolist():
+        layer, pos, f = int(g.node_layer[i]), int(g.node_pos[i]), int(g.node_index[i])
+        res = intervene_logits(m, clt, ids, [Edit(layer, f, [pos], scale=1.0)], tokens=tokens)
+        assert res["after"] == res["before"]  # a no-op edit: bit for bit
+        # frozen ablation: each demeaned target logit moves by minus the direct edge (all of the feature's writes)
+        res = intervene_logits(m, clt, ids, [Edit(layer, f, [pos], value=0.0)], mode="frozen", tokens=tokens)
+        torch.testing.assert_close(torch.tensor(res["demeaned_change"]), -g.adjacency[g.n_features:, i],
+                                   rtol=1e-3, atol=1e-4)
+    # free mode reaches later layers: ablating a layer-0 feature everywhere changes the logits
+    layer0 = [i for i in feats.tolist() if int(g.node_layer[i]) == 0][0]
+    res = intervene_logits(m, clt, ids, [Edit(0, int(g.node_index[layer0]), None, value=0.0)], tokens=tokens)
+    assert max(abs(x) for x in res["change"]) > 0
+    with pytest.raises(gw.GlassworkError, match="feature 9999 outside"):
+        intervene_logits(m, clt, ids, [Edit(0, 9999, None, value=0.0)])
+
+
 def test_bad_input_is_a_clear_error():
     m = make_tiny("llama")
     tcs = random_transcoders(m)
@@ -405,6 +428,11 @@ def test_supernode_clustering_finds_planted_groups():
     by_pos = {s["position"]: s for s in found}
     assert by_pos[0]["name"] == "Paris L3-6" and by_pos[1]["name"] == "@b L2"
     assert name_group(["x", "y"], [1, 1], " is") == "@is L1"
+    # with signed effects, features that push the target up and those that push it down never share a group
+    effects = [0.5, -0.2, 0.3, 0.1, 0.4, 0.0]
+    split = suggest(ids, [0, 0, 0, 1, 1, 1], [3, 4, 6, 2, 2, 9], rows, labels, ["a", " b"], min_similarity=0.8,
+                    effects=effects)
+    assert sorted(s["node_ids"] for s in split) == [[ids[0], ids[2]], ids[3:5]]
 
 
 def test_viewer_json_is_named_by_its_prompt():

@@ -320,7 +320,7 @@ def test_big_graph_view_is_capped_and_fast(tmp_path):
     root = tmp_path
     g = synthetic_graph()
     assert g.n_nodes == 10_000 and int((g.adjacency != 0).sum()) == 1_000_000
-    g.save(root / "graphs" / "big.safetensors", dtype=torch.float32)
+    g.save(root / "graphs" / "big.safetensors")
     del g
     c = TestClient(create_app(root, max_nodes=1500, max_links=8000))
     t0 = time.perf_counter()

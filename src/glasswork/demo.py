@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from .dictionaries.saving import is_set
 from .io import GlassworkError, home, read_json, relative_path, write_json
 
 LAYER = 15  # the SAE's layer: the middle of SmolLM2-135M's 30
@@ -98,7 +99,7 @@ def _brief(name: str, r: dict) -> str:
 def _train(tc, source, folder: Path) -> dict:
     """Train into `folder`, resuming from its checkpoint after a kill; a folder already complete is just returned."""
     from .training import train
-    if (folder / "config.json").exists() or (folder / "set.json").exists():
+    if (folder / "config.json").exists() or is_set(folder):
         return {}
     res = train(tc, source, folder, resume=(folder / "checkpoint.safetensors").exists())
     res.pop("dicts", None)
@@ -201,6 +202,7 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
 
     def graphs_stage() -> dict:
         from .circuits import attribute
+        from .circuits.graph import view_features
         from .features import FeatureIndex, ensure_labels
         from .features.index import layer_index_path
         tcs = load_transcoders(tc_dir)
@@ -215,9 +217,8 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
             scores = g.meta.get("scores", {})
             top = [n for n in view["nodes"] if n["feature_type"] == "logit"][:3]
             by_layer: dict[int, list[int]] = {}  # every feature the pruned graph shows gets a label now
-            for n in full["nodes"]:
-                if n["feature_type"] not in ("embedding", "logit", "mlp reconstruction error"):
-                    by_layer.setdefault(int(n["layer"]), []).append(int(n["node_id"].split("_")[1]))
+            for n in view_features(full):
+                by_layer.setdefault(int(n["layer"]), []).append(int(n["node_id"].split("_")[1]))
             labelled = sum(sum(1 for x in ensure_labels(FeatureIndex(layer_index_path(tc_dir, layer)), fs).values()
                                if x) for layer, fs in by_layer.items())
             made[name] = {"prompt": prompt, "path": str(graph_dir / f"{name}.safetensors"),

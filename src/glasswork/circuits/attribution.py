@@ -96,9 +96,10 @@ def _budgeted(engine, r, feats, adjacency, row_node, targets, budget, bar) -> to
     chunk = max(engine.batch_size * 4, 1)
     while filled < budget:
         rows = torch.cat([torch.arange(filled), torch.arange(budget, n_rows)])
-        part = adjacency[rows].abs()
-        norm = part / part.sum(1, keepdim=True).clamp_min(1e-30)
+        norm = adjacency[rows].abs_()  # one copy of the rows filled so far, normalized in place
+        norm /= norm.sum(1, keepdim=True).clamp_min(1e-30)
         infl = influence(norm, row_node[rows], weights)[:len(feats)]
+        del norm
         infl[done] = -1.0
         take = min(chunk, budget - filled)
         pick = torch.sort(torch.topk(infl, take).indices).values  # sorted: grouped by layer then position

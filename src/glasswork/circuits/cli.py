@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..dictionaries.saving import is_set
 from ..io import GlassworkError
 
 
@@ -17,7 +18,7 @@ def load_coders(folder: Path):
     folder = Path(folder)
     if not folder.exists():
         raise GlassworkError(f"{folder}: dictionary folder not found")
-    if (folder / "set.json").exists():
+    if is_set(folder):
         return load_transcoders(folder)
     d = load_dictionary(folder)
     if d.cfg.kind == "clt":

@@ -334,6 +334,22 @@ def _unpack_adjacency(shape: torch.Tensor, mask: torch.Tensor, values: torch.Ten
     return a.view(n_rows, n_nodes)
 
 
+NOT_FEATURES = ("embedding", "logit", "mlp reconstruction error")  # the viewer JSON's other feature_types
+
+
+def view_features(view: dict) -> list[dict]:
+    """The feature nodes of a view (viewer JSON): every node that is not a token, a logit or an error."""
+    return [n for n in view["nodes"] if n.get("feature_type") not in NOT_FEATURES]
+
+
+def parse_feature_id(node_id: str) -> tuple[int, int, int] | None:
+    """(layer, feature, pos) of a '{layer}_{feature}_{pos}' id (see Graph.node_id; a logit id has the same shape,
+    with layer n_layers), None for any other id."""
+    import re
+    m = re.fullmatch(r"(\d+)_(\d+)_(\d+)", node_id)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
 def _slug(prompt: str) -> str:
     """'The capital of France is' -> 'the-capital-of-france-is': a graph's name when none is given."""
     import re

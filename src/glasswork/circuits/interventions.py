@@ -44,47 +44,87 @@ def supernode(features: list[tuple[int, int, int | None]], value: float | None =
     return [Edit(layer, feature, None if pos is None else [pos], value, scale) for layer, feature, pos in features]
 
 
+def _editable_layers(transcoders) -> list[int]:
+    """The layers whose features can be edited: the keys of a per-layer set, every layer of a CLT."""
+    return sorted(transcoders) if isinstance(transcoders, dict) else list(range(transcoders.cfg.n_layers))
+
+
+def _encode(transcoders, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """Codes [..., F] of `layer`'s features from that layer's MLP input x [..., d]."""
+    if isinstance(transcoders, dict):
+        tc = transcoders[layer]
+        return tc.encode(x.to(tc.W_enc.dtype))
+    return transcoders.encode_layer(x.to(transcoders.W_enc.dtype), layer)
+
+
+def _receivers(transcoders, layer: int) -> range:
+    """The layers whose MLP outputs the features of `layer` write to."""
+    return range(layer, layer + (1 if isinstance(transcoders, dict) else transcoders.n_targets(layer)))
+
+
+def _writes(transcoders, layer: int, features: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """Where features [n] of `layer` write: [(target layer, decoder rows [n, d])]: their own MLP output for a
+    per-layer transcoder, the MLP outputs of layer .. layer + n_i - 1 for a CLT."""
+    if isinstance(transcoders, dict):
+        return [(layer, transcoders[layer].W_dec[features].detach())]
+    w = transcoders.W_dec[layer].detach()  # [F, n_i, d]
+    return [(layer + j, w[features, j]) for j in range(w.shape[1])]
+
+
 def _check(transcoders, edits: list[Edit]) -> None:
-    if not isinstance(transcoders, dict):
-        raise GlassworkError("interventions take per-layer transcoders {layer: SparseCoder}")
+    from ..dictionaries import CrossLayerTranscoder
+    if not isinstance(transcoders, (dict, CrossLayerTranscoder)):
+        raise GlassworkError("interventions take per-layer transcoders {layer: SparseCoder} or a CrossLayerTranscoder")
+    layers = _editable_layers(transcoders)
     for e in edits:
-        if e.layer not in transcoders:
-            raise GlassworkError(f"edit of layer {e.layer}: no transcoder for that layer (have {sorted(transcoders)})")
-        if not 0 <= e.feature < transcoders[e.layer].d_sae:
-            raise GlassworkError(f"edit of layer {e.layer}: feature {e.feature} outside 0..{transcoders[e.layer].d_sae - 1}")
+        if e.layer not in layers:
+            raise GlassworkError(f"edit of layer {e.layer}: no transcoder for that layer (have {layers})")
+        d_sae = transcoders[e.layer].d_sae if isinstance(transcoders, dict) else transcoders.d_sae
+        if not 0 <= e.feature < d_sae:
+            raise GlassworkError(f"edit of layer {e.layer}: feature {e.feature} outside 0..{d_sae - 1}")
         if e.value is None and e.scale is None:
             raise GlassworkError(f"edit of layer {e.layer} feature {e.feature}: give a value or a scale")
 
 
+def _deltas(transcoders, layer: int, es: list[Edit], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [n], their change a' - a [..., s, n]) for the edits `es` of `layer`, from its MLP input x [..., s, d]."""
+    feats = torch.tensor([e.feature for e in es], device=x.device)
+    acts = _encode(transcoders, layer, x)[..., feats]  # [..., s, n]: the current activations
+    delta = torch.zeros_like(acts)
+    s = acts.shape[-2]
+    for i, e in enumerate(es):
+        pos = list(range(s)) if e.positions is None else [p for p in e.positions if p < s]
+        if pos:
+            delta[..., pos, i] = e.target(acts[..., pos, i]) - acts[..., pos, i]
+    return feats, delta
+
+
 @contextmanager
-def feature_edits(model, transcoders: dict, edits: list[Edit]) -> Iterator[None]:
-    """Inside the block, every forward pass (and generate) of `model` runs with the edits (free mode)."""
+def feature_edits(model, transcoders, edits: list[Edit]) -> Iterator[None]:
+    """Inside the block, every forward pass (and generate) of `model` runs with the edits (free mode). A CLT
+    feature's change is written to every MLP output it writes to, computed from its own layer's live input."""
     _check(transcoders, edits)
     by_layer: dict[int, list[Edit]] = {}
     for e in edits:
         by_layer.setdefault(e.layer, []).append(e)
     inputs: dict[int, torch.Tensor] = {}
-    fns = {}
-    for layer, es in by_layer.items():
-        tc = transcoders[layer]
+    pending: dict[int, torch.Tensor] = {}  # target layer -> what the edits add to its MLP output in this forward
+    receivers = sorted({j for layer in by_layer for j in _receivers(transcoders, layer)})
 
-        def keep(x, _l=layer):
-            inputs[_l] = x
+    def keep(x, _l):
+        inputs[_l] = x
 
-        def edit(out, _l=layer, _es=es, _tc=tc):
-            x = inputs.pop(_l)
-            feats = torch.tensor([e.feature for e in _es], device=x.device)
-            acts = _tc.encode(x.to(_tc.W_enc.dtype))[..., feats]  # [b, s, n]: the current activations
-            delta = torch.zeros_like(acts)
-            s = acts.shape[1]
-            for i, e in enumerate(_es):
-                pos = list(range(s)) if e.positions is None else [p for p in e.positions if p < s]
-                if pos:
-                    delta[:, pos, i] = e.target(acts[:, pos, i]) - acts[:, pos, i]
-            return out + (delta @ _tc.W_dec[feats]).to(out.dtype)
+    def write(out, _j):
+        if _j in by_layer:  # the edited features of this layer, from its input of this forward
+            feats, delta = _deltas(transcoders, _j, by_layer[_j], inputs.pop(_j))
+            for target, w in _writes(transcoders, _j, feats):
+                add = delta @ w.to(delta.dtype)
+                pending[target] = pending[target] + add if target in pending else add
+        add = pending.pop(_j, None)
+        return out if add is None else out + add.to(out.dtype)
 
-        fns[f"blocks.{layer}.ln2.hook_normalized"] = keep
-        fns[f"blocks.{layer}.hook_mlp_out"] = edit
+    fns = {f"blocks.{layer}.ln2.hook_normalized": (lambda x, _l=layer: keep(x, _l)) for layer in by_layer}
+    fns.update({f"blocks.{j}.hook_mlp_out": (lambda out, _j=j: write(out, _j)) for j in receivers})
     with torch.no_grad(), _intervene(model, fns):
         yield
 
@@ -124,15 +164,17 @@ def _frozen_logits(model, transcoders, ids, edits: list[Edit]) -> torch.Tensor:
     c = r.clean(ids.view(1, -1))
     seq = ids.numel()
     probes: dict = {}
+    by_layer: dict[int, list[Edit]] = {}
     for e in edits:
-        tc = transcoders[e.layer]
-        acts = tc.encode(c.mlp_in[e.layer])[:, e.feature]  # [seq]
-        pos = list(range(seq)) if e.positions is None else [p for p in e.positions if p < seq]
-        probe = probes.setdefault(e.layer, torch.zeros(1, seq, model.d_model, device=model.device))
-        for p in pos:
-            probe[0, p] += (e.target(acts[p]) - acts[p]) * tc.W_dec[e.feature].detach()
-    constants = [c.mlp_out[layer] - (c.mlp_in[layer] @ transcoders[layer].W_skip.detach()
-                                     if layer in transcoders and transcoders[layer].W_skip is not None else 0.0)
+        by_layer.setdefault(e.layer, []).append(e)
+    for layer, es in by_layer.items():
+        feats, delta = _deltas(transcoders, layer, es, c.mlp_in[layer])  # delta [seq, n]
+        for target, w in _writes(transcoders, layer, feats):
+            probe = probes.setdefault(target, torch.zeros(1, seq, model.d_model, device=model.device))
+            probe[0] += delta @ w.to(delta.dtype)
+    skips = transcoders if isinstance(transcoders, dict) else {}  # a CLT has no skip
+    constants = [c.mlp_out[layer] - (c.mlp_in[layer] @ skips[layer].W_skip.detach()
+                                     if layer in skips and skips[layer].W_skip is not None else 0.0)
                  for layer in range(model.n_layers)]
     _, final = r.frozen(c, constants, ids.view(1, -1), probes)
     logits = model.hf.get_output_embeddings()(final[0, -1]).float()

@@ -84,3 +84,11 @@ def suggest(node_ids: list[str], positions: list[int], layers: list[int], profil
                         "node_ids": [node_ids[i] for i in idx], "position": pos,
                         "similarity": round(cohesion, 4)})
     return sorted(out, key=lambda s: -s["similarity"])
+
+
+def suggest_in_view(view: dict, features: list[dict], profiles: torch.Tensor, effects: list[float] | None = None,
+                    min_similarity: float = 0.5) -> list[dict]:
+    """suggest() on feature nodes of a view (viewer JSON nodes, labels in 'clerp'); profiles [len(features), D]."""
+    return suggest([n["node_id"] for n in features], [int(n["ctx_idx"]) for n in features],
+                   [int(n["layer"]) for n in features], profiles, [n.get("clerp", "") for n in features],
+                   view["metadata"].get("prompt_tokens", []), min_similarity, effects=effects)

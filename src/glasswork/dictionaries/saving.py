@@ -1,5 +1,6 @@
 """Native format: a folder with config.json (DictionaryConfig) and weights.safetensors. A set of dictionaries (e.g. the
-transcoders of every layer) is a folder with set.json listing member folders by name."""
+transcoders of every layer) is a folder with set.json listing member folders by name (SET_INDEX; `is_set`,
+`set_members`, `set_member(folder, layer)` are the one place that reads it)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,10 +28,33 @@ def save(dictionary: Dictionary, folder: str | Path) -> Path:
     return folder
 
 
+SET_INDEX = "set.json"  # a set folder's index: {"model", "members": {name: {kind, layer, hook_in, hook_out}}, ...}
+
+
+def is_set(folder: str | Path) -> bool:
+    """Whether `folder` is a set of dictionaries (one member folder per name in its set.json)."""
+    return (Path(folder) / SET_INDEX).is_file()
+
+
+def set_members(folder: str | Path) -> dict[str, dict]:
+    """{member folder name: {kind, layer, hook_in, hook_out}} of a set folder."""
+    index = read_json(Path(folder) / SET_INDEX, "dictionary set index")
+    require_keys(index, ["members"], Path(folder) / SET_INDEX, "dictionary set index")
+    return index["members"]
+
+
+def set_member(folder: str | Path, layer: int) -> Path:
+    """The member folder of a set that holds `layer`'s dictionary."""
+    for name, m in set_members(folder).items():
+        if m.get("layer") == layer:
+            return Path(folder) / name
+    raise GlassworkError(f"{Path(folder) / SET_INDEX}: no member for layer {layer}")
+
+
 def load(folder: str | Path, device: str | torch.device = "cpu") -> Dictionary:
     """Load one dictionary folder (config.json + weights.safetensors)."""
     folder = Path(folder)
-    if (folder / "set.json").exists():
+    if is_set(folder):
         raise GlassworkError(f"{folder} holds a set of dictionaries: use load_set")
     cfg = DictionaryConfig.from_dict(read_json(folder / "config.json", "dictionary config"), str(folder / "config.json"))
     dictionary = build(cfg)
@@ -61,15 +85,13 @@ def save_set(dictionaries: dict[str, Dictionary], folder: str | Path, **info) ->
     members = {name: {"kind": d.cfg.kind, "layer": d.cfg.layer, "hook_in": d.cfg.hook_in, "hook_out": d.cfg.hook_out}
                for name, d in dictionaries.items()}
     model = next(iter(dictionaries.values())).cfg.model if dictionaries else ""
-    write_json(folder / "set.json", {"model": model, "members": members, "glasswork_version": __version__, **info})
+    write_json(folder / SET_INDEX, {"model": model, "members": members, "glasswork_version": __version__, **info})
     return folder
 
 
 def load_set(folder: str | Path, device: str | torch.device = "cpu") -> dict[str, Dictionary]:
     folder = Path(folder)
-    index = read_json(folder / "set.json", "dictionary set index")
-    require_keys(index, ["members"], folder / "set.json", "dictionary set index")
-    return {name: load(folder / name, device) for name in index["members"]}
+    return {name: load(folder / name, device) for name in set_members(folder)}
 
 
 def load_transcoders(folder: str | Path, device: str | torch.device = "cpu") -> dict[int, SparseCoder]:

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ..cli import JSON_OPT, emit, err, run_verb
+from ..dictionaries.saving import is_set
 
 features_app = typer.Typer(help="Feature index: build it, read feature pages, search, label, export.",
                            no_args_is_help=True)
@@ -54,12 +55,12 @@ def build(dictionary: Path = typer.Argument(..., help="Dictionary folder: one di
             if not texts:
                 raise GlassworkError(f"{text_file}: the text file is empty (no line of text to index)")
         stats = StatsConfig(top_k=top_k)
-        is_set = (dictionary / "set.json").is_file() or ((dictionary / "config.json").is_file() and read_json(
+        per_layer = is_set(dictionary) or ((dictionary / "config.json").is_file() and read_json(
             dictionary / "config.json", "dictionary config").get("kind") == "clt")
-        if is_set and out is not None:
+        if per_layer and out is not None:
             raise GlassworkError(f"--out: {dictionary} has one index per layer, written beside each layer; drop --out")
         t0 = time.time()
-        if is_set:
+        if per_layer:
             paths = build_set_index(model, dictionary, texts=texts, n_contexts=contexts, ctx_len=ctx_len,
                                     batch_size=batch_size, cfg=stats)
         else:
@@ -69,10 +70,10 @@ def build(dictionary: Path = typer.Argument(..., help="Dictionary folder: one di
         ixs = [FeatureIndex(p) for p in paths]
         d_sae, live = sum(ix.d_sae for ix in ixs), sum(len(ix.live_features()) for ix in ixs)
         size = sum(p.stat().st_size for p in paths)
-        summary = {"index": [str(p) for p in paths] if is_set else str(paths[0]), "d_sae": d_sae,
+        summary = {"index": [str(p) for p in paths] if per_layer else str(paths[0]), "d_sae": d_sae,
                    "live_features": live, "n_tokens": ixs[0].meta["n_tokens"], "seconds": round(secs, 2),
                    "features_per_second": round(d_sae / secs, 1), "bytes": size, "bytes_per_feature": round(size / d_sae)}
-        where = f"{len(paths)} indexes under {dictionary}" if is_set else str(paths[0])
+        where = f"{len(paths)} indexes under {dictionary}" if per_layer else str(paths[0])
         emit(summary, as_json, f"wrote {where}: {d_sae} features ({live} live) over {ixs[0].meta['n_tokens']:,} "
                                f"tokens in {secs:.1f} s")
     run_verb(go)

@@ -77,6 +77,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..dictionaries.saving import is_set, set_member
 from ..io import GlassworkError, read_json
 from ..progress import progress
 from .stats import FeatureStats, StatsConfig, decoder_neighbors, logit_effects
@@ -143,19 +144,12 @@ class IndexTarget:
     meta: dict  # dictionary, kind, d_sae, d_in (and layer for a set member or a CLT layer)
 
 
-def _set_members(folder: Path) -> dict:
-    return read_json(folder / "set.json", "dictionary set index").get("members", {})
-
-
 def layer_index_path(folder: str | os.PathLike, layer: int | None = None) -> Path:
     """The index holding `layer`'s features: a set's member/features.sqlite, a CLT's features-layer{NN}.sqlite, or
     the folder's own features.sqlite (one dictionary)."""
     folder = Path(folder)
-    if layer is not None and (folder / "set.json").is_file():
-        for name, m in _set_members(folder).items():
-            if m.get("layer") == layer:
-                return folder / name / INDEX_NAME
-        raise GlassworkError(f"{folder}/set.json: no member for layer {layer}")
+    if layer is not None and is_set(folder):
+        return set_member(folder, layer) / INDEX_NAME
     if layer is not None and (folder / "config.json").is_file() and \
             read_json(folder / "config.json", "dictionary config").get("kind") == "clt":
         return folder / f"features-layer{layer:02d}.sqlite"
@@ -242,7 +236,7 @@ def build_index(model, dictionary, contexts: torch.Tensor | None = None, *, text
     folder = None
     if not hasattr(dictionary, "cfg"):
         folder = Path(dictionary)
-        if (folder / "set.json").is_file():
+        if is_set(folder):
             raise GlassworkError(f"{folder} is a set of dictionaries: index all its layers with build_set_index")
         dictionary = load_dictionary(folder)
     if dictionary.cfg.kind == "clt":
@@ -267,7 +261,7 @@ def build_set_index(model, folder: str | os.PathLike, contexts: torch.Tensor | N
     from .. import load_dictionary
     from ..dictionaries import load_transcoders
     folder = Path(folder)
-    if (folder / "set.json").is_file():
+    if is_set(folder):
         coders = load_transcoders(folder)
         checked = list(coders.values())
     else:

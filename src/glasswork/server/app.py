@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..circuits.graph import NOT_FEATURES, parse_feature_id, view_features
 from ..features.scoring import ensure_labels
 from ..io import GlassworkError, relative_path
 from .graphs import GraphStore
@@ -224,10 +225,10 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
 
     def feature_of(dictionary: str, node: dict):
         """The feature page of a graph node when its layer's feature index exists: (record, index key, layer)."""
-        m = re.match(r"^(\d+)_(\d+)_(\d+)$", node.get("node_id", ""))
-        if not dictionary or not m or node.get("feature_type") in ("embedding", "logit", "mlp reconstruction error"):
+        parsed = parse_feature_id(node.get("node_id", ""))
+        if not dictionary or not parsed or node.get("feature_type") in NOT_FEATURES:
             return None, None
-        layer, feat = int(m.group(1)), int(m.group(2))
+        layer, feat, _ = parsed
         index = layer_index(dictionary, layer)
         if index is None or not 0 <= feat < index.d_sae:
             return None, None
@@ -266,16 +267,12 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
     def suggestions(name: str, node_threshold: float = Query(0.8, gt=0, le=1),
                     edge_threshold: float = Query(0.98, gt=0, le=1), budget: int = Query(100, ge=0, le=1_000_000),
                     min_similarity: float = Query(0.5, ge=-1, le=1)):
-        from ..circuits.supernodes import suggest
+        from ..circuits.supernodes import suggest_in_view
         v = store.view(graph_or_404(name), node_threshold, edge_threshold, budget or None)
-        feats = [dict(n) for n in v["nodes"] if n.get("feature_type") not in ("embedding", "logit",
-                                                                              "mlp reconstruction error")]
+        feats = [dict(n) for n in view_features(v)]
         name_features(store.dictionary_of(name), feats)
         ids = [n["node_id"] for n in feats]
-        profiles, effects = store.profiles(name, ids), store.effects(name, ids)
-        found = suggest(ids, [int(n["ctx_idx"]) for n in feats], [int(n["layer"]) for n in feats], profiles,
-                        [n.get("clerp", "") for n in feats], v["metadata"].get("prompt_tokens", []), min_similarity,
-                        effects=effects)
+        found = suggest_in_view(v, feats, store.profiles(name, ids), store.effects(name, ids), min_similarity)
         return {"suggestions": found, "features": len(feats), "min_similarity": min_similarity}
 
     @app.post("/api/graphs/{name}/intervene")
@@ -286,28 +283,25 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
         graph_or_404(name)
         edits = []
         for nid in body.node_ids:
-            m = re.match(r"^(\d+)_(\d+)_(\d+)$", nid)
-            if not m:
+            parsed = parse_feature_id(nid)
+            if not parsed:
                 raise HTTPException(400, f"node '{nid[:200]}' is not a feature node (LAYER_FEATURE_POS): only features "
                                          f"can be set or ablated")
-            layer, feat, pos = map(int, m.groups())
+            layer, feat, pos = parsed
             edits.append(Edit(layer, feat, [pos], None if body.scale is not None else body.value, body.scale))
         folder = resolve_dictionary(store.dictionary_of(name))
         if folder is None:
             raise HTTPException(400, f"graph '{name}' names no dictionary folder inside {root}: cannot intervene")
-        g = store.get(name)
-        meta = g.metadata if hasattr(g, "metadata") else g.meta
-        prompt = meta.get("prompt", "")
+        prompt = store.metadata_of(name).get("prompt", "")
         if not prompt:
             raise HTTPException(400, f"graph '{name}' has no prompt in its metadata")
         if not res.compute.acquire(timeout=300):
             raise HTTPException(503, "the model is busy with another job; try again")
         try:
             t0 = time.time()
-            coders = res.coders(folder)
-            if not isinstance(coders, dict):
-                raise HTTPException(400, "interventions take per-layer transcoders; this graph's dictionary is a CLT")
-            model = res.model(next(iter(coders.values())).cfg.model or None)
+            coders = res.coders(folder)  # per-layer transcoders {layer: coder} or one CLT
+            cfg = next(iter(coders.values())).cfg if isinstance(coders, dict) else coders.cfg
+            model = res.model(cfg.model or None)
             out = intervene_logits(model, coders, prompt, edits, mode=body.mode)
             out.pop("logits_after")
             out["token_strings"] = model.to_str_tokens(out["tokens"])

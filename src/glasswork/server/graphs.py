@@ -303,9 +303,13 @@ class GraphStore:
         links = [{"source": a, "target": b, "weight": w} for (a, b), w in summed.items()]
         return {"members": {f"super:{g}": ms for g, ms in groups.items()}, "nodes": everyone, "links": links}
 
-    def dictionary_of(self, name: str) -> str:
+    def metadata_of(self, name: str) -> dict:
+        """A graph's metadata (prompt, dictionary, scores...), native or viewer JSON."""
         g = self.get(name)
-        meta = g.metadata if isinstance(g, ViewerGraph) else g.meta
+        return g.metadata if isinstance(g, ViewerGraph) else g.meta
+
+    def dictionary_of(self, name: str) -> str:
+        meta = self.metadata_of(name)
         return str(meta.get("dictionary") or meta.get("info", {}).get("dictionary") or "")
 
 

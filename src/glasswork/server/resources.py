@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from ..dictionaries.saving import SET_INDEX, is_set, set_member, set_members
 from ..io import GlassworkError, read_json
 from .security import within
 
@@ -23,7 +24,7 @@ def scan(root: Path, extra: list[Path] = ()) -> dict[str, Path]:
     found: dict[str, Path] = {}
 
     def walk(folder: Path, depth: int):
-        if (folder / "set.json").is_file() or (folder / "config.json").is_file() and \
+        if is_set(folder) or (folder / "config.json").is_file() and \
                 (folder / "weights.safetensors").is_file():
             found[_key(root, folder)] = folder
         if depth >= MAX_DEPTH:
@@ -39,8 +40,8 @@ def scan(root: Path, extra: list[Path] = ()) -> dict[str, Path]:
     for folder in extra:
         folder = Path(folder)
         found[_key(root, folder)] = folder
-        if (folder / "set.json").is_file():
-            for name in read_json(folder / "set.json", "dictionary set index").get("members", {}):
+        if is_set(folder):
+            for name in set_members(folder):
                 found[_key(root, folder / name)] = folder / name
     return found
 
@@ -55,9 +56,9 @@ def _key(root: Path, folder: Path) -> str:
 def describe(folder: Path) -> dict:
     """Kind, layer, hooks and whether a feature index is there, for the page's menus."""
     from ..features.index import index_path
-    if (folder / "set.json").is_file():
-        s = read_json(folder / "set.json", "dictionary set index")
-        members = s.get("members", {})
+    if is_set(folder):
+        s = read_json(folder / SET_INDEX, "dictionary set index")
+        members = set_members(folder)
         kinds = {m.get("kind") for m in members.values()}
         return {"kind": "set", "member_kind": "/".join(sorted(k for k in kinds if k)), "model": s.get("model", ""),
                 "layers": sorted(m["layer"] for m in members.values() if m.get("layer") is not None),
@@ -70,12 +71,7 @@ def describe(folder: Path) -> dict:
 
 def member_for_layer(folder: Path, layer: int) -> Path:
     """The member folder of a set that holds `layer` (the folder itself when it is one dictionary)."""
-    if not (folder / "set.json").is_file():
-        return folder
-    for name, m in read_json(folder / "set.json", "dictionary set index").get("members", {}).items():
-        if m.get("layer") == layer:
-            return folder / name
-    raise GlassworkError(f"{folder}/set.json: no member for layer {layer}")
+    return set_member(folder, layer) if is_set(folder) else folder
 
 
 class Resources:
@@ -116,7 +112,7 @@ class Resources:
         """One SparseCoder (a set's member for `layer`) and its folder."""
         from ..dictionaries import load
         folder = member_for_layer(folder, layer) if layer is not None else folder
-        if (folder / "set.json").is_file():
+        if is_set(folder):
             raise GlassworkError(f"{folder} is a set of dictionaries: say which layer")
         with self._lock:
             key = folder.resolve()

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..dictionaries.saving import is_set
 from ..io import GlassworkError
 
 JSON_OPT = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")
@@ -147,7 +148,7 @@ def export_cmd(
             export_saelens(load(folder), out)
             emit({"folder": str(out), "format": "saelens"}, as_json)
         elif format == "circuit-tracer":
-            d = load_transcoders(folder) if (folder / "set.json").exists() else load(folder)
+            d = load_transcoders(folder) if is_set(folder) else load(folder)
             emit(export_circuit_tracer(d, out), as_json)
         else:
             raise GlassworkError(f"--format: expected saelens or circuit-tracer (got '{format}')")

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
+from ..dictionaries.saving import is_set
 from ..io import home
 from .sources import ModelSource
 from .trainer import TrainConfig, train
@@ -38,7 +39,7 @@ def cached(name: str, tc: TrainConfig, texts=None, model=None) -> Path:
     """Train (once) the dictionaries tc describes on the default model; return their folder."""
     key = hashlib.sha256(json.dumps({**asdict(tc), "v": __version__}, sort_keys=True).encode()).hexdigest()[:12]
     folder = home() / "fixtures" / f"{name}-{key}"
-    if (folder / "config.json").exists() or (folder / "set.json").exists():
+    if (folder / "config.json").exists() or is_set(folder):
         return folder
     from ..models import load_model
     model = model or load_model()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,8 +18,8 @@ import torch
 from .. import __version__
 from ..allocator import keep_freed_memory
 from ..dictionaries.activations import ACTIVATIONS, batch_topk
-from ..dictionaries.coder import KINDS, DictionaryConfig, SparseCoder
-from ..dictionaries.saving import build, save, save_set
+from ..dictionaries.coder import KINDS, DictionaryConfig
+from ..dictionaries.saving import build, is_set, save, save_set
 from ..io import GlassworkError
 from ..precision import PRECISIONS, autocast, resolve
 from ..progress import progress
@@ -246,7 +246,7 @@ class Trainer:
         self.thresholds = {u.name: [] for u in self.units}  # batchtopk: per-batch minimum kept activation
         self.dead_tokens = tc.dead_window
         ckpt = self.out / CHECKPOINT
-        if (self.out / "config.json").exists() or (self.out / "set.json").exists():
+        if (self.out / "config.json").exists() or is_set(self.out):
             raise GlassworkError(f"{self.out} already holds a trained dictionary; choose another --out")
         self.precision = resolve(tc.precision, tc.device)  # from the hardware; a resume keeps the recorded one
         if resume and ckpt.exists():
