@@ -84,8 +84,10 @@ def run(kind: str, tc: TrainConfig, model, train_docs, eval_docs, eval_tokens: i
 PROMPTS = Path(__file__).parent / "data" / "heldout_prompts.txt"
 RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2026-12-01
     "before": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=1),
-    "skip": dict(kind="transcoder", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, skip=True,
-                 skip_fit=True, init="data"),
+    "skip": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16, skip=True,
+                 skip_fit=True, init="data"),  # the demo's
+    "skip-scaled": dict(kind="transcoder", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16,
+                        skip=True, skip_fit=True, init="data", init_scale="on"),
     "clt": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
 }
 

@@ -129,6 +129,26 @@ def test_uploaded_graph_with_nan_and_odd_search_text(confined):
         assert r.status_code == 200, (q, r.text[:200])
 
 
+def test_a_place_that_cannot_be_written_is_a_403_and_loses_nothing(confined):
+    # root ignores file modes, so a folder stands where the state file would go: the write fails as on a read-only disk
+    c, root, _, _ = confined
+    blocker = root / "graphs" / "france.state.json"
+    before = blocker.read_bytes() if blocker.is_file() else None
+    if blocker.is_file():
+        blocker.unlink()
+    blocker.mkdir()
+    try:
+        r = c.put("/api/graphs/france/state", json={"pinnedIds": [], "supernodes": [], "names": {}})
+        assert r.status_code == 403 and r.json()["detail"].startswith(f"cannot write in {root}")
+        assert "Traceback" not in r.text and blocker.is_dir() and not any(blocker.iterdir())
+        assert c.get("/api/graphs/france/view").status_code == 200  # the graph is still served
+        assert not [p for p in (root / "graphs").iterdir() if p.name.startswith(".france.state")]  # no temp file left
+    finally:
+        blocker.rmdir()
+        if before is not None:
+            blocker.write_bytes(before)
+
+
 def test_bounded_fuzz_no_5xx_and_nothing_from_outside(confined):
     """A few hundred random requests against every route (127.0.0.1 only: the in-process test client)."""
     c, root, outside, parts = confined

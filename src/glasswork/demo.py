@@ -156,7 +156,7 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
         # measured in benchmarks/RESULTS.md ("Why the transcoders explain little"): the fitted skip, latents seeded
         # on tokens and mixed batches cut the mid layers' FVU and their dead latents at the same budget
         tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(model.n_layers)), d_sae=cfg.tc_d, k=cfg.tc_k,
-                         tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=2e-3, warmup_steps=10,
+                         tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=3e-3, warmup_steps=10,
                          b_dec_init="mean", skip=cfg.tc_skip, skip_fit=cfg.tc_skip, init="data", mix=cfg.tc_mix,
                          model=model.name)
         source = ModelSource(model, corpus.default_texts, tc.input_hooks(), tc.batch_size, ctx=tc.ctx, mix=tc.mix,

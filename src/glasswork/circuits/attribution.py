@@ -45,8 +45,9 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     t0 = time.time()
     r = transcoders if isinstance(transcoders, ReplacementModel) else ReplacementModel(model, transcoders)
     ids = prompt_ids(model, prompt)
-    targets = logit_targets(model, r, ids, target)  # runs the clean pass once
-    c, feats, recon = r._last
+    c = r.clean(ids.view(1, -1))  # the clean pass, once: targets, features, errors and the frozen pass read it
+    feats, recon = r.features(c)
+    targets = logit_targets(model, c.logits[-1], target)
     seq, L = ids.numel(), model.n_layers
     skip_bos = not bos_nodes and int(ids[0]) == model.bos_token_id and seq > 1
     if skip_bos:
@@ -78,7 +79,8 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
             row_node[:n_feat] = order
         else:
             order = _budgeted(engine, r, feats, adjacency, row_node, targets, budget, bar)
-    graph = _assemble(model, r, ids, feats, targets, adjacency, row_node, order, errors.shape[0], dictionary)
+    text = prompt if isinstance(prompt, str) else " ".join(map(str, ids.tolist()))
+    graph = _assemble(model, r, ids, text, feats, targets, adjacency, row_node, order, errors.shape[0], dictionary)
     graph.meta["seconds"] = round(time.time() - t0, 3)
     graph.meta["n_active_features"] = n_feat
     return graph
@@ -207,7 +209,7 @@ def _skip(r: ReplacementModel, layer: int, x: torch.Tensor) -> torch.Tensor:
     return x @ tc.W_skip.detach()
 
 
-def _assemble(model, r, ids, feats, targets, adjacency, row_node, order, L, dictionary) -> Graph:
+def _assemble(model, r, ids, prompt: str, feats, targets, adjacency, row_node, order, L, dictionary) -> Graph:
     """Nodes (selected features, errors, tokens, logits) and their adjacency in the native layout."""
     seq, n_logit = ids.numel(), len(targets)
     n_all = adjacency.shape[1]
@@ -231,7 +233,7 @@ def _assemble(model, r, ids, feats, targets, adjacency, row_node, order, L, dict
     index = torch.cat([feats.index[order], torch.full((L * seq,), -1), ids, torch.tensor([t.token for t in targets])])
     act = torch.cat([feats.activation[order], torch.zeros(L * seq + seq), torch.tensor([t.prob for t in targets])])
     str_tokens = (model.to_str_tokens(ids) if model.tokenizer is not None else [str(i) for i in ids.tolist()])
-    meta = {"prompt": getattr(model, "_last_prompt", ""), "str_tokens": str_tokens, "model": model.name,
+    meta = {"prompt": prompt, "str_tokens": str_tokens, "model": model.name,
             "dictionary": str(dictionary), "n_layers": L, "d_sae": r.d_sae, "feature_type": r.feature_type,
             "logit_labels": [t.label for t in targets], "glasswork_version": _version()}
     g = Graph(adj, kind, layer, pos, index.long(), act.float(), torch.tensor([t.weight for t in targets]).float(),
@@ -250,19 +252,16 @@ def prompt_ids(model, prompt) -> torch.Tensor:
     """Token ids [seq] of a prompt (BOS first), with clear errors for an empty or over-long prompt."""
     if isinstance(prompt, torch.Tensor) or isinstance(prompt, list):
         ids = torch.as_tensor(prompt, dtype=torch.long).flatten()
-        text = None
     else:
         if not isinstance(prompt, str) or not prompt.strip():
             raise GlassworkError("prompt is empty: give the text whose next-token prediction to trace")
         ids = model.tokenize(prompt)[0]
-        text = prompt
     if ids.numel() == 0:
         raise GlassworkError("prompt is empty: give the text whose next-token prediction to trace")
     if ids.numel() > model.n_ctx:
         raise GlassworkError(f"prompt has {ids.numel()} tokens; the model's context is {model.n_ctx} tokens")
     if int(ids.max()) >= model.vocab_size or int(ids.min()) < 0:
         raise GlassworkError(f"prompt token ids must be in 0..{model.vocab_size - 1}")
-    model._last_prompt = text if text is not None else " ".join(map(str, ids.tolist()))
     return ids.to(model.device)
 
 
@@ -278,13 +277,11 @@ def _token_id(model, text: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def logit_targets(model, r: ReplacementModel, ids: torch.Tensor, target=None, cumulative: float = 0.95,
+def logit_targets(model, last_logits: torch.Tensor, target=None, cumulative: float = 0.95,
                   max_logits: int = 10) -> list[Target]:
-    """The logit targets; runs the clean pass (kept on r._last) since the default targets need its logits."""
-    c = r.clean(ids.view(1, -1))
-    feats, recon = r.features(c)
-    r._last = (c, feats, recon)
-    probs = c.logits[-1].softmax(-1)
+    """The logit targets from the clean pass's logits at the last position [vocab]: the most probable next tokens
+    (target None) or what `target` names."""
+    probs = last_logits.softmax(-1)
     if target is None:
         p, tok = probs.sort(descending=True)
         k = min(int((p.cumsum(0) < cumulative).sum()) + 1, max_logits)

@@ -68,6 +68,8 @@ def train_cmd(
     init: str = typer.Option("random", help="random | data: seed each latent on a token of the init sample (a CLT: on its own layer's output)."),
     init_tokens: int = typer.Option(0, min=0, help="Tokens read before training for the skip fit and data init "
                                             "(0: 8192 when used)."),
+    init_scale: str = typer.Option("auto", help="With --init data: fit the seeded code's scale by least squares "
+                                                "(on | off | auto: on unless --skip-fit)."),
     mix: int = typer.Option(1, help="Reading from the model: shuffle the tokens of this many batches together."),
     window: int = typer.Option(0, help="CLT: later layers each feature writes to (0: all)."),
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for init and data order."),
@@ -89,8 +91,8 @@ def train_cmd(
         tc = TrainConfig(kind=kind, arch=arch, hooks=[h for h in hooks.split(",") if h], layers=parse_layers(layers) if layers else [],
                          k=k, expansion=expansion, d_sae=d_sae, tokens=tokens, batch_size=batch_size, lr=lr, skip=skip,
                          window=window, seed=seed, ctx=ctx, device=device, matryoshka=parse_sizes(matryoshka),
-                         skip_fit=skip_fit, freeze_skip=freeze_skip, init=init, init_tokens=init_tokens, mix=mix,
-                         precision=precision)
+                         skip_fit=skip_fit, freeze_skip=freeze_skip, init=init, init_tokens=init_tokens,
+                         init_scale=init_scale, mix=mix, precision=precision)
         if store is not None:
             from ..data.store import ActivationStore
             source = StoreSource(ActivationStore(store), tc.input_hooks(), batch_size, seed=seed)

@@ -64,6 +64,7 @@ class TrainConfig:
     freeze_skip: bool = False  # keep the skip as fitted while the sparse part learns what it leaves
     init: str = "random"  # random | data: each latent seeded on a token of the init sample (training/init.py)
     init_tokens: int = 0  # tokens read before step 0 for scales, b_dec, skip fit, data init (0: one batch; 8192 if fitting)
+    init_scale: str = "auto"  # data init: fit the seeded code's scale by least squares: on | off | auto (on unless the skip is fitted)
     seed: int = 0
     checkpoint_every: int = 0  # steps (0: every ~120 s)
     device: str = "cpu"
@@ -90,6 +91,8 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise GlassworkError(f"train config: precision must be one of {', '.join(PRECISIONS)} (got "
                                  f"'{self.precision}')")
+        if self.init_scale not in ("auto", "on", "off"):
+            raise GlassworkError(f"train config: init_scale must be auto, on or off (got '{self.init_scale}')")
         if self.init not in ("random", "data"):
             raise GlassworkError(f"train config: init must be random or data (got '{self.init}')")
         if (self.skip_fit or self.freeze_skip) and not self.skip:
@@ -279,6 +282,8 @@ class Trainer:
             self.scale = {h: float(1 / batch[h].float().pow(2).sum(-1).mean().sqrt().clamp_min(1e-8))
                           for h in tc.input_hooks()}
         gen = torch.Generator().manual_seed(tc.seed)
+        # without a fitted skip, k seeded latents together overshoot ~k-fold (RESULTS.md: "Seeded latents need...")
+        scale_codes = tc.init_scale == "on" or (tc.init_scale == "auto" and not tc.skip_fit)
         for u in self.units:
             d = u.dictionary
             if tc.b_dec_init != "zero":
@@ -299,12 +304,14 @@ class Trainer:
                     w_dec[:, 1:].zero_()  # cross-layer writes start at zero and are learned
                     residual = y[:, i] - d.b_dec[i]
                     seed_latents_on_tokens(d.W_enc[i], d.b_enc[i], w_dec[:, 0], x[:, i], residual, gen)
-                    codes = _training_codes(d, x[:, i] @ d.W_enc[i] + d.b_enc[i], i)
-                    fit_code_scale(d.W_enc[i], d.b_enc[i], codes @ w_dec[:, 0], residual)
+                    if scale_codes:
+                        codes = _training_codes(d, x[:, i] @ d.W_enc[i] + d.b_enc[i], i)
+                        fit_code_scale(d.W_enc[i], d.b_enc[i], codes @ w_dec[:, 0], residual)
             elif tc.init == "data":
                 residual = y - d.skip_term(x) - d.b_dec
                 seed_latents_on_tokens(d.W_enc, d.b_enc, d.W_dec, x - d.b_dec if d.cfg.b_dec_in else x, residual, gen)
-                fit_code_scale(d.W_enc, d.b_enc, _training_codes(d, d.pre_acts(x)) @ d.W_dec, residual)
+                if scale_codes:
+                    fit_code_scale(d.W_enc, d.b_enc, _training_codes(d, d.pre_acts(x)) @ d.W_dec, residual)
 
     def _restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
