@@ -2,6 +2,8 @@
 source in the frozen model; influence matches a brute-force inverse; pruning, views, files, interventions, errors."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -377,6 +379,26 @@ def test_clt_interventions_write_to_every_layer_a_feature_reaches():
     assert max(abs(x) for x in res["change"]) > 0
     with pytest.raises(gw.GlassworkError, match="feature 9999 outside"):
         intervene_logits(m, clt, ids, [Edit(0, 9999, None, value=0.0)])
+
+
+def test_max_memory_stops_before_the_work_and_says_what_fits():
+    from glasswork.circuits.attribution import memory_estimate
+    m = make_tiny("llama")
+    tcs = random_transcoders(m)
+    ids = prompt(m, 8)
+    g = attribute(m, tcs, ids, batch_size=16, show_progress=False)
+    r = ReplacementModel(m, tcs)
+    n_feat, seq = g.n_features, ids.numel()
+    need = memory_estimate(m, r, seq, n_feat, n_feat, g.n_logits, 16)
+    assert need["adjacency"] == g.adjacency.numel() * 4  # the dominant term is the adjacency's real size
+    with pytest.raises(gw.GlassworkError, match=r"needs about .* GiB .* over the limit .* --max-features (\d+)") as e:
+        attribute(m, tcs, ids, batch_size=16, max_memory=need["total"] / 2, show_progress=False)
+    fits = int(re.search(r"--max-features (\d+)", str(e.value)).group(1))
+    assert 0 < fits < n_feat
+    small = attribute(m, tcs, ids, batch_size=16, max_memory=need["total"] / 2, max_features=fits, show_progress=False)
+    assert small.n_features == fits
+    big = attribute(m, tcs, ids, batch_size=16, max_memory=need["total"] * 1.01, show_progress=False)
+    assert torch.equal(big.adjacency, g.adjacency)
 
 
 def test_bad_input_is_a_clear_error():

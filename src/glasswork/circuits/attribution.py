@@ -10,6 +10,7 @@ so each backward pass is as short as it can be.
 """
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,14 +35,17 @@ class Target:
 
 
 def attribute(model, transcoders, prompt, target=None, max_features: int | None = None, batch_size: int = 64,
-              bos_nodes: bool = False, show_progress: bool = True, dictionary: str = "", vmap: bool = True) -> Graph:
+              bos_nodes: bool = False, show_progress: bool = True, dictionary: str = "", vmap: bool = True,
+              max_memory: float | None = None) -> Graph:
     """The attribution graph of `prompt` (text, or token ids) through the replacement model.
 
     target: None (most probable next tokens to cumulative 0.95, at most 10), a token string, "A-B" (difference of two
     tokens' logits), a tensor [d_model] (a direction read at the final norm output), or a list of those.
     max_features: keep only the most influential features (estimated from the rows computed so far).
     bos_nodes: give a leading BOS position feature and error nodes (off by default: BOS is an attention sink whose
-    outputs are huge and constant, so they are kept as constants, as other tools do)."""
+    outputs are huge and constant, so they are kept as constants, as other tools do).
+    max_memory: bytes the graph's own tensors may take (memory_estimate); past it, stop before any backward pass
+    with the estimate and what lowers it."""
     t0 = time.time()
     r = transcoders if isinstance(transcoders, ReplacementModel) else ReplacementModel(model, transcoders)
     ids = prompt_ids(model, prompt)
@@ -61,6 +65,18 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     n_feat, n_logit = len(feats), len(targets)
     n_nodes = n_feat + L * seq + seq + n_logit
     budget = n_feat if max_features is None else min(max_features, n_feat)
+    need = memory_estimate(model, r, seq, n_feat, budget, n_logit, batch_size)
+    if show_progress:
+        print(f"attribution: {seq} tokens, {n_feat:,} active features, {budget:,} feature rows x {n_nodes:,} nodes; "
+              f"about {need['total'] / 2**30:.2f} GiB", file=sys.stderr)
+    if max_memory is not None:
+        if need["total"] > max_memory:
+            fits = max_features_within(model, r, seq, n_feat, n_logit, batch_size, max_memory)
+            raise GlassworkError(
+                f"this graph needs about {need['total'] / 2**30:.2f} GiB ({seq} tokens, {n_feat:,} active features, "
+                f"{budget:,} feature rows x {n_nodes:,} nodes; adjacency {need['adjacency'] / 2**30:.2f} GiB), over "
+                f"the limit of {max_memory / 2**30:.2f} GiB. Lower it with --max-features "
+                f"{fits if fits else 'N'} (or fewer), a smaller --batch-size, or a shorter prompt")
     engine = _Engine(r, c, feats, constants, errors, ids, batch_size, vmap)
 
     # Rows: features (in the order computed) then logits; columns: all nodes (logit columns stay zero).
@@ -84,6 +100,36 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     graph.meta["seconds"] = round(time.time() - t0, 3)
     graph.meta["n_active_features"] = n_feat
     return graph
+
+
+def memory_estimate(model, r: ReplacementModel, seq: int, n_feat: int, budget: int, n_logit: int,
+                    batch_size: int) -> dict[str, int]:
+    """Bytes of the largest tensors `attribute` holds at once (the model's weights not counted): the adjacency
+    [budget + n_logit, n_nodes] fp32 with the copy its budget rounds, the reordering and the scores make (3 at the
+    peak with a budget, 2 without), every active feature's decoder vector at each layer it writes to, and one
+    backward pass's gradients ([batch, prefix, d] per layer, and the attention scores' [batch, heads, seq, seq])."""
+    L, d = model.n_layers, model.d_model
+    n_nodes = n_feat + L * seq + seq + n_logit
+    adjacency = 4 * (budget + n_logit) * n_nodes
+    writes = (r.clt.cfg.window or L) if r.clt is not None else 1
+    decoders = 4 * n_feat * d * min(writes, L)
+    heads = getattr(model.hf.config, "num_attention_heads", 1) or 1
+    backward = 4 * batch_size * seq * L * (8 * d + heads * seq)
+    copies = 3 if budget < n_feat else 2
+    return {"adjacency": adjacency, "decoders": decoders, "backward": backward,
+            "total": copies * adjacency + decoders + backward}
+
+
+def max_features_within(model, r, seq: int, n_feat: int, n_logit: int, batch_size: int, limit: float) -> int:
+    """The largest feature budget whose memory_estimate fits in `limit` bytes (0 if none does)."""
+    lo, hi = 0, n_feat
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if memory_estimate(model, r, seq, n_feat, mid, n_logit, batch_size)["total"] <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _budgeted(engine, r, feats, adjacency, row_node, targets, budget, bar) -> torch.Tensor:
