@@ -333,22 +333,31 @@ def test_saved_graph_is_exact_smaller_and_old_files_still_load(tmp_path):
         load_graph(tmp_path / "bad.safetensors")
 
 
-def test_interventions_check_the_graph():
-    m = make_tiny("llama")
-    tcs = random_transcoders(m)
-    ids = prompt(m, 8)
-    g = attribute(m, tcs, ids, batch_size=16)
-    feats = (g.node_kind == FEATURE).nonzero().flatten()
-    i = int(feats[g.node_influence()[feats].argmax()])
+def _check_edit_of_node(m, coders, ids, g, i, tokens):
+    """A no-op edit (scale 1) of graph node i leaves the real model's logits as they were, exactly; a frozen
+    ablation moves each demeaned target logit by minus the node's direct edge."""
     layer, pos, f = int(g.node_layer[i]), int(g.node_pos[i]), int(g.node_index[i])
-    tokens = g.node_index[g.node_kind == LOGIT].tolist()
-    # A no-op edit (scale 1) leaves the real model's logits as they were, exactly.
-    res = intervene_logits(m, tcs, ids, [Edit(layer, f, [pos], scale=1.0)], tokens=tokens)
-    torch.testing.assert_close(torch.tensor(res["after"]), torch.tensor(res["before"]), rtol=0, atol=1e-5)
-    # Frozen ablation: each demeaned target logit moves by minus the direct edge.
-    res = intervene_logits(m, tcs, ids, [Edit(layer, f, [pos], value=0.0)], mode="frozen", tokens=tokens)
-    edges = g.adjacency[g.n_features:, i]
-    torch.testing.assert_close(torch.tensor(res["demeaned_change"]), -edges, rtol=1e-3, atol=1e-4)
+    res = intervene_logits(m, coders, ids, [Edit(layer, f, [pos], scale=1.0)], tokens=tokens)
+    assert res["after"] == res["before"]
+    res = intervene_logits(m, coders, ids, [Edit(layer, f, [pos], value=0.0)], mode="frozen", tokens=tokens)
+    torch.testing.assert_close(torch.tensor(res["demeaned_change"]), -g.adjacency[g.n_features:, i],
+                               rtol=1e-3, atol=1e-4)
+    return layer, pos, f
+
+
+def _tiny_llama_graph(coders_of, seq: int, batch_size: int):
+    """A tiny Llama, its coders, a prompt, its graph, the graph's feature nodes and its target tokens."""
+    m = make_tiny("llama")
+    coders = coders_of(m)
+    ids = prompt(m, seq)
+    g = attribute(m, coders, ids, batch_size=batch_size)
+    return m, coders, ids, g, (g.node_kind == FEATURE).nonzero().flatten(), g.node_index[g.node_kind == LOGIT].tolist()
+
+
+def test_interventions_check_the_graph():
+    m, tcs, ids, g, feats, tokens = _tiny_llama_graph(random_transcoders, 8, 16)
+    i = int(feats[g.node_influence()[feats].argmax()])
+    layer, pos, f = _check_edit_of_node(m, tcs, ids, g, i, tokens)
     # Free ablation changes the logits; generation with a no-op edit equals plain generation.
     res = intervene_logits(m, tcs, ids, [Edit(layer, f, None, value=0.0)], tokens=tokens)
     assert max(abs(x) for x in res["change"]) > 0
@@ -359,20 +368,9 @@ def test_interventions_check_the_graph():
 
 
 def test_clt_interventions_write_to_every_layer_a_feature_reaches():
-    m = make_tiny("llama")
-    clt = random_clt(m)
-    ids = prompt(m, 7)
-    g = attribute(m, clt, ids, batch_size=8)
-    feats = (g.node_kind == FEATURE).nonzero().flatten()
-    tokens = g.node_index[g.node_kind == LOGIT].tolist()
+    m, clt, ids, g, feats, tokens = _tiny_llama_graph(random_clt, 7, 8)
     for i in feats[g.node_influence()[feats].argsort(descending=True)[:3]].tolist():
-        layer, pos, f = int(g.node_layer[i]), int(g.node_pos[i]), int(g.node_index[i])
-        res = intervene_logits(m, clt, ids, [Edit(layer, f, [pos], scale=1.0)], tokens=tokens)
-        assert res["after"] == res["before"]  # a no-op edit: bit for bit
-        # frozen ablation: each demeaned target logit moves by minus the direct edge (all of the feature's writes)
-        res = intervene_logits(m, clt, ids, [Edit(layer, f, [pos], value=0.0)], mode="frozen", tokens=tokens)
-        torch.testing.assert_close(torch.tensor(res["demeaned_change"]), -g.adjacency[g.n_features:, i],
-                                   rtol=1e-3, atol=1e-4)
+        _check_edit_of_node(m, clt, ids, g, i, tokens)  # the edge sums all of the feature's writes
     # free mode reaches later layers: ablating a layer-0 feature everywhere changes the logits
     layer0 = [i for i in feats.tolist() if int(g.node_layer[i]) == 0][0]
     res = intervene_logits(m, clt, ids, [Edit(0, int(g.node_index[layer0]), None, value=0.0)], tokens=tokens)
