@@ -17,7 +17,7 @@ import torch
 
 from ..hooks import intervene as _intervene
 from ..io import GlassworkError
-from .attribution import prompt_ids
+from .attribution import _skip, prompt_ids
 from .replacement import ReplacementModel
 
 
@@ -86,6 +86,13 @@ def _check(transcoders, edits: list[Edit]) -> None:
             raise GlassworkError(f"edit of layer {e.layer} feature {e.feature}: give a value or a scale")
 
 
+def _by_layer(edits: list[Edit]) -> dict[int, list[Edit]]:
+    by_layer: dict[int, list[Edit]] = {}
+    for e in edits:
+        by_layer.setdefault(e.layer, []).append(e)
+    return by_layer
+
+
 def _deltas(transcoders, layer: int, es: list[Edit], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [n], their change a' - a [..., s, n]) for the edits `es` of `layer`, from its MLP input x [..., s, d]."""
     feats = torch.tensor([e.feature for e in es], device=x.device)
@@ -104,9 +111,7 @@ def feature_edits(model, transcoders, edits: list[Edit]) -> Iterator[None]:
     """Inside the block, every forward pass (and generate) of `model` runs with the edits (free mode). A CLT
     feature's change is written to every MLP output it writes to, computed from its own layer's live input."""
     _check(transcoders, edits)
-    by_layer: dict[int, list[Edit]] = {}
-    for e in edits:
-        by_layer.setdefault(e.layer, []).append(e)
+    by_layer = _by_layer(edits)
     inputs: dict[int, torch.Tensor] = {}
     pending: dict[int, torch.Tensor] = {}  # target layer -> what the edits add to its MLP output in this forward
     receivers = sorted({j for layer in by_layer for j in _receivers(transcoders, layer)})
@@ -164,18 +169,13 @@ def _frozen_logits(model, transcoders, ids, edits: list[Edit]) -> torch.Tensor:
     c = r.clean(ids.view(1, -1))
     seq = ids.numel()
     probes: dict = {}
-    by_layer: dict[int, list[Edit]] = {}
-    for e in edits:
-        by_layer.setdefault(e.layer, []).append(e)
+    by_layer = _by_layer(edits)
     for layer, es in by_layer.items():
         feats, delta = _deltas(transcoders, layer, es, c.mlp_in[layer])  # delta [seq, n]
         for target, w in _writes(transcoders, layer, feats):
             probe = probes.setdefault(target, torch.zeros(1, seq, model.d_model, device=model.device))
             probe[0] += delta @ w.to(delta.dtype)
-    skips = transcoders if isinstance(transcoders, dict) else {}  # a CLT has no skip
-    constants = [c.mlp_out[layer] - (c.mlp_in[layer] @ skips[layer].W_skip.detach()
-                                     if layer in skips and skips[layer].W_skip is not None else 0.0)
-                 for layer in range(model.n_layers)]
+    constants = [c.mlp_out[layer] - _skip(r, layer, c.mlp_in[layer]) for layer in range(model.n_layers)]
     _, final = r.frozen(c, constants, ids.view(1, -1), probes)
     logits = model.hf.get_output_embeddings()(final[0, -1]).float()
     cap = getattr(model.hf.config, "final_logit_softcapping", None)  # Gemma 2
