@@ -1,6 +1,8 @@
-"""Attribution speed: seconds and peak memory per graph, glasswork vs circuit-tracer, same model, same transcoders,
-same prompt, in one run; and whether the two adjacency matrices agree. Also glasswork's time vs prompt length and
-dictionary width.
+"""Attribution speed: seconds and peak memory per graph, glasswork (its sweep engine, and its autograd engine for the
+before/after) vs circuit-tracer (TransformerLens backend, its fastest on CPU; nnsight beside on short prompts), same
+model, same transcoders, same prompts, in one run; whether the adjacency matrices agree; and the share of the fp32
+matmul bound each run reaches (its backward passes' FLOPs / seconds / this CPU's measured [512, d] x [d, d] rate).
+Also glasswork's time vs prompt length and dictionary width.
 
 Peer setup (once; recorded in RESULTS.md):
   python3 -m venv /work/peers/circuit-tracer
@@ -13,7 +15,8 @@ Transcoders: --dictionary DIR (ReLU or JumpReLU; exported to circuit-tracer's fo
 ReLU transcoders of --width features whose encoder biases are set so that ~--active features fire per token.
 Each tool runs in its own process with the same torch thread count (--threads); peak memory is that process's max RSS.
 
-  .venv/bin/python benchmarks/attribute.py [--threads 1] [--width 4608] [--no-peer] [--no-scaling] [--no-record]
+  .venv/bin/python benchmarks/attribute.py [--dictionary DIR] [--threads 2] [--width 4608] [--no-peer] [--no-scaling]
+      [--no-record]
 """
 from __future__ import annotations
 
@@ -33,7 +36,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PY = Path("/work/peers/circuit-tracer/bin/python")
-PROMPTS = ["The capital of France is", "When Mary and John went to the store, John gave a drink to"]
+# Five prompts of 6-31 tokens that no issue names (the last two long enough for the 20+ token target).
+PROMPTS = ["The cat sat on the", "Dogs are loyal animals, and cats are", "In 1969, Neil Armstrong walked on the",
+           "After the long winter, the farmers planted corn and wheat in the fields, hoping the summer rain would",
+           "The museum guide explained that the ancient vase had been found by divers near the coast of Greece, "
+           "buried under the sand for nearly two thousand"]
 SCALING_TEXT = ("The old lighthouse keeper climbed the stairs every evening to light the lamp, and the ships that "
                 "passed the rocky coast at night would see its beam sweep across the dark water while he wrote")
 
@@ -89,39 +96,67 @@ def peer_model_folder() -> Path:
     return dst
 
 
-def run_ours(dictionary: str, ids: str, batch: int, threads: int, out: str, max_features: int | None = None) -> dict:
+def load_coders(folder: str):
+    """A transcoder set ({layer: SparseCoder}) or one cross-layer transcoder."""
+    import glasswork as gw
+    cfg = Path(folder) / "config.json"
+    if cfg.exists() and json.loads(cfg.read_text()).get("kind") == "clt":
+        return gw.load_dictionary(folder)
+    return gw.load_transcoders(folder)
+
+
+def run_ours(dictionary: str, ids: str, batch: int, threads: int, out: str, max_features: int | None = None,
+             engine: str = "auto") -> dict:
     """In a fresh process: load, attribute, save the graph; time and peak memory of that process."""
     cmd = [sys.executable, __file__, "--_ours", dictionary, ids, str(batch), str(threads), out,
-           str(max_features or 0)]
+           str(max_features or 0), engine]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "GLASSWORK_PROGRESS": "0"})
     if res.returncode:
         raise SystemExit(f"glasswork run failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _ours_child(dictionary, ids, batch, threads, out, max_features):
+def _ours_child(dictionary, ids, batch, threads, out, max_features, engine):
     torch.set_num_threads(int(threads))
     import glasswork as gw
     t0 = time.time()
     model = gw.load_model()
-    tcs = gw.load_transcoders(dictionary)
+    tcs = load_coders(dictionary)
     load_s = time.time() - t0
     tokens = torch.tensor([int(x) for x in ids.split(",")])
     t0 = time.time()
-    g = gw.attribute(model, tcs, tokens, batch_size=int(batch), show_progress=False,
-                     max_features=int(max_features) or None)
+    g = gw.attribute(model, tcs, tokens, batch_size=int(batch) or None, show_progress=False,
+                     max_features=int(max_features) or None, engine=engine)
     seconds = time.time() - t0
+    flops = {name: graph_flops(model, tcs, tokens, g.n_logits, name) for name in ("ours", "circuit-tracer")}
     g.save(out)
     node_mask, edge_mask, _ = g.prune(0.8, 0.98)
     print(json.dumps({"pruned_nodes": int(node_mask.sum()), "pruned_edges": int(edge_mask.sum()),
                       "top_logit": g.meta["logit_labels"][0], "seconds": seconds, "load_seconds": load_s, "n_features": g.n_features, "n_nodes": g.n_nodes,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "scores": g.meta["scores"], "edges": int((g.adjacency != 0).sum())}))
+                      "scores": g.meta["scores"], "edges": int((g.adjacency != 0).sum()),
+                      "engine": g.meta["engine"], "flops": flops}))
 
 
-def run_peer(config: Path, ids: str, batch: int, threads: int, out: str) -> dict:
+def graph_flops(model, tcs, tokens, n_logit: int, tool: str) -> float:
+    """The backward passes' FLOPs: glasswork's (each target over its prefix and the layers below it, BOS a sink)
+    or circuit-tracer's (each target over every layer and position: its batches run the whole backward)."""
+    from glasswork.circuits.attribution import flop_estimate
+    from glasswork.circuits.replacement import Features, ReplacementModel
+    r = ReplacementModel(model, tcs)
+    feats, _ = r.features(r.clean(tokens.view(1, -1)))
+    keep = feats.pos > 0
+    feats = Features(feats.layer[keep], feats.pos[keep], feats.index[keep], feats.activation[keep])
+    if tool == "ours":
+        return flop_estimate(model, r, feats, tokens.numel(), n_logit, sink_bos=True)
+    full = Features(torch.full_like(feats.layer, model.n_layers - 1), torch.full_like(feats.pos, tokens.numel() - 1),
+                    feats.index, feats.activation)  # every row costs what the top target at the last position costs
+    return flop_estimate(model, r, full, tokens.numel(), n_logit, sink_bos=False)
+
+
+def run_peer(config: Path, ids: str, batch: int, threads: int, out: str, backend: str = "transformerlens") -> dict:
     cmd = [str(PEER_PY), str(ROOT / "benchmarks" / "_circuit_tracer_run.py"), str(peer_model_folder()), str(config),
-           ids, str(batch), str(threads), out]
+           ids, str(batch), str(threads), out, backend]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"circuit-tracer run failed:\n{res.stderr[-3000:]}")
@@ -148,14 +183,29 @@ def compare(ours_path: str, peer_path: str) -> dict:
             "nonzero_edges_ours": int((a != 0).sum()), "nonzero_edges_peer": int((b != 0).sum())}
 
 
+def measured_rate(d: int, seconds: float = 1.0) -> float:
+    """This CPU's fp32 FLOP/s on [512, d] x [d, d] products, with the benchmark's thread count."""
+    a, b = torch.randn(512, d), torch.randn(d, d)
+    a @ b
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 512 * d * d * n / (time.perf_counter() - t0)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dictionary", help="transcoder set folder (default: random ReLU transcoders)")
     ap.add_argument("--width", type=int, default=4608)
     ap.add_argument("--active", type=int, default=32, help="features firing per token (random transcoders)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for both tools")
-    ap.add_argument("--batch", type=int, default=64, help="glasswork targets per backward pass")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for both tools")
+    ap.add_argument("--batch", type=int, default=0, help="glasswork targets per pass (0: the engine's default)")
     ap.add_argument("--peer-batch", type=int, default=128, help="circuit-tracer batch (128 was its fastest on CPU)")
+    ap.add_argument("--nnsight-max-tokens", type=int, default=10,
+                    help="run circuit-tracer's (slower) nnsight backend too on prompts up to this length")
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="run the first N of the five prompts")
+    ap.add_argument("--no-autograd", action="store_true", help="skip glasswork's autograd engine (the 'before')")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument("--no-record", action="store_true")
@@ -167,23 +217,28 @@ def main():
     try:
         if args.dictionary:
             dictionary = args.dictionary
-            tcs = gw.load_transcoders(dictionary)
+            tcs = load_coders(dictionary)
         else:
             tcs = random_transcoders(model, args.width, args.active)
             dictionary = str(gw.save_set({f"layer_{l:02d}": t for l, t in tcs.items()}, work / "tcs"))
-        width = next(iter(tcs.values())).d_sae
+        width = tcs.d_sae if isinstance(tcs, gw.CrossLayerTranscoder) else next(iter(tcs.values())).d_sae
+        rate = measured_rate(model.d_model)
         rows = []
         config = None if args.no_peer else export_circuit_tracer(tcs, work / "ct")
-        for prompt in PROMPTS:
+        for prompt in PROMPTS[:args.prompts]:
             ids = ",".join(map(str, model.tokenize(prompt)[0].tolist()))
+            n_tok = len(ids.split(","))
             ours = run_ours(dictionary, ids, args.batch, args.threads, str(work / "ours.safetensors"))
-            row = {"prompt": prompt, "tokens": len(ids.split(",")), "ours": ours}
+            row = {"prompt": prompt, "tokens": n_tok, "ours": ours, "rate": rate}
+            if not args.no_autograd:
+                row["autograd"] = run_ours(dictionary, ids, args.batch, args.threads, str(work / "a.safetensors"),
+                                           engine="autograd")
             if config is not None:
-                peer = run_peer(config, ids, args.peer_batch, args.threads, str(work / "peer.safetensors"))
-                row["peer"] = peer
-                row["speedup"] = peer["seconds"] / ours["seconds"]
-                row["memory_ratio"] = peer["peak_rss_mb"] / ours["peak_rss_mb"]
+                row["peer"] = run_peer(config, ids, args.peer_batch, args.threads, str(work / "peer.safetensors"))
                 row["agreement"] = compare(str(work / "ours.safetensors"), str(work / "peer.safetensors"))
+                if n_tok <= args.nnsight_max_tokens:
+                    row["peer_nnsight"] = run_peer(config, ids, args.peer_batch, args.threads,
+                                                   str(work / "peer_nn.safetensors"), backend="nnsight")
             rows.append(row)
             print(json.dumps(row), flush=True)
         scaling = []
@@ -202,36 +257,51 @@ def main():
                     r = run_ours(d, ids, args.batch, args.threads, str(work / "s.safetensors"))
                     scaling.append({"kind": "width", "tokens": len(ids.split(",")), "width": w, **r})
                     print(json.dumps(scaling[-1]), flush=True)
-        report(args, rows, scaling, width)
+        report(args, rows, scaling, width, rate)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(args, rows, scaling, width):
+def _share(run: dict, tool: str, rate: float) -> str:
+    return f"{run['flops'][tool] / run['seconds'] / rate:.0%}" if run else "-"
+
+
+def report(args, rows, scaling, width, rate):
     load = os.getloadavg()
+    nan = float("nan")
     lines = [f"## Attribution graphs: glasswork vs circuit-tracer ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
              "",
-             f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), shared with other "
-             f"jobs: load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end. torch threads: "
-             f"{args.threads} for both tools. Transcoders: "
+             f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), fp32 matmul "
+             f"{rate / 1e9:.0f} GFLOP/s ([512, d] x [d, d], {args.threads} threads, measured at the start); load "
+             f"average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end. torch threads: {args.threads} for "
+             "every run, each in its own process, one at a time. Transcoders: "
              + (args.dictionary if args.dictionary else f"30 random ReLU transcoders, width {width}, ~{args.active} "
                 f"active per token") + ".",
              f"Command: `.venv/bin/python benchmarks/attribute.py {' '.join(sys.argv[1:])}`. Peer: circuit-tracer 0.5.0 "
-             "(nnsight backend, transformers 4.57.3) in /work/peers/circuit-tracer (`pip install torch==2.13.0` then "
-             "`pip install circuit-tracer==0.5.0`); glasswork batch "
-             f"{args.batch}, circuit-tracer batch {args.peer_batch}.", "",
-             "| prompt | tokens | features | nodes | edges | pruned nodes / edges (0.8 / 0.98) | replacement | "
-             "completeness | glasswork s | circuit-tracer s | speedup | glasswork MB | circuit-tracer MB | "
-             "max abs diff / max edge |",
+             "(TransformerLens 3.2.1 backend, and nnsight 0.6.3 on prompts up to "
+             f"{args.nnsight_max_tokens} tokens; transformers 4.57.3) in /work/peers/circuit-tracer (`pip install "
+             "torch==2.13.0` then `pip install circuit-tracer==0.5.0 'nnsight>=0.6,<0.7'`), batch "
+             f"{args.peer_batch}; glasswork batch {args.batch or 'default (sweep 512, autograd 64)'}. Seconds are "
+             "`attribute()` only. FLOP share: the run's backward-pass FLOPs (glasswork: each target over its prefix "
+             "and the layers below it; circuit-tracer: every layer and position per target) / seconds / the rate "
+             "above.",
+             "",
+             "| prompt | tokens | features | glasswork sweep s | glasswork autograd s | circuit-tracer TL s | "
+             "speedup vs TL | circuit-tracer nnsight s | FLOP share sweep / TL | glasswork MB | TL MB | "
+             "max abs diff / max edge | pruned nodes (0.8 / 0.98) | replacement |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        o, p, a = r["ours"], r.get("peer", {}), r.get("agreement", {})
-        agree = (f"{a['rel_diff']:.1e}" if a.get("same_shape") and a.get("same_features") else
-                 ("n/a" if not a else f"differ: {a}"))
-        lines.append(f"| {r['prompt']} | {r['tokens']} | {o['n_features']} | {o['n_nodes']} | {o['edges']:,} | "
-                     f"{o['pruned_nodes']} / {o['pruned_edges']} | {o['scores']['replacement']:.3f} | {o['scores']['completeness']:.3f} | {o['seconds']:.1f} | "
-                     f"{p.get('seconds', float('nan')):.1f} | {r.get('speedup', float('nan')):.1f}x | "
-                     f"{o['peak_rss_mb']:.0f} | {p.get('peak_rss_mb', float('nan')):.0f} | {agree} |")
+        o, a, p, nn = r["ours"], r.get("autograd", {}), r.get("peer", {}), r.get("peer_nnsight", {})
+        ag = r.get("agreement", {})
+        agree = (f"{ag['rel_diff']:.1e}" if ag.get("same_shape") and ag.get("same_features") else
+                 ("n/a" if not ag else f"differ: {ag}"))
+        speed = p["seconds"] / o["seconds"] if p else nan
+        lines.append(f"| {r['prompt']} | {r['tokens']} | {o['n_features']:,} | {o['seconds']:.1f} | "
+                     f"{a.get('seconds', nan):.1f} | {p.get('seconds', nan):.1f} | {speed:.1f}x | "
+                     f"{nn.get('seconds', nan):.1f} | {_share(o, 'ours', rate)} / "
+                     f"{_share(dict(p, flops=o['flops']) if p else {}, 'circuit-tracer', rate)} | "
+                     f"{o['peak_rss_mb']:.0f} | {p.get('peak_rss_mb', nan):.0f} | {agree} | {o['pruned_nodes']} | "
+                     f"{o['scores']['replacement']:.3f} |")
     if scaling:
         lines += ["", "glasswork alone, time vs prompt length and dictionary width:", "",
                   "| varied | tokens | width | features | seconds | peak MB |", "|---|---|---|---|---|---|"]
@@ -246,6 +316,6 @@ def report(args, rows, scaling, width):
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--_ours":
-        _ours_child(*sys.argv[2:8])
+        _ours_child(*sys.argv[2:9])
     else:
         main()

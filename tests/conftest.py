@@ -20,6 +20,8 @@ def tiny_config(kind: str):
         return t.Qwen2Config(**TINY)
     if kind == "qwen3":
         return t.Qwen3Config(**TINY, head_dim=8)
+    if kind == "mistral":
+        return t.MistralConfig(**TINY, sliding_window=4)
     if kind == "gemma2":
         return t.Gemma2Config(**TINY, head_dim=8, query_pre_attn_scalar=8, sliding_window=16)
     if kind == "gpt2":

@@ -11,6 +11,7 @@ import glasswork as gw
 from glasswork.circuits import Edit, Graph, ReplacementModel, attribute, intervene_logits, load_graph
 from glasswork.circuits.graph import ERROR, FEATURE, LOGIT, TOKEN
 from glasswork.circuits.interventions import _frozen_logits, generate
+from glasswork.io import GlassworkError
 
 from conftest import make_tiny
 
@@ -149,6 +150,29 @@ def test_edges_exact_with_cross_layer_transcoder_and_budget():
     check_exactness(m, random_clt(m), prompt(m, 7), batch_size=8)
     g = check_exactness(m, random_transcoders(m), prompt(m, 7), batch_size=8, max_features=40)
     assert g.n_features == 40
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "mistral"])
+def test_sweep_engine_equals_autograd_engine(kind):
+    """The hand-written sweep (sweep.py) against autograd through the HF modules: skip transcoders, a missing layer,
+    BOS nodes on and off, a CLT, a feature budget, and chunks smaller than a position's targets."""
+    m = make_tiny(kind)
+    ids = prompt(m, 9)
+    cases = [(random_transcoders(m, skip_layers=(0, 2)), {}), (random_transcoders(m), {"bos_nodes": True}),
+             (random_clt(m), {}), (random_transcoders(m), {"target": 3}),
+             (random_transcoders(m), {"max_features": 30, "batch_size": 4})]  # budget rounds of 16: same picks
+    for coders, kw in cases:
+        a = attribute(m, coders, ids, engine="sweep", **{"batch_size": 5, **kw})
+        b = attribute(m, coders, ids, engine="autograd", **{"batch_size": 16, **kw})
+        assert a.meta["engine"] == "sweep" and b.meta["engine"] == "autograd"
+        assert torch.equal(a.row_nodes, b.row_nodes) and a.n_nodes == b.n_nodes
+        A, B = a.dense(), b.dense()
+        assert float(B.abs().max()) > 0
+        torch.testing.assert_close(A, B, rtol=0, atol=2e-5 * float(B.abs().max()))
+    with pytest.raises(GlassworkError, match="sweep engine covers"):
+        attribute(make_tiny("gpt2"), random_transcoders(make_tiny("gpt2")), ids % 97, engine="sweep")
+    with pytest.raises(GlassworkError, match="engine must be"):
+        attribute(m, random_transcoders(m), ids, engine="fast")
 
 
 def test_unbatched_backward_matches_vectorized():

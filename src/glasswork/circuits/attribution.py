@@ -20,7 +20,11 @@ import torch
 from ..io import GlassworkError
 from ..progress import progress
 from .graph import ERROR, FEATURE, LOGIT, TOKEN, Graph, influence
+from . import sweep
 from .replacement import Clean, Features, ReplacementModel
+
+ENGINES = ("auto", "sweep", "autograd")
+SWEEP_BATCH, AUTOGRAD_BATCH = 512, 64  # targets per backward pass: the sweep keeps no per-layer graph
 
 
 @dataclass
@@ -34,9 +38,9 @@ class Target:
     weight: float = 1.0
 
 
-def attribute(model, transcoders, prompt, target=None, max_features: int | None = None, batch_size: int = 64,
+def attribute(model, transcoders, prompt, target=None, max_features: int | None = None, batch_size: int | None = None,
               bos_nodes: bool = False, show_progress: bool = True, dictionary: str = "", vmap: bool = True,
-              max_memory: float | None = None) -> Graph:
+              max_memory: float | None = None, engine: str = "auto") -> Graph:
     """The attribution graph of `prompt` (text, or token ids) through the replacement model.
 
     target: None (most probable next tokens to cumulative 0.95, at most 10), a token string, "A-B" (difference of two
@@ -45,9 +49,18 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     bos_nodes: give a leading BOS position feature and error nodes (off by default: BOS is an attention sink whose
     outputs are huge and constant, so they are kept as constants, as other tools do).
     max_memory: bytes the graph's own tensors may take (memory_estimate); past it, stop before any backward pass
-    with the estimate and what lowers it."""
+    with the estimate and what lowers it.
+    engine: "sweep" (the hand-written backward of sweep.py: Llama-family models), "autograd" (any architecture), or
+    "auto" (sweep where it applies). batch_size: targets per backward pass (default: 512 sweep, 64 autograd)."""
     t0 = time.time()
     r = transcoders if isinstance(transcoders, ReplacementModel) else ReplacementModel(model, transcoders)
+    if engine not in ENGINES:
+        raise GlassworkError(f"engine must be one of {', '.join(ENGINES)} (got '{engine}')")
+    use_sweep = engine == "sweep" or (engine == "auto" and sweep.supports(r))
+    if use_sweep and not sweep.supports(r):
+        raise GlassworkError(f"the sweep engine covers model types {', '.join(sweep.MODEL_TYPES)}; this model is "
+                             f"'{model.hf.config.model_type}' (use engine='autograd')")
+    batch_size = int(batch_size or (SWEEP_BATCH if use_sweep else AUTOGRAD_BATCH))
     ids = prompt_ids(model, prompt)
     c = r.clean(ids.view(1, -1))  # the clean pass, once: targets, features, errors and the frozen pass read it
     feats, recon = r.features(c)
@@ -65,19 +78,25 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     n_feat, n_logit = len(feats), len(targets)
     n_nodes = n_feat + L * seq + seq + n_logit
     budget = n_feat if max_features is None else min(max_features, n_feat)
-    need = memory_estimate(model, r, seq, n_feat, budget, n_logit, batch_size)
+    need = memory_estimate(model, r, seq, n_feat, budget, n_logit, batch_size, use_sweep)
     if show_progress:
+        flops = flop_estimate(model, r, feats, seq, n_logit, skip_bos and use_sweep) * budget / max(n_feat, 1)
+        rate = matmul_rate(model.device, model.d_model)
         print(f"attribution: {seq} tokens, {n_feat:,} active features, {budget:,} feature rows x {n_nodes:,} nodes; "
-              f"about {need['total'] / 2**30:.2f} GiB", file=sys.stderr)
+              f"about {need['total'] / 2**30:.2f} GiB and {flops / 1e9:,.0f} GFLOP (~{flops / rate:,.0f} s at this "
+              f"device's {rate / 1e9:.0f} GFLOP/s fp32 matmul)", file=sys.stderr)
     if max_memory is not None:
         if need["total"] > max_memory:
-            fits = max_features_within(model, r, seq, n_feat, n_logit, batch_size, max_memory)
+            fits = max_features_within(model, r, seq, n_feat, n_logit, batch_size, max_memory, use_sweep)
             raise GlassworkError(
                 f"this graph needs about {need['total'] / 2**30:.2f} GiB ({seq} tokens, {n_feat:,} active features, "
                 f"{budget:,} feature rows x {n_nodes:,} nodes; adjacency {need['adjacency'] / 2**30:.2f} GiB), over "
                 f"the limit of {max_memory / 2**30:.2f} GiB. Lower it with --max-features "
                 f"{fits if fits else 'N'} (or fewer), a smaller --batch-size, or a shorter prompt")
-    engine = _Engine(r, c, feats, constants, errors, ids, batch_size, vmap)
+    if use_sweep:
+        runner = sweep.SweepEngine(r, c, feats, errors, ids, batch_size, sink_bos=skip_bos)
+    else:
+        runner = _Engine(r, c, feats, constants, errors, ids, batch_size, vmap)
 
     # Rows: features (in the order computed) then logits; columns: all nodes (logit columns stay zero).
     adjacency = torch.zeros(budget + n_logit, n_nodes)
@@ -86,46 +105,85 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     src = slice(0, n_nodes - n_logit)
     with (progress("attribution", total=n_logit + budget, unit="targets") if show_progress else _no_bar()) as bar:
         logit_vecs = torch.stack([t.vector for t in targets])
-        engine.rows(torch.full((n_logit,), L), torch.full((n_logit,), seq - 1), logit_vecs, bar,
-                    out=adjacency[budget:, src])
+        runner.rows(torch.full((n_logit,), L), torch.full((n_logit,), seq - 1), logit_vecs, bar,
+                     out=adjacency[budget:, src])
         if budget == n_feat:
             order = torch.arange(n_feat)
-            engine.rows(feats.layer, feats.pos, r.encoder_vectors(feats.layer, feats.index), bar,
+            runner.rows(feats.layer, feats.pos, r.encoder_vectors(feats.layer, feats.index), bar,
                         out=adjacency[:n_feat, src])
             row_node[:n_feat] = order
         else:
-            order = _budgeted(engine, r, feats, adjacency, row_node, targets, budget, bar)
+            order = _budgeted(runner, r, feats, adjacency, row_node, targets, budget, bar)
     text = prompt if isinstance(prompt, str) else " ".join(map(str, ids.tolist()))
     graph = _assemble(model, r, ids, text, feats, targets, adjacency, row_node, order, errors.shape[0], dictionary)
     graph.meta["seconds"] = round(time.time() - t0, 3)
     graph.meta["n_active_features"] = n_feat
+    graph.meta["engine"] = "sweep" if use_sweep else "autograd"
     return graph
 
 
 def memory_estimate(model, r: ReplacementModel, seq: int, n_feat: int, budget: int, n_logit: int,
-                    batch_size: int) -> dict[str, int]:
+                    batch_size: int, use_sweep: bool = False) -> dict[str, int]:
     """Bytes of the largest tensors `attribute` holds at once (the model's weights not counted): the adjacency
     [budget + n_logit, n_nodes] fp32 with the copy its budget rounds, the reordering and the scores make (3 at the
     peak with a budget, 2 without), every active feature's decoder vector at each layer it writes to, and one
-    backward pass's gradients ([batch, prefix, d] per layer, and the attention scores' [batch, heads, seq, seq])."""
+    backward pass's gradients ([batch, prefix, d] per layer, and the attention scores' [batch, heads, seq, seq]; the
+    sweep holds four [batch, prefix, d] buffers and no per-layer graph) and its rows [batch, n_nodes]."""
     L, d = model.n_layers, model.d_model
     n_nodes = n_feat + L * seq + seq + n_logit
     adjacency = 4 * (budget + n_logit) * n_nodes
     writes = (r.clt.cfg.window or L) if r.clt is not None else 1
     decoders = 4 * n_feat * d * min(writes, L)
     heads = getattr(model.hf.config, "num_attention_heads", 1) or 1
-    backward = 4 * batch_size * seq * L * (8 * d + heads * seq)
+    backward = 4 * batch_size * (seq * (4 * d if use_sweep else L * (8 * d + heads * seq)) + n_nodes)
     copies = 3 if budget < n_feat else 2
     return {"adjacency": adjacency, "decoders": decoders, "backward": backward,
             "total": copies * adjacency + decoders + backward}
 
 
-def max_features_within(model, r, seq: int, n_feat: int, n_logit: int, batch_size: int, limit: float) -> int:
+def flop_estimate(model, r: ReplacementModel, feats: Features, seq: int, n_logit: int, sink_bos: bool) -> float:
+    """Multiply-adds x 2 of every row's backward pass: per target at (l, p), layers l..0 of the attention's
+    value/output path over its prefix (BOS left out when it is a sink), the skips below l, and the contraction with
+    every source at or before p below l. The lm head, the clean pass and the graph's scores are not counted."""
+    L, d, cfg = model.n_layers, model.d_model, model.hf.config
+    H = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
+    KV = getattr(cfg, "num_key_value_heads", None) or H
+    hd = getattr(cfg, "head_dim", None) or d // H
+    layer = torch.cat([feats.layer, torch.full((n_logit,), L)]).double()
+    pos = torch.cat([feats.pos, torch.full((n_logit,), seq - 1)]).double()
+    width = (pos + 1 - int(sink_bos)).clamp_min(1)  # positions the sweep carries
+    attn = (layer + 1).clamp_max(L) * (width * 2 * d * (H + KV) * hd + 2 * H * width * (pos + 1) * hd)
+    has_skip = [float(r.transcoders.get(j) is not None and r.transcoders[j].W_skip is not None) for j in range(L)]
+    skips_below = torch.tensor([0.0] + has_skip).cumsum(0)[layer.long()]
+    sources = torch.ones(L, seq, dtype=torch.float64)  # one error node per (layer, position), plus its features
+    sources.index_put_((feats.layer, feats.pos), torch.ones(len(feats), dtype=torch.float64), accumulate=True)
+    below = torch.cat([torch.zeros(1, seq, dtype=torch.float64), sources.cumsum(0).cumsum(1)])  # [L + 1, seq]
+    contraction = 2 * d * below[layer.long(), pos.long()]
+    return float((attn + skips_below * width * 2 * d * d + contraction).sum())
+
+
+def matmul_rate(device, d: int) -> float:
+    """FLOP/s of an fp32 [512, d] @ [d, d] product on `device`, timed now (for the printed time estimate only)."""
+    a, b = torch.randn(512, d, device=device), torch.randn(d, d, device=device)
+    a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 0.02:
+        a @ b
+        n += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * 512 * d * d * n / max(time.perf_counter() - t0, 1e-9)
+
+
+def max_features_within(model, r, seq: int, n_feat: int, n_logit: int, batch_size: int, limit: float,
+                        use_sweep: bool = False) -> int:
     """The largest feature budget whose memory_estimate fits in `limit` bytes (0 if none does)."""
     lo, hi = 0, n_feat
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if memory_estimate(model, r, seq, n_feat, mid, n_logit, batch_size)["total"] <= limit:
+        if memory_estimate(model, r, seq, n_feat, mid, n_logit, batch_size, use_sweep)["total"] <= limit:
             lo = mid
         else:
             hi = mid - 1
@@ -311,9 +369,9 @@ def prompt_ids(model, prompt) -> torch.Tensor:
     return ids.to(model.device)
 
 
-def _demeaned(model, token: int) -> torch.Tensor:
-    W_U = model.W_U.detach().float()  # [d, vocab]
-    return W_U[:, token] - W_U.mean(1)
+def _demeaned(W_U: torch.Tensor, mean: torch.Tensor, token: int) -> torch.Tensor:
+    """The unembedding column of `token` [d] minus the mean column (W_U [d, vocab])."""
+    return W_U[:, token].float() - mean
 
 
 def _token_id(model, text: str) -> int | None:
@@ -328,11 +386,13 @@ def logit_targets(model, last_logits: torch.Tensor, target=None, cumulative: flo
     """The logit targets from the clean pass's logits at the last position [vocab]: the most probable next tokens
     (target None) or what `target` names."""
     probs = last_logits.softmax(-1)
+    W_U = model.W_U.detach()
+    mean = W_U.float().mean(1)  # once: a [d, vocab] reduction costs ~20 ms at SmolLM2's 49k vocabulary
     if target is None:
         p, tok = probs.sort(descending=True)
         k = min(int((p.cumsum(0) < cumulative).sum()) + 1, max_logits)
         labels = model.to_str_tokens(tok[:k]) if model.tokenizer is not None else [str(t) for t in tok[:k].tolist()]
-        return [Target(lab, _demeaned(model, t), t, float(pt), float(pt))
+        return [Target(lab, _demeaned(W_U, mean, t), t, float(pt), float(pt))
                 for lab, t, pt in zip(labels, tok[:k].tolist(), p[:k].tolist())]
     specs = target if isinstance(target, (list, tuple)) else [target]
     out = []
@@ -344,17 +404,18 @@ def logit_targets(model, last_logits: torch.Tensor, target=None, cumulative: flo
         elif isinstance(spec, int):
             if not 0 <= spec < model.vocab_size:
                 raise GlassworkError(f"target token id {spec} is not in the vocabulary (0..{model.vocab_size - 1})")
-            out.append(Target(str(spec), _demeaned(model, spec), spec, float(probs[spec]), float(probs[spec])))
+            out.append(Target(str(spec), _demeaned(W_U, mean, spec), spec, float(probs[spec]), float(probs[spec])))
         elif isinstance(spec, str):
             tok = _token_id(model, spec)
             if tok is not None:
-                out.append(Target(spec, _demeaned(model, tok), tok, float(probs[tok]), float(probs[tok])))
+                out.append(Target(spec, _demeaned(W_U, mean, tok), tok, float(probs[tok]), float(probs[tok])))
                 continue
             parts = spec.split("-")
             pair = [_token_id(model, x) for x in parts] if len(parts) == 2 else []
             if len(pair) == 2 and None not in pair:
                 a, b = pair
-                out.append(Target(spec, _demeaned(model, a) - _demeaned(model, b), -1, float(probs[a] - probs[b])))
+                vec = _demeaned(W_U, mean, a) - _demeaned(W_U, mean, b)
+                out.append(Target(spec, vec, -1, float(probs[a] - probs[b])))
                 continue
             enc = model.tokenizer(spec, add_special_tokens=False)["input_ids"] if model.tokenizer else []
             raise GlassworkError(f"target '{spec}' is not one token of the vocabulary (it tokenizes to {enc}); give a "
