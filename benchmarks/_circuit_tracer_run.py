@@ -1,6 +1,7 @@
 """Runs inside circuit-tracer's own venv (called by benchmarks/attribute.py): one graph, its time, peak memory, and its
 adjacency written for the numerical comparison.
-Args: MODEL_DIR CONFIG_YAML IDS(comma-separated) BATCH THREADS OUT [BACKEND: transformerlens (default) | nnsight].
+Args: MODEL_DIR CONFIG_YAML IDS(comma-separated) BATCH THREADS OUT [BACKEND: transformerlens (default) | nnsight]
+[MAX_FEATURE_NODES: 0 = all].
 TransformerLens (told the local folder is an official name) reads its config there and takes the HF module and tokenizer loaded here
 (no hub access)."""
 import json
@@ -13,6 +14,7 @@ import yaml
 
 model_dir, config, ids, batch, threads, out = sys.argv[1:7]
 backend = sys.argv[7] if len(sys.argv) > 7 else "transformerlens"
+max_feature_nodes = int(sys.argv[8]) if len(sys.argv) > 8 and int(sys.argv[8]) > 0 else None
 torch.set_num_threads(int(threads))
 from circuit_tracer import ReplacementModel, attribute  # noqa: E402
 from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set  # noqa: E402
@@ -52,7 +54,7 @@ else:
 load_s = time.time() - t0
 tokens = torch.tensor([int(x) for x in ids.split(",")])
 t0 = time.time()
-graph = attribute(tokens, model, batch_size=int(batch))
+graph = attribute(tokens, model, batch_size=int(batch), max_feature_nodes=max_feature_nodes)
 seconds = time.time() - t0
 from safetensors.torch import save_file  # noqa: E402
 save_file({"adjacency": graph.adjacency_matrix.float().contiguous(), "active_features": graph.active_features.contiguous(),

@@ -97,26 +97,23 @@ def peer_model_folder() -> Path:
 
 
 def load_coders(folder: str):
-    """A transcoder set ({layer: SparseCoder}) or one cross-layer transcoder."""
-    import glasswork as gw
-    cfg = Path(folder) / "config.json"
-    if cfg.exists() and json.loads(cfg.read_text()).get("kind") == "clt":
-        return gw.load_dictionary(folder)
-    return gw.load_transcoders(folder)
+    """A transcoder set ({layer: SparseCoder}) or one cross-layer transcoder, as `glasswork attribute` reads it."""
+    from glasswork.circuits.cli import load_coders as load
+    return load(Path(folder))
 
 
 def run_ours(dictionary: str, ids: str, batch: int, threads: int, out: str, max_features: int | None = None,
-             engine: str = "auto") -> dict:
+             engine: str = "auto", max_memory: float | None = None) -> dict:
     """In a fresh process: load, attribute, save the graph; time and peak memory of that process."""
     cmd = [sys.executable, __file__, "--_ours", dictionary, ids, str(batch), str(threads), out,
-           str(max_features or 0), engine]
+           str(max_features or 0), engine, str(max_memory or 0)]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "GLASSWORK_PROGRESS": "0"})
     if res.returncode:
         raise SystemExit(f"glasswork run failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _ours_child(dictionary, ids, batch, threads, out, max_features, engine):
+def _ours_child(dictionary, ids, batch, threads, out, max_features, engine, max_memory):
     torch.set_num_threads(int(threads))
     import glasswork as gw
     t0 = time.time()
@@ -126,16 +123,23 @@ def _ours_child(dictionary, ids, batch, threads, out, max_features, engine):
     tokens = torch.tensor([int(x) for x in ids.split(",")])
     t0 = time.time()
     g = gw.attribute(model, tcs, tokens, batch_size=int(batch) or None, show_progress=False,
-                     max_features=int(max_features) or None, engine=engine)
+                     max_features=int(max_features) or None, engine=engine,
+                     max_memory=float(max_memory) * 2**30 if float(max_memory) else None)
     seconds = time.time() - t0
     flops = {name: graph_flops(model, tcs, tokens, g.n_logits, name) for name in ("ours", "circuit-tracer")}
+    from glasswork.circuits.attribution import memory_estimate
+    from glasswork.circuits.replacement import ReplacementModel
+    n_active = g.meta["n_active_features"]
+    est = memory_estimate(model, ReplacementModel(model, tcs), tokens.numel(), n_active, g.n_features, g.n_logits,
+                          int(batch) or 512, g.meta["engine"] == "sweep")["total"]
     g.save(out)
     node_mask, edge_mask, _ = g.prune(0.8, 0.98)
     print(json.dumps({"pruned_nodes": int(node_mask.sum()), "pruned_edges": int(edge_mask.sum()),
                       "top_logit": g.meta["logit_labels"][0], "seconds": seconds, "load_seconds": load_s, "n_features": g.n_features, "n_nodes": g.n_nodes,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "scores": g.meta["scores"], "edges": int((g.adjacency != 0).sum()),
-                      "engine": g.meta["engine"], "flops": flops}))
+                      "engine": g.meta["engine"], "flops": flops, "n_active": n_active,
+                      "estimate_mb": est / 2**20}))
 
 
 def graph_flops(model, tcs, tokens, n_logit: int, tool: str) -> float:
@@ -154,9 +158,10 @@ def graph_flops(model, tcs, tokens, n_logit: int, tool: str) -> float:
     return flop_estimate(model, r, full, tokens.numel(), n_logit, sink_bos=False)
 
 
-def run_peer(config: Path, ids: str, batch: int, threads: int, out: str, backend: str = "transformerlens") -> dict:
+def run_peer(config: Path, ids: str, batch: int, threads: int, out: str, backend: str = "transformerlens",
+             max_feature_nodes: int = 0) -> dict:
     cmd = [str(PEER_PY), str(ROOT / "benchmarks" / "_circuit_tracer_run.py"), str(peer_model_folder()), str(config),
-           ids, str(batch), str(threads), out, backend]
+           ids, str(batch), str(threads), out, backend, str(max_feature_nodes)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"circuit-tracer run failed:\n{res.stderr[-3000:]}")
@@ -205,6 +210,12 @@ def main():
     ap.add_argument("--nnsight-max-tokens", type=int, default=10,
                     help="run circuit-tracer's (slower) nnsight backend too on prompts up to this length")
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="run the first N of the five prompts")
+    ap.add_argument("--long", default="", help="also time these prompt lengths (tokens, e.g. 128,512) from a held-out "
+                    "corpus document, with --long-max-features and --max-memory")
+    ap.add_argument("--long-max-features", type=int, default=4096)
+    ap.add_argument("--max-memory", type=float, default=None, help="GiB: glasswork's --max-memory on the long prompts")
+    ap.add_argument("--long-peer-max-tokens", type=int, default=128,
+                    help="run circuit-tracer (same feature budget) on long prompts up to this length")
     ap.add_argument("--no-autograd", action="store_true", help="skip glasswork's autograd engine (the 'before')")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-scaling", action="store_true")
@@ -257,7 +268,17 @@ def main():
                     r = run_ours(d, ids, args.batch, args.threads, str(work / "s.safetensors"))
                     scaling.append({"kind": "width", "tokens": len(ids.split(",")), "width": w, **r})
                     print(json.dumps(scaling[-1]), flush=True)
-        report(args, rows, scaling, width, rate)
+        long_rows = []
+        for n in [int(x) for x in args.long.split(",") if x]:
+            ids = ",".join(map(str, long_prompt_ids(model, n)))
+            row = {"tokens": n, "ours": run_ours(dictionary, ids, args.batch, args.threads, str(work / "l.safetensors"),
+                                                 max_features=args.long_max_features, max_memory=args.max_memory)}
+            if config is not None and n <= args.long_peer_max_tokens:
+                row["peer"] = run_peer(config, ids, args.peer_batch, args.threads, str(work / "lp.safetensors"),
+                                       max_feature_nodes=args.long_max_features)
+            long_rows.append(row)
+            print(json.dumps(row), flush=True)
+        report(args, rows, scaling, width, rate, long_rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -266,7 +287,17 @@ def _share(run: dict, tool: str, rate: float) -> str:
     return f"{run['flops'][tool] / run['seconds'] / rate:.0%}" if run else "-"
 
 
-def report(args, rows, scaling, width, rate):
+def long_prompt_ids(model, n: int) -> list[int]:
+    """The first n tokens (BOS first) of the first held-out corpus document that long."""
+    from glasswork.data.corpus import heldout_texts
+    for text in heldout_texts():
+        ids = model.tokenize(text)[0]
+        if ids.numel() >= n:
+            return ids[:n].tolist()
+    raise SystemExit(f"no held-out document has {n} tokens")
+
+
+def report(args, rows, scaling, width, rate, long_rows=()):
     load = os.getloadavg()
     nan = float("nan")
     lines = [f"## Attribution graphs: glasswork vs circuit-tracer ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
@@ -302,6 +333,17 @@ def report(args, rows, scaling, width, rate):
                      f"{_share(dict(p, flops=o['flops']) if p else {}, 'circuit-tracer', rate)} | "
                      f"{o['peak_rss_mb']:.0f} | {p.get('peak_rss_mb', nan):.0f} | {agree} | {o['pruned_nodes']} | "
                      f"{o['scores']['replacement']:.3f} |")
+    if long_rows:
+        lines += ["", f"Long prompts (a held-out corpus document, cut to length), feature budget "
+                  f"{args.long_max_features} (rows chosen by influence), --max-memory {args.max_memory} GiB; "
+                  "circuit-tracer with max_feature_nodes at the same budget (its rows are chosen by its own rounds, "
+                  "so the two graphs are not compared edge by edge):", "",
+                  "| tokens | active features | glasswork s | glasswork peak MB | graph MB (estimate) | "
+                  "circuit-tracer TL s | circuit-tracer peak MB |", "|---|---|---|---|---|---|---|"]
+        for r in long_rows:
+            o, p = r["ours"], r.get("peer", {})
+            lines.append(f"| {r['tokens']} | {o['n_active']:,} | {o['seconds']:.0f} | {o['peak_rss_mb']:,.0f} | "
+                         f"{o['estimate_mb']:,.0f} | {p.get('seconds', nan):.0f} | {p.get('peak_rss_mb', nan):,.0f} |")
     if scaling:
         lines += ["", "glasswork alone, time vs prompt length and dictionary width:", "",
                   "| varied | tokens | width | features | seconds | peak MB |", "|---|---|---|---|---|---|"]
@@ -316,6 +358,6 @@ def report(args, rows, scaling, width, rate):
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--_ours":
-        _ours_child(*sys.argv[2:9])
+        _ours_child(*sys.argv[2:10])
     else:
         main()

@@ -21,7 +21,7 @@ from ..io import GlassworkError
 from ..progress import progress
 from .graph import ERROR, FEATURE, LOGIT, TOKEN, Graph, influence
 from . import sweep
-from .replacement import Clean, Features, ReplacementModel
+from .replacement import Clean, Features, ReplacementModel, position_runs
 
 ENGINES = ("auto", "sweep", "autograd")
 SWEEP_BATCH, AUTOGRAD_BATCH = 512, 64  # targets per backward pass: the sweep keeps no per-layer graph
@@ -236,22 +236,14 @@ class _Engine:
              out: torch.Tensor) -> torch.Tensor:
         """Fill `out` [n, n_features + L * seq + seq] with the adjacency rows of targets at (layer, pos) with
         read-out vectors [n, d] (layer == n_layers: a logit read at the final norm output)."""
-        n = layers.numel()
         order = torch.argsort(positions * (self.L + 1) + layers, stable=True)
-        start = 0
-        while start < n:  # one forward per prefix length, then backward passes in batches of targets
-            p = int(positions[order[start]])
-            end = start
-            while end < n and int(positions[order[end]]) == p:
-                end += 1
-            group = order[start:end]
+        for p, group in position_runs(positions, order):  # one forward per prefix, then batches of targets
             batch = min(self.batch_size, len(group))
             mlp_in, final, probes = self._forward(p + 1, 1 if self.vmap else batch)
             for s in range(0, len(group), batch):
                 idx = group[s:s + batch]
                 out[idx] = self._backward(mlp_in, final, probes, layers[idx], p, vectors[idx], batch).cpu()
                 bar.advance(len(idx))
-            start = end
         return out
 
     def _forward(self, prefix: int, batch: int):

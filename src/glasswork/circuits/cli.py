@@ -62,7 +62,10 @@ def attribute_cmd(
         edge_threshold: float = typer.Option(0.98, help="Keep edges to this cumulative influence."),
         max_features: Optional[int] = typer.Option(None, help="Keep at most this many features (most influential "
                                                    "first), for long prompts."),
-        batch_size: int = typer.Option(64, min=1, help="Targets per backward pass."),
+        batch_size: Optional[int] = typer.Option(None, min=1, help="Targets per backward pass (default: 512 for the "
+                                                 "sweep engine, 64 for autograd)."),
+        engine: str = typer.Option("auto", help="auto | sweep (Llama-family models: the hand-written backward) | "
+                                   "autograd (any architecture); both give the same edges."),
         max_memory: Optional[float] = typer.Option(None, min=0.001, help="GiB the graph may take (its estimate is "
                                                    "checked before any backward pass; over it: stop, say what fits)."),
         out: Path = typer.Option(Path("graph.safetensors"), help="Native graph file (the whole graph, once)."),
@@ -84,7 +87,7 @@ def attribute_cmd(
         targets = list(target) if target else None
         from ..io import relative_path
         graph = attribute(m, coders, prompt, target=targets, max_features=max_features, batch_size=batch_size,
-                          max_memory=None if max_memory is None else max_memory * 2**30,
+                          engine=engine, max_memory=None if max_memory is None else max_memory * 2**30,
                           dictionary=relative_path(dictionary, Path(out).parent))  # relative to the graph file
         graph.save(out)
         summary = summarize(graph, node_threshold, edge_threshold)

@@ -301,6 +301,19 @@ class ReplacementModel:
         return replace
 
 
+def position_runs(positions: torch.Tensor, order: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(p, indices) for each run of equal position in `order` (indices into positions [n], sorted by position): the
+    targets that share one causal prefix [0..p]."""
+    start, n = 0, order.numel()
+    while start < n:
+        p = int(positions[order[start]])
+        end = start
+        while end < n and int(positions[order[end]]) == p:
+            end += 1
+        yield p, order[start:end]
+        start = end
+
+
 def _stash(store, layer, x):
     store[layer] = x
     return x

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .replacement import Clean, Features, ReplacementModel, _norm_apply
+from .replacement import Clean, Features, ReplacementModel, _norm_apply, position_runs
 
 MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "smollm3")
 
@@ -93,17 +93,11 @@ class SweepEngine:
         [n, d] (layer == n_layers: a logit read at the final norm output)."""
         # by position, then highest layer first: within a chunk, rows that are live at layer j form a prefix
         order = torch.argsort(positions * (self.L + 1) + (self.L - layers), stable=True)
-        start, n = 0, layers.numel()
-        while start < n:
-            p = int(positions[order[start]])
-            end = start
-            while end < n and int(positions[order[end]]) == p:
-                end += 1
-            for s in range(start, end, self.batch_size):
-                idx = order[s:min(end, s + self.batch_size)]
+        for p, group in position_runs(positions, order):
+            for s in range(0, len(group), self.batch_size):
+                idx = group[s:s + self.batch_size]
                 out[idx] = self._sweep(layers[idx], p, vectors[idx].float()).to(out.device)
                 bar.advance(len(idx))
-            start = end
         return out
 
     def _sweep(self, layers: torch.Tensor, p: int, vectors: torch.Tensor) -> torch.Tensor:
