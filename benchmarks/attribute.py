@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from glasswork.circuits.attribution import AUTOGRAD_BATCH, SWEEP_BATCH, matmul_rate
+
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PY = Path("/work/peers/circuit-tracer/bin/python")
 # Five prompts of 6-31 tokens that no issue names (the last two long enough for the 20+ token target).
@@ -131,7 +133,8 @@ def _ours_child(dictionary, ids, batch, threads, out, max_features, engine, max_
     from glasswork.circuits.replacement import ReplacementModel
     n_active = g.meta["n_active_features"]
     est = memory_estimate(model, ReplacementModel(model, tcs), tokens.numel(), n_active, g.n_features, g.n_logits,
-                          int(batch) or 512, g.meta["engine"] == "sweep")["total"]
+                          int(batch) or (SWEEP_BATCH if g.meta["engine"] == "sweep" else AUTOGRAD_BATCH),
+                          g.meta["engine"] == "sweep")["total"]
     g.save(out)
     node_mask, edge_mask, _ = g.prune(0.8, 0.98)
     print(json.dumps({"pruned_nodes": int(node_mask.sum()), "pruned_edges": int(edge_mask.sum()),
@@ -188,17 +191,6 @@ def compare(ours_path: str, peer_path: str) -> dict:
             "nonzero_edges_ours": int((a != 0).sum()), "nonzero_edges_peer": int((b != 0).sum())}
 
 
-def measured_rate(d: int, seconds: float = 1.0) -> float:
-    """This CPU's fp32 FLOP/s on [512, d] x [d, d] products, with the benchmark's thread count."""
-    a, b = torch.randn(512, d), torch.randn(d, d)
-    a @ b
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        n += 1
-    return 2 * 512 * d * d * n / (time.perf_counter() - t0)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dictionary", help="transcoder set folder (default: random ReLU transcoders)")
@@ -233,7 +225,7 @@ def main():
             tcs = random_transcoders(model, args.width, args.active)
             dictionary = str(gw.save_set({f"layer_{l:02d}": t for l, t in tcs.items()}, work / "tcs"))
         width = tcs.d_sae if isinstance(tcs, gw.CrossLayerTranscoder) else next(iter(tcs.values())).d_sae
-        rate = measured_rate(model.d_model)
+        rate = matmul_rate(torch.device("cpu"), model.d_model, seconds=1.0)
         rows = []
         config = None if args.no_peer else export_circuit_tracer(tcs, work / "ct")
         for prompt in PROMPTS[:args.prompts]:

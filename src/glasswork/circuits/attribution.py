@@ -70,8 +70,6 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     if skip_bos:
         keep = feats.pos > 0
         feats = Features(feats.layer[keep], feats.pos[keep], feats.index[keep], feats.activation[keep])
-    skips = [_skip(r, layer, c.mlp_in[layer]) for layer in range(L)]
-    constants = [c.mlp_out[layer] - skips[layer] for layer in range(L)]  # skip is applied live in the frozen pass
     errors = torch.stack([c.mlp_out[layer] - recon[layer] for layer in range(L)])  # [L, seq, d]
     if skip_bos:
         errors[:, 0] = 0.0
@@ -96,6 +94,8 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     if use_sweep:
         runner = sweep.SweepEngine(r, c, feats, errors, ids, batch_size, sink_bos=skip_bos)
     else:
+        # the frozen pass's MLP outputs: the true ones minus the skip, which it applies live
+        constants = [c.mlp_out[layer] - _skip(r, layer, c.mlp_in[layer]) for layer in range(L)]
         runner = _Engine(r, c, feats, constants, errors, ids, batch_size, vmap)
 
     # Rows: features (in the order computed) then logits; columns: all nodes (logit columns stay zero).
@@ -162,14 +162,14 @@ def flop_estimate(model, r: ReplacementModel, feats: Features, seq: int, n_logit
     return float((attn + skips_below * width * 2 * d * d + contraction).sum())
 
 
-def matmul_rate(device, d: int) -> float:
-    """FLOP/s of an fp32 [512, d] @ [d, d] product on `device`, timed now (for the printed time estimate only)."""
+def matmul_rate(device, d: int, seconds: float = 0.02) -> float:
+    """FLOP/s of an fp32 [512, d] @ [d, d] product on `device`, timed now for `seconds` (estimates only)."""
     a, b = torch.randn(512, d, device=device), torch.randn(d, d, device=device)
     a @ b
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < 0.02:
+    while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
     if device.type == "cuda":
@@ -226,11 +226,7 @@ class _Engine:
         self.ids, self.batch_size = ids, max(1, int(batch_size))
         self.vmap = vmap  # one batch-1 forward, backward vectorized over the targets (is_grads_batched)
         self.L, self.seq = r.model.n_layers, ids.numel()
-        # Sources writing to each MLP output, grouped by position: {layer: [(rows into feats, vectors [m, d])] per pos}
-        self.writers = {}
-        for j, (rows, vecs) in r.decoder_vectors(feats).items():
-            pos = feats.pos[rows]
-            self.writers[j] = [(rows[pos == p], vecs[pos == p]) for p in range(self.seq)]
+        self.writers = r.writers_by_position(feats, self.seq)  # the sources writing to each MLP output
 
     def rows(self, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor, bar,
              out: torch.Tensor) -> torch.Tensor:

@@ -231,6 +231,14 @@ class ReplacementModel:
                 out[j] = (torch.cat(rows), torch.cat(vecs))
         return out
 
+    def writers_by_position(self, feats: Features, seq: int) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """decoder_vectors split by position: {layer j: [(rows into feats, vectors [m, d]) for each position]}."""
+        out = {}
+        for j, (rows, vecs) in self.decoder_vectors(feats).items():
+            pos = feats.pos[rows]
+            out[j] = [(rows[pos == p], vecs[pos == p]) for p in range(seq)]
+        return out
+
     def encoder_vectors(self, layer: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Encoder columns [n, d] of features (layer, index): the gradient of their pre-activation w.r.t. x_l."""
         out = torch.zeros(layer.numel(), self.model.d_model, device=self.model.device)

@@ -53,7 +53,6 @@ class SweepEngine:
         self.hd = getattr(cfg, "head_dim", None) or self.d // self.H
         self.batch_size, self.sink = max(1, int(batch_size)), bool(sink_bos)
         self.n_feat, self.errors, self.embed = len(feats), errors.float(), c.embed.float()
-        dev = self.embed.device
         self.layers = []
         for j in range(self.L):
             block, attn = r.layers[j], r.attns[j]
@@ -66,14 +65,10 @@ class SweepEngine:
                 "W_skip_T": tc.W_skip.detach().float().T.contiguous() if tc is not None and tc.W_skip is not None
                 else None})
         self.gain_final = _gain(c, model.hf.get_submodule(r.arch.final_norm))
-        # Sources writing to each MLP output, by position: {layer: [(rows into feats, vectors [m, d])] per pos}
-        self.writers = {}
-        for j, (rows, vecs) in r.decoder_vectors(feats).items():
-            pos = feats.pos[rows]
-            self.writers[j] = [(rows[pos == p], vecs[pos == p].float()) for p in range(self.seq)]
-        self.bos_values = self._bos_values(dev) if self.sink else None
+        self.writers = r.writers_by_position(feats, self.seq)  # fp32 vectors, as decoder_vectors gives them
+        self.bos_values = self._bos_values() if self.sink else None
 
-    def _bos_values(self, dev) -> list[torch.Tensor]:
+    def _bos_values(self) -> list[torch.Tensor]:
         """u_j [KV, hd]: the values at position 0 of layer j, as the linear response to the BOS embedding (phi_j)."""
         phi, out = self.embed[0].clone(), []
         rep = self.H // self.KV
