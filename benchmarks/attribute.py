@@ -4,12 +4,9 @@ model, same transcoders, same prompts, in one run; whether the adjacency matrice
 matmul bound each run reaches (its backward passes' FLOPs / seconds / this CPU's measured [512, d] x [d, d] rate).
 Also glasswork's time vs prompt length and dictionary width.
 
-Peer setup (once; recorded in RESULTS.md):
-  python3 -m venv /work/peers/circuit-tracer
-  /work/peers/circuit-tracer/bin/pip install torch==2.13.0 && /work/peers/circuit-tracer/bin/pip install circuit-tracer==0.5.0
-  /work/peers/circuit-tracer/bin/pip install "nnsight>=0.6,<0.7"    # nnsight 0.8.1 breaks circuit-tracer 0.5.0's import
-circuit-tracer 0.5.0 loads the default model through its nnsight backend from a copy of the converted HF folder whose
-config.json also carries rope_theta at the top level (its transformers 4.57 reads it there; 5.x nests it).
+Peer setup (once): `python benchmarks/peers.py --install circuit-tracer` (its own venv, benchmarks/_peers.py: torch
+2.13.0, circuit-tracer 0.5.0, nnsight <0.7). circuit-tracer loads the default model from a copy of the converted HF
+folder whose config.json also carries rope_theta at the top level (its transformers 4.57 reads it there; 5.x nests it).
 
 Transcoders: --dictionary DIR (ReLU or JumpReLU; exported to circuit-tracer's format here), or by default 30 random
 ReLU transcoders of --width features whose encoder biases are set so that ~--active features fire per token.
@@ -34,10 +31,10 @@ from pathlib import Path
 
 import torch
 
+from _peers import peer_model_folder, peer_python, why_absent
 from glasswork.circuits.attribution import AUTOGRAD_BATCH, SWEEP_BATCH, matmul_rate
 
 ROOT = Path(__file__).resolve().parent.parent
-PEER_PY = Path("/work/peers/circuit-tracer/bin/python")
 # Five prompts of 6-31 tokens that no issue names (the last two long enough for the 20+ token target).
 PROMPTS = ["The cat sat on the", "Dogs are loyal animals, and cats are", "In 1969, Neil Armstrong walked on the",
            "After the long winter, the farmers planted corn and wheat in the fields, hoping the summer rain would",
@@ -74,28 +71,6 @@ def export_circuit_tracer(tcs: dict, folder: Path) -> Path:
         raise SystemExit("these transcoders subtract b_dec before encoding; circuit-tracer encodes the raw input")
     export(tcs, folder)
     return folder / "config.yaml"
-
-
-def peer_model_folder() -> Path:
-    """The converted default model, readable by transformers 4.57 (rope_theta at the top level, a tokenizer class
-    it knows)."""
-    from glasswork.io import home
-    from glasswork.models import default_model_folder
-    src, dst = default_model_folder(), home() / "peers" / "smollm2-135m-tf4"
-    if not (dst / "config.json").exists():
-        tmp = Path(tempfile.mkdtemp(dir=dst.parent if dst.parent.exists() else None))
-        for f in src.iterdir():
-            if f.name not in ("config.json", "tokenizer_config.json"):
-                os.symlink(f, tmp / f.name)
-        tok = json.loads((src / "tokenizer_config.json").read_text())
-        tok["tokenizer_class"] = "PreTrainedTokenizerFast"  # 5.x writes 'TokenizersBackend', unknown to 4.57
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tok, indent=2))
-        cfg = json.loads((src / "config.json").read_text())
-        cfg["rope_theta"] = cfg.get("rope_parameters", {}).get("rope_theta", 10000.0)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dst)
-    return dst
 
 
 def load_coders(folder: str):
@@ -163,7 +138,10 @@ def graph_flops(model, tcs, tokens, n_logit: int, tool: str) -> float:
 
 def run_peer(config: Path, ids: str, batch: int, threads: int, out: str, backend: str = "transformerlens",
              max_feature_nodes: int = 0) -> dict:
-    cmd = [str(PEER_PY), str(ROOT / "benchmarks" / "_circuit_tracer_run.py"), str(peer_model_folder()), str(config),
+    python = peer_python("circuit-tracer")
+    if python is None:
+        raise SystemExit(why_absent("circuit-tracer") + " (or run with --no-peer)")
+    cmd = [str(python), str(ROOT / "benchmarks" / "_circuit_tracer_run.py"), str(peer_model_folder()), str(config),
            ids, str(batch), str(threads), out, backend, str(max_feature_nodes)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
@@ -302,7 +280,7 @@ def report(args, rows, scaling, width, rate, long_rows=()):
                 f"active per token") + ".",
              f"Command: `.venv/bin/python benchmarks/attribute.py {' '.join(sys.argv[1:])}`. Peer: circuit-tracer 0.5.0 "
              "(TransformerLens 3.2.1 backend, and nnsight 0.6.3 on prompts up to "
-             f"{args.nnsight_max_tokens} tokens; transformers 4.57.3) in /work/peers/circuit-tracer (`pip install "
+             f"{args.nnsight_max_tokens} tokens; transformers 4.57.3) in its own venv (`benchmarks/peers.py`: `pip install "
              "torch==2.13.0` then `pip install circuit-tracer==0.5.0 'nnsight>=0.6,<0.7'`), batch "
              f"{args.peer_batch}; glasswork batch {args.batch or 'default (sweep 512, autograd 64)'}. Seconds are "
              "`attribute()` only. FLOP share: the run's backward-pass FLOPs (glasswork: each target over its prefix "

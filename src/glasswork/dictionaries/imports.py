@@ -13,6 +13,9 @@ layout is recognized from the files; each import records where it came from (cfg
                        W_dec [F, d], b_dec, threshold; relu(z * (z > threshold)), no b_dec on the input). ae.pt is a
                        pickle: read with torch.load(weights_only=True), so anything but tensors is refused.
   gemma-scope          params.npz: W_enc [d, F], W_dec [F, d], b_enc, b_dec, threshold: JumpReLU, no b_dec on the input.
+
+A source may also be `hf:ORG/REPO[/PATH][@REVISION]`: a published dictionary fetched from the Hugging Face hub (only
+PATH's files) into the hub's own cache, then read as above; offline (HF_HUB_OFFLINE=1) it reads that cache.
 """
 from __future__ import annotations
 
@@ -46,9 +49,33 @@ def detect(folder: Path) -> str:
                          f"Gemma Scope (params.npz)")
 
 
+def hub_folder(source: str) -> tuple[Path, str]:
+    """(local folder, what was fetched) for `hf:ORG/REPO[/PATH][@REVISION]`, through huggingface_hub's cache."""
+    m = re.fullmatch(r"hf:([\w.-]+)/([\w.-]+)((?:/[^@/]+)*)/?(?:@([\w./-]+))?", source)
+    if not m:
+        raise GlassworkError(f"'{source}': expected hf:ORG/REPO[/PATH][@REVISION] (e.g. hf:org/saes/layer_6)")
+    repo, sub, revision = f"{m.group(1)}/{m.group(2)}", m.group(3).strip("/"), m.group(4)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    try:
+        root = Path(snapshot_download(repo, revision=revision, allow_patterns=[f"{sub}/*"] if sub else None))
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GlassworkError(f"{source}: could not fetch {repo}{'@' + revision if revision else ''} from the hub "
+                             f"or its cache ({first})") from None
+    folder = root / sub if sub else root
+    if not folder.is_dir():
+        raise GlassworkError(f"{source}: the repository {repo} has no folder '{sub}'")
+    return folder, f"{repo}{'/' + sub if sub else ''}{'@' + revision if revision else ''}"
+
+
 def import_folder(folder: str | Path, fmt: str = "auto", model: str = ""):
-    """A SparseCoder, a CrossLayerTranscoder or {layer: SparseCoder} from another tool's folder; (dictionary, format)."""
+    """A SparseCoder, a CrossLayerTranscoder or {layer: SparseCoder} from another tool's folder (or `hf:ORG/REPO...`);
+    returns (dictionary, format)."""
     from .formats import import_saelens, read_circuit_tracer
+    hub = None
+    if str(folder).startswith("hf:"):
+        folder, hub = hub_folder(str(folder))
     folder = Path(folder)
     if not folder.exists():
         raise GlassworkError(f"{folder}: folder not found")
@@ -60,7 +87,8 @@ def import_folder(folder: str | Path, fmt: str = "auto", model: str = ""):
                "gemma-scope": import_gemma_scope}
     got = readers[fmt](folder)
     for d in (got.values() if isinstance(got, dict) else [got]):
-        d.cfg.training = {**d.cfg.training, "imported_from": {"format": fmt, "path": str(folder.resolve())}}
+        source = {"format": fmt, "path": str(folder.resolve())} | ({"hub": hub} if hub else {})
+        d.cfg.training = {**d.cfg.training, "imported_from": source}
         _check_finite(d, folder)
     return got, fmt
 

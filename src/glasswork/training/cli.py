@@ -158,8 +158,9 @@ def export_cmd(
 
 
 def import_cmd(
-    folder: Path = typer.Argument(..., help="Another tool's dictionary folder: SAELens, circuit-tracer, sparsify, "
-                                             "dictionary_learning or Gemma Scope (recognized from its files)."),
+    folder: str = typer.Argument(..., help="Another tool's dictionary folder: SAELens, circuit-tracer, sparsify, "
+                                            "dictionary_learning or Gemma Scope (recognized from its files); or "
+                                            "hf:ORG/REPO[/PATH][@REVISION] to fetch a published one from the hub."),
     out: Path = typer.Option(..., help="Native folder to write (a set folder for transcoders)."),
     format: str = typer.Option("auto", "--format", help="auto | saelens | circuit-tracer | sparsify | "
                                "dictionary-learning | gemma-scope"),
