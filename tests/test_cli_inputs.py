@@ -81,6 +81,23 @@ CASES = [
     ("info on bad JSON", ["info", "--model", "{t}/bad-json-model"]),
     ("info on an unknown model_type", ["info", "--model", "{t}/odd-model"]),
 ]
+# --out of the wrong kind, for every verb that writes: a folder that is a file (or lies under one), a file that is a
+# folder; refused before any work
+CASES += [
+    ("train --out a file", ["train", "--hooks", "blocks.1.hook_resid_post", "--tokens", "64", "--out", "{t}/a-file"]),
+    ("train --out under a file", ["train", "--hooks", "blocks.1.hook_resid_post", "--out", "{t}/a-file/sae"]),
+    ("harvest --out a file", ["harvest", "--hooks", "blocks.1.hook_resid_post", "--out", "{t}/a-file"]),
+    ("export --out a file", ["export", "{t}/sae", "--format", "saelens", "--out", "{t}/a-file"]),
+    ("import --out a file", ["import", "{t}/sl-ok", "--out", "{t}/a-file"]),
+    ("features build --out a folder", ["features", "build", "{t}/sae", "--out", "{t}/sl-ok"]),
+    ("features export --out a file", ["features", "export", "{t}/sae", "--out", "{t}/a-file"]),
+    ("attribute --out a folder", ["attribute", "--prompt", "hi", "--dictionary", "{t}/sae", "--out", "{t}/sl-ok"]),
+    ("attribute --viewer-json a folder", ["attribute", "--prompt", "hi", "--dictionary", "{t}/sae", "--out",
+                                          "{t}/g.safetensors", "--viewer-json", "{t}/sl-ok"]),
+    ("direction --out under a file", ["direction", "--out", "{t}/a-file/d", "--feature", "0/1", "--dictionary", "{t}/sae"]),
+    ("toy --out a file", ["toy", "--quick", "--out", "{t}/a-file"]),
+    ("demo --out a file", ["demo", "--quick", "--no-serve", "--out", "{t}/a-file"]),
+]
 
 
 @pytest.mark.parametrize("args", [c[1] for c in CASES], ids=[c[0] for c in CASES])

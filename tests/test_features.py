@@ -365,6 +365,74 @@ def test_fires_render_export_and_cli(built, tmp_path):
         ix.examples(f)[0]["act"], rel=2e-3)
     with pytest.raises(gw.GlassworkError, match="out of range"):
         neuronpedia.export(ix, tmp_path / "np2", features=[10**6])
+
+
+# What Neuronpedia's importer reads, transcribed from its source (github.com/hijohnnylin/neuronpedia, utils/neuronpedia-
+# utils/neuronpedia_utils/convert-saedashboard-to-neuronpedia-export.py: the keys it indexes; db_models/feature.py,
+# activation.py, explanation.py: the types of the records they fill). [T] is a list of T; float takes an int too.
+NP_BATCH = {"model_id": str, "layer": (int, str), "sae_id_suffix": (str, type(None)), "features": list}
+NP_FEATURE = {"feature_index": int, "pos_str": [str], "pos_values": [float], "neg_str": [str], "neg_values": [float],
+              "frac_nonzero": float, "activations": list,
+              **{k: [float] for k in ("freq_hist_data_bar_heights", "freq_hist_data_bar_values",
+                                      "logits_hist_data_bar_heights", "logits_hist_data_bar_values",
+                                      "decoder_weights_dist", "neuron_alignment_values", "neuron_alignment_l1",
+                                      "correlated_neurons_pearson", "correlated_neurons_l1",
+                                      "correlated_features_pearson", "correlated_features_l1", "topkCosSimValues")},
+              **{k: [int] for k in ("neuron_alignment_indices", "correlated_neurons_indices",
+                                    "correlated_features_indices", "topkCosSimIndices")}}
+NP_ACTIVATION = {"tokens": [str], "values": [float], "bin_min": float, "bin_max": float, "bin_contains": float,
+                 "qualifying_token_index": int}
+NP_EXPLANATION = {"id": str, "modelId": str, "layer": str, "index": str, "description": str, "authorId": str}
+NP_EXPLANATION_OPTIONAL = {"embedding", "triggeredById", "typeName", "explanationModelName", "notes", "createdAt"}
+
+
+def _np_conforms(obj: dict, schema: dict, where: str) -> None:
+    for key, kind in schema.items():
+        assert key in obj, f"{where}: Neuronpedia's importer reads '{key}'"
+        value = obj[key]
+        if isinstance(kind, list):
+            assert isinstance(value, list), f"{where}.{key}: a list"
+            want = (int, float) if kind[0] is float else kind[0]
+            bad = [v for v in value if not isinstance(v, want) or isinstance(v, bool)]
+            assert not bad, f"{where}.{key}: items must be {kind[0].__name__} (got {bad[:3]})"
+        else:
+            want = (int, float) if kind is float else kind
+            assert isinstance(value, want) and not isinstance(value, bool), f"{where}.{key}: {kind} (got {value!r})"
+
+
+def test_neuronpedia_export_is_what_its_importer_reads(built, tmp_path):
+    model, sae, ctx, acts, ix = built
+    from glasswork.features import neuronpedia
+    feats = live(acts)[:3]
+    ix.set_label(feats[0], "builtin", "the word ' the'", scores={"detection": 0.8125})
+    ix.set_label(feats[1], "builtin", "commas", scores={})
+    res = neuronpedia.export(ix, tmp_path / "np", features=feats, batch_size=2, author_id="user-1")
+    assert len(res["files"]) == 2 and res["n_explanations"] == 2
+
+    def strict(text):  # NaN / Infinity are not JSON, and its importer would store them as text
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON number {c}"))
+    seen = []
+    for path in res["files"]:
+        batch = strict(Path(path).read_text())
+        _np_conforms(batch, NP_BATCH, Path(path).name)
+        for feat in batch["features"]:
+            where = f"{Path(path).name}:feature {feat.get('feature_index')}"
+            _np_conforms(feat, NP_FEATURE, where)
+            assert feat["activations"], where
+            for i, act in enumerate(feat["activations"]):
+                _np_conforms(act, NP_ACTIVATION, f"{where}.activations[{i}]")
+                assert act["values"] and len(act["values"]) == len(act["tokens"])  # it takes max(values)
+                assert 0 <= act["qualifying_token_index"] < len(act["tokens"])
+            seen.append(feat["feature_index"])
+    assert seen == feats
+    lines = (tmp_path / "np" / "explanations.jsonl").read_text().splitlines()
+    records = [strict(line) for line in lines]
+    for rec in records:
+        _np_conforms(rec, NP_EXPLANATION, "explanations.jsonl")
+        assert set(rec) <= set(NP_EXPLANATION) | NP_EXPLANATION_OPTIONAL, set(rec) - set(NP_EXPLANATION)
+    assert [r["index"] for r in records] == [str(feats[0]), str(feats[1])]
+    assert records[0]["authorId"] == "user-1" and records[0]["notes"] == "glasswork detection score 0.812"
+    assert records[0]["layer"] == f"{batch['layer']}-glasswork" and len({r["id"] for r in records}) == 2
     # fires: per token, the top features, matching a brute-force encode
     text_ids = ctx[0]
     sae_acts = acts[0]

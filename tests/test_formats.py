@@ -1,6 +1,10 @@
 """SAELens and circuit-tracer formats: exact round trips, and files that reconstruct as their weights say (against a
 brute-force reading of the raw tensors; the peers' own code on these files is tests/test_peers.py)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -294,3 +298,31 @@ def test_import_refuses_unknown_layouts_lying_configs_and_pickled_objects(tmp_pa
         r = CliRunner().invoke(app, ["import", str(tmp_path / name), "--out", str(out)])
         assert r.exit_code == 2 and needle in " ".join(r.output.split()), r.output
         assert not out.exists()
+
+
+def test_import_from_the_hub_by_name_reads_a_hub_snapshot(tmp_path):
+    """`glasswork import hf:ORG/REPO/PATH` through huggingface_hub's own code, on a cache laid out as a hub snapshot
+    (no hub is reachable here; offline, snapshot_download resolves refs/main in that cache)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--saes"
+    saes = {name: _random_sae("topk", seed=i) for i, name in enumerate(("layer_3", "layer_5"))}
+    for name, sae in saes.items():
+        export_saelens(sae, repo / "snapshots" / commit / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "GLASSWORK_PROGRESS": "0"}
+    cli = [str(Path(sys.executable).parent / "glasswork"), "import"]
+    for source, name in (("hf:someone/saes/layer_5", "layer_5"), (f"hf:someone/saes/layer_3@{commit}", "layer_3")):
+        out = tmp_path / f"native-{name}"
+        r = subprocess.run([*cli, source, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        got = load(out)
+        x = torch.randn(9, got.cfg.d_in)
+        torch.testing.assert_close(got(x), saes[name](x))
+        assert got.cfg.training["imported_from"]["hub"] == source[3:]
+    for source, needle in (("hf:someone/missing", "could not fetch someone/missing"),
+                           ("hf:someone/saes/layer_9", "has no folder 'layer_9'"), ("hf:nothing", "expected hf:ORG/REPO")):
+        out = tmp_path / "never"
+        r = subprocess.run([*cli, source, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 2 and needle in " ".join((r.stderr + r.stdout).split()), r.stderr + r.stdout
+        assert "Traceback" not in r.stderr and not out.exists()

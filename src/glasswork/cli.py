@@ -39,22 +39,24 @@ def run_verb(fn):
     """Turn bad input into a clear one-line message and exit code 2, never a traceback: our own errors, and what the
     operating system says about files (read-only, full disk, missing permission) or a broken SQLite / safetensors file."""
     import sqlite3
+
+    from rich.markup import escape  # a message may hold brackets ('hf:ORG/REPO[/PATH]'): text, not markup
     try:
         return fn()
     except GlassworkError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
         raise typer.Exit(2)
     except OSError as e:
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        err.print(f"[bold red]error:[/]{where}: {e.strerror or e}")
+        err.print(f"[bold red]error:[/]{escape(where)}: {escape(str(e.strerror or e))}")
         raise typer.Exit(2)
     except sqlite3.Error as e:
-        err.print(f"[bold red]error:[/] SQLite: {e}")
+        err.print(f"[bold red]error:[/] SQLite: {escape(str(e))}")
         raise typer.Exit(2)
     except Exception as e:  # safetensors raises its own error type for a truncated or foreign file
         if type(e).__name__ != "SafetensorError":
             raise
-        err.print(f"[bold red]error:[/] safetensors: {e}")
+        err.print(f"[bold red]error:[/] safetensors: {escape(str(e))}")
         raise typer.Exit(2)
 
 
@@ -150,6 +152,9 @@ def direction(out: Path = typer.Option(..., help="Where to write the direction: 
         from . import load_model
         from . import directions as dr
         from . import steering as st
+        from .io import check_out
+        for suffix in (".safetensors", ".json"):  # the two files the direction is written as
+            check_out(dr.file_stem(out).with_suffix(suffix), "file")
         t0 = time.time()
         if feature is not None:
             if dictionary is None:
@@ -204,8 +209,9 @@ def demo(out: Optional[Path] = typer.Option(None, help="Folder for the demo's st
     trace two prompts, steer, then serve it all. Stages are cached (a rerun resumes)."""
     def go():
         from .demo import clean, demo_folder, report, demo as run_demo
+        from .io import check_out
         t0 = time.time()
-        folder = demo_folder(out, quick)
+        folder = check_out(demo_folder(out, quick), "folder")
         if fresh:
             clean(folder)
         results = run_demo(folder, quick=quick, log=lambda s: err.print(s, markup=False))

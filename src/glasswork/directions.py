@@ -40,7 +40,7 @@ class Direction:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write PATH.safetensors then PATH.json (last, so a JSON beside it means the pair is complete)."""
-        stem = _stem(path)
+        stem = file_stem(path)
         save_tensors(stem.with_suffix(".safetensors"), {"direction": self.vector.float()})
         write_json(stem.with_suffix(".json"), {"hook": self.hook, "kind": self.kind, "model": self.model,
                                                "d_model": self.vector.shape[0], "norm": self.vector.norm().item(),
@@ -48,14 +48,15 @@ class Direction:
         return stem.with_suffix(".safetensors")
 
 
-def _stem(path) -> Path:
+def file_stem(path) -> Path:
+    """PATH of a direction file named PATH, PATH.safetensors or PATH.json."""
     path = Path(path)
     return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
 
 
 def load_direction(path: str | os.PathLike) -> Direction:
     """Read a direction file (PATH, PATH.safetensors or PATH.json)."""
-    stem = _stem(path)
+    stem = file_stem(path)
     meta_path = stem.with_suffix(".json")
     meta = read_json(meta_path, "direction metadata")
     require_keys(meta, ["hook", "kind", "d_model"], meta_path, "direction metadata")

@@ -16,6 +16,22 @@ class GlassworkError(Exception):
     """An error a user can act on: the message names the file, the field and what was expected."""
 
 
+def check_out(path: str | Path, expect: str, option: str = "--out") -> Path:
+    """Refuse, before any work, an output path of the wrong kind: a folder to write into that is a file (or lies under
+    one), a file to write that is a folder. expect: "folder" | "file"."""
+    path = Path(path)
+    for parent in path.parents:  # nearest first: the first one that exists must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise GlassworkError(f"{option} {path}: {parent} is a file, so nothing can be written under it")
+            break
+    if expect == "folder" and path.exists() and not path.is_dir():
+        raise GlassworkError(f"{option} {path}: is a file; expected a folder to write into (choose a new name)")
+    if expect == "file" and path.is_dir():
+        raise GlassworkError(f"{option} {path}: is a folder; expected the name of a file to write")
+    return path
+
+
 def home() -> Path:
     """The cache directory: $GLASSWORK_HOME, default ~/.cache/glasswork."""
     path = Path(os.environ.get("GLASSWORK_HOME") or Path.home() / ".cache" / "glasswork")

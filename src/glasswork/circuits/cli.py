@@ -77,7 +77,11 @@ def attribute_cmd(
 
     def go():
         from .. import load_model
+        from ..io import check_out
         from .attribution import attribute
+        check_out(out, "file")
+        if viewer_json is not None:
+            check_out(viewer_json, "file", "--viewer-json")
         t0 = time.time()
         m = load_model(model)
         coders = load_coders(dictionary)

@@ -31,8 +31,10 @@ def harvest_cmd(
 ):
     """Run a model over a corpus and store activations at hook points (sharded safetensors + manifest.json)."""
     def go():
+        from ..io import check_out
         from ..models import load_model
         from .store import ActivationStore, harvest
+        check_out(out, "folder")
         t0 = time.time()
         m = load_model(model)
         hook_list = [h.strip() for h in hooks.split(",") if h.strip()]

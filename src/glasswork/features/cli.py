@@ -44,9 +44,11 @@ def build(dictionary: Path = typer.Argument(..., help="Dictionary folder: one di
     """Compute every feature's statistics in one pass and write the SQLite feature index. A transcoder set or a
     cross-layer transcoder gets one index per layer, all from the same pass."""
     def go():
-        from ..io import GlassworkError, read_json
+        from ..io import GlassworkError, check_out, read_json
         from .index import FeatureIndex, build_index, build_set_index
         from .stats import StatsConfig
+        if out is not None:
+            check_out(out, "file")
         texts = None
         if text_file is not None:
             if not text_file.exists():
@@ -151,11 +153,14 @@ def label(where: Path = WHERE,
 def export(where: Path = WHERE, out: Path = typer.Option(..., help="Output folder for batch-N.json files."),
            features: Optional[str] = typer.Option(None, help="Feature ids, comma-separated (default: all)."),
            model_id: Optional[str] = typer.Option(None, help="Neuronpedia model id (default: the model's name)."),
+           author_id: str = typer.Option("glasswork", help="Neuronpedia user id the labels are credited to."),
            as_json: bool = JSON_OPT):
     """Export feature data in Neuronpedia's upload format (SAEDashboard NeuronpediaRunner batch files)."""
     def go():
+        from ..io import check_out
         from .neuronpedia import export as np_export
-        res = np_export(_open(where), out, _ids(features), model_id)
+        check_out(out, "folder")
+        res = np_export(_open(where), out, _ids(features), model_id, author_id=author_id)
         emit(res, as_json, f"wrote {len(res['files'])} batch files ({res['n_features']} features) to {out}")
     run_verb(go)
 

@@ -1,8 +1,12 @@
 """Export a feature index in Neuronpedia's upload format: the batch files of SAEDashboard's NeuronpediaRunner
-(`batch-N.json`: model_id, layer, sae_set, features[] with pos_str/pos_values, neg_str/neg_values, frac_nonzero,
-freq_hist_data_bar_*, activations[] with tokens/values/bin_*), which Neuronpedia's converter
-(neuronpedia-utils convert-saedashboard-to-neuronpedia-export) turns into its database export, plus
-explanations.jsonl (modelId, layer, index, description, explanationModelName) for the labels."""
+(`batch-N.json`: model_id, layer, sae_set, sae_id_suffix, features[] with pos_str/pos_values, neg_str/neg_values,
+frac_nonzero, freq_hist_data_bar_*, activations[] with tokens/values/bin_*), which Neuronpedia's converter turns into
+its database export, plus explanations.jsonl, one Explanation record per label.
+
+The schema is what Neuronpedia's importer reads, from its source (github.com/hijohnnylin/neuronpedia,
+utils/neuronpedia-utils/neuronpedia_utils/convert-saedashboard-to-neuronpedia-export.py: the keys it indexes in a
+batch file, a feature and an activation; db_models/{feature,activation,explanation}.py: the records' fields and types).
+tests/test_features.py checks every export against a transcription of both."""
 from __future__ import annotations
 
 import json
@@ -49,8 +53,9 @@ def feature_json(index: FeatureIndex, feature: int) -> dict:
 
 
 def export(index: FeatureIndex, out: str | Path, features: list[int] | None = None, model_id: str | None = None,
-           sae_set: str = "glasswork", batch_size: int = 256) -> dict:
-    """Write batch-N.json files (and explanations.jsonl) under `out`; returns counts and paths."""
+           sae_set: str = "glasswork", batch_size: int = 256, author_id: str = "glasswork") -> dict:
+    """Write batch-N.json files (and explanations.jsonl) under `out`; returns counts and paths.
+    author_id: the Neuronpedia user id an explanation is credited to (its importer requires one)."""
     out = Path(out)
     meta = index.meta
     features = list(range(index.d_sae)) if features is None else [index.check_id(f) for f in features]
@@ -70,9 +75,13 @@ def export(index: FeatureIndex, out: str | Path, features: list[int] | None = No
     with atomic_path(out / "explanations.jsonl") as tmp:
         with open(tmp, "w") as fh:
             for f, explainer, label, det in rows:
-                if f in wanted:
-                    fh.write(json.dumps({"modelId": model_id, "layer": f"{layer}-{sae_set}", "index": str(f),
-                                         "description": label, "explanationModelName": explainer,
-                                         "typeName": "glasswork", "scores": {"detection": det}}) + "\n")
+                if f in wanted:  # Neuronpedia's Explanation record: no field of its own for a score, so in notes
+                    source = f"{layer}-{sae_set}"
+                    fh.write(json.dumps({"id": f"glasswork-{model_id}-{source}-{f}-{explainer}", "modelId": model_id,
+                                         "layer": source, "index": str(f), "description": label,
+                                         "authorId": author_id, "typeName": "glasswork",
+                                         "explanationModelName": explainer,
+                                         "notes": None if det is None else f"glasswork detection score {det:.3f}"})
+                             + "\n")
     return {"out": str(out), "files": files, "n_features": len(features),
             "n_explanations": sum(1 for r in rows if r[0] in wanted)}

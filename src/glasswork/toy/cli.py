@@ -19,7 +19,9 @@ def toy_cmd(out: Path = typer.Option(Path("toy"), "--out", help="Folder for the 
     from ..cli import emit, run_verb
 
     def go():
+        from ..io import check_out
         from .reproduce import reproduce
+        check_out(out, "folder")
         t0 = time.time()
         summary = reproduce(out, quick=quick, seed=seed, parts=part)
         summary["seconds"]["wall"] = round(time.time() - t0, 2)

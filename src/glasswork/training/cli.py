@@ -84,9 +84,11 @@ def train_cmd(
     from ..cli import emit, run_verb
 
     def go():
+        from ..io import check_out
         from .sources import ModelSource, StoreSource
         from .trainer import TrainConfig, train
         from . import distributed as dist
+        check_out(out, "folder")
         t0 = time.time()
         tc = TrainConfig(kind=kind, arch=arch, hooks=[h for h in hooks.split(",") if h], layers=parse_layers(layers) if layers else [],
                          k=k, expansion=expansion, d_sae=d_sae, tokens=tokens, batch_size=batch_size, lr=lr, skip=skip,
@@ -146,6 +148,8 @@ def export_cmd(
     def go():
         from ..dictionaries.formats import export_circuit_tracer, export_saelens
         from ..dictionaries.saving import load, load_transcoders
+        from ..io import check_out
+        check_out(out, "folder")
         if format == "saelens":
             export_saelens(load(folder), out)
             emit({"folder": str(out), "format": "saelens"}, as_json)
@@ -173,7 +177,8 @@ def import_cmd(
     def go():
         from ..dictionaries.imports import import_folder
         from ..dictionaries.saving import save, save_set
-        if out.exists() and any(out.iterdir()):
+        from ..io import check_out
+        if check_out(out, "folder").exists() and any(out.iterdir()):
             raise GlassworkError(f"--out {out}: folder exists and is not empty; choose a new folder")
         got, fmt = import_folder(folder, format, model)
         if isinstance(got, dict):
