@@ -35,14 +35,14 @@ def main():
     rows = re.findall(r"tests/test_peers\.py::(\S+) (PASSED|FAILED|SKIPPED|ERROR)", res.stdout)
     if not rows:
         raise SystemExit(res.stdout[-3000:] + res.stderr[-3000:])
-    versions = {name: peer_version(name) for name in ("circuit-tracer", "sae-lens")}
+    versions = {name: peer_version(name) for name in PEERS}
     summary = re.findall(r"=+ (.*(?:passed|failed|skipped).*) =+", res.stdout)
     lines = [f"## Peers' own code on glasswork's files ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
              "UTC)", "",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}. Command: "
              f"`{' '.join(['.venv/bin/python benchmarks/peers.py', *sys.argv[1:]])}` (runs `pytest tests/test_peers.py`). "
              f"Peers, each in its own venv: circuit-tracer {versions['circuit-tracer']} (TransformerLens backend), "
-             f"sae-lens {versions['sae-lens']}.", "",
+             f"sae-lens {versions['sae-lens']}, sparsify {versions['sparsify']}.", "",
              "| check | result |", "|---|---|"]
     lines += [f"| `{test}` | {result.lower()} |" for test, result in rows]
     lines += ["", f"pytest: {summary[-1] if summary else 'see output'}.", ""]

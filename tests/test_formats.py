@@ -169,8 +169,8 @@ def _random(*shape, seed=0):
 
 
 def test_import_sparsify_transcoders_and_sae_reproduce_its_equations(tmp_path):
-    """Fixture files in sparsify's layout (its tensor names and shapes); codes topk(relu(x W^T + b)), no b_dec on the
-    input, skip x @ W_skip^T."""
+    """Fixture files in sparsify's layout (its tensor names and shapes); codes topk(relu(x' W^T + b)), x' = x for a
+    transcoder and x - b_dec for an SAE (sparsify 1.3.3 SparseCoder.encode), skip x @ W_skip^T."""
     from safetensors.torch import save_file
 
     from glasswork.dictionaries.imports import import_folder
@@ -204,6 +204,10 @@ def test_import_sparsify_transcoders_and_sae_reproduce_its_equations(tmp_path):
     (sae_dir / "cfg.json").write_text(json.dumps({"activation": "topk", "k": k, "transcode": False, "d_in": d}))
     sae, _ = import_folder(sae_dir)
     assert sae.cfg.kind == "sae" and sae.cfg.hook_in == "blocks.3.hook_resid_post"
+    w = weights[0]
+    v, i = ((x - w["b_dec"]) @ w["encoder.weight"].T + w["encoder.bias"]).relu().topk(k, -1)
+    want = torch.zeros(10, F).scatter(-1, i, v) @ w["W_dec"] + w["b_dec"]
+    torch.testing.assert_close(sae(x), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", ["AutoEncoder", "AutoEncoderTopK", "BatchTopKSAE", "JumpReluAutoEncoder"])

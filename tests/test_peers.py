@@ -1,6 +1,6 @@
 """The peers' own code on glasswork's exports and files: circuit-tracer loads our transcoder set and CLT and its
 attribute() gives our edges; its pydantic graph model validates our viewer JSON and its own graph files keep the same
-nodes; SAELens loads our SAE export and reconstructs as we do, and we read what SAELens writes.
+nodes; SAELens loads our SAE export and reconstructs as we do; we read what SAELens and sparsify write.
 
 Each peer runs in its own venv (benchmarks/_peers.py: where, which version); a test skips with the reason when its
 peer is absent. `python benchmarks/peers.py --install all` makes the venvs and runs this file."""
@@ -242,3 +242,40 @@ save_file(out, "{tmp_path}/ref.safetensors")
         sae = import_saelens(tmp_path / name)
         torch.testing.assert_close(sae.encode(ref["x"]), ref[name + "_acts"], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(sae(ref["x"]), ref[name], rtol=1e-5, atol=1e-4)
+
+
+def test_we_read_what_sparsify_writes(tmp_path):
+    """sparsify's own SparseCoder (a skip transcoder at layers.3.mlp, an SAE at layers.5) saved by its own code;
+    glasswork's import reconstructs as its forward does."""
+    from safetensors.torch import save_file
+
+    from glasswork.dictionaries.imports import import_folder
+    python = _need("sparsify")
+    x = torch.randn(30, 16)
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    script = """
+import sys, torch
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+from sparsify import SparseCoder, SparseCoderConfig
+torch.manual_seed(0)
+root, x = Path(sys.argv[1]), load_file(sys.argv[2])["x"]
+out = {}
+for name, kw in (("layers.3.mlp", dict(transcode=True, skip_connection=True)), ("layers.5", {})):
+    coder = SparseCoder(16, SparseCoderConfig(num_latents=48, k=5, **kw))
+    with torch.no_grad():
+        for p in coder.parameters():
+            p.normal_()
+        out[name] = coder(x).sae_out
+    coder.save_to_disk(root / "run" / name)
+save_file(out, str(root / "theirs.safetensors"))
+"""
+    res = subprocess.run([str(python), "-c", script, str(tmp_path), str(tmp_path / "x.safetensors")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    theirs = load_file(str(tmp_path / "theirs.safetensors"))
+    for name in ("layers.3.mlp", "layers.5"):
+        coder, fmt = import_folder(tmp_path / "run" / name)
+        assert fmt == "sparsify" and coder.cfg.kind == ("transcoder" if name.endswith("mlp") else "sae")
+        with torch.no_grad():
+            torch.testing.assert_close(coder(x), theirs[name], rtol=1e-5, atol=1e-4)

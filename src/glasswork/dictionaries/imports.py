@@ -5,7 +5,8 @@ layout is recognized from the files; each import records where it came from (cfg
   circuit-tracer       config.yaml + layer_N.safetensors | W_enc_N / W_dec_N            (formats.read_circuit_tracer)
   sparsify             cfg.json + sae.safetensors, one folder per hookpoint (EleutherAI sparsify: SAEs and
                        transcoders, with skip). encoder.weight [F, d] (x @ W.T), encoder.bias, W_dec [F, d], b_dec,
-                       W_skip [d, d] (x @ W_skip.T); codes topk(relu(x @ W_enc + b_enc)); no b_dec on the input.
+                       W_skip [d, d] (x @ W_skip.T); codes topk(relu(x' @ W_enc.T + b_enc)) with x' = x - b_dec for an
+                       SAE and x' = x for a transcoder (sparsify's SparseCoder.encode).
                        Hookpoints layers.N.mlp (a transcoder at MLP N) or layers.N (the residual after block N).
   dictionary-learning  ae.pt + config.json (saprmarks/dictionary_learning): AutoEncoder (relu(encoder(x - bias)),
                        decoder(f) + bias), AutoEncoderTopK / BatchTopKSAE (relu then top-k of encoder(x - b_dec); BatchTopK
@@ -160,7 +161,8 @@ def _sparsify_one(sub: Path, hookpoint: str, model: str) -> SparseCoder:
         shapes["W_skip"] = (d_in, d_in)
     _expect(weights, shapes, sub / "sae.safetensors")
     d = SparseCoder(DictionaryConfig(kind="transcoder" if transcoder else "sae", d_in=d_in, d_sae=d_sae,
-                                     activation="topk", k=cfg["k"], skip=skip, b_dec_in=False, layer=layer, model=model,
+                                     activation="topk", k=cfg["k"], skip=skip, b_dec_in=not transcoder, layer=layer,
+                                     model=model,
                                      hook_in=hook_in, hook_out=hook_out))
     tensors = {"W_enc": weights["encoder.weight"].T, "b_enc": weights["encoder.bias"], "W_dec": weights["W_dec"],
                "b_dec": weights["b_dec"]}
