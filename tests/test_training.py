@@ -313,6 +313,68 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     assert _load_trained(out, extra).cfg.training["matryoshka"] == extra.get("matryoshka", [])
 
 
+SOURCE_SCRIPT = """
+import sys, time
+import glasswork as gw
+from glasswork.data import corpus
+from glasswork.data.store import ActivationStore
+from glasswork.training import ModelSource, StoreSource, TrainConfig, train
+
+pause, kind, out, store = {pause!r}, {kind!r}, {out!r}, {store!r}
+base = ModelSource if kind == "model" else StoreSource
+
+class Slow(base):  # the same batches, with a pause so that the kill lands mid-run
+    def batches(self, start=0, rank=0, world=1):
+        for b in super().batches(start, rank, world):
+            time.sleep(pause)
+            yield b
+
+hook = "blocks.1.hook_resid_post"
+cfg = TrainConfig(kind="sae", arch="topk", hooks=[hook], k=4, d_sae=64, tokens=60 * 24, batch_size=60, lr=3e-3,
+                  warmup_steps=3, checkpoint_every=3, seed=3)
+if kind == "model":  # the model read while reading the corpus, as `glasswork train` does
+    source = Slow(gw.load_model(), corpus.default_texts, [hook], 60, ctx=16, mix=2)
+else:
+    source = Slow(ActivationStore(store), [hook], 60)
+train(cfg, source, out, resume=True)
+"""
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("kind", ["store", "model"])
+def test_resume_after_kill_equals_uninterrupted_from_a_store_and_from_the_model(tmp_path, default_model, kind):
+    """kill -9 mid-run, then resume: bit for bit the uninterrupted run, reading an activation store on disk or the
+    default model itself (each run in a fresh single-threaded process)."""
+    from glasswork.data.store import harvest
+    store = tmp_path / "store"
+    if kind == "store":
+        harvest(default_model, ["blocks.1.hook_resid_post"], store, tokens=60 * 30, ctx_len=16)
+    env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+
+    def start(out, pause):
+        script = SOURCE_SCRIPT.format(pause=pause, kind=kind, out=str(out), store=str(store))
+        return subprocess.Popen([sys.executable, "-c", script], env=env)
+
+    out = tmp_path / "killed"
+    straight = start(tmp_path / "straight", 0)
+    assert straight.wait() == 0
+    proc = start(out, 0.3)
+    deadline = time.time() + 180
+    while not (out / "checkpoint.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from glasswork.training.checkpoint import load_checkpoint
+    assert (out / "checkpoint.safetensors").exists() and not (out / "config.json").exists()
+    assert 0 < load_checkpoint(out / "checkpoint.safetensors")[1]["step"] < 24
+    assert start(out, 0).wait() == 0
+    a, b = load(out), load(tmp_path / "straight")
+    for name, value in b.state_dict().items():
+        assert torch.equal(a.state_dict()[name], value), name  # bit for bit
+    assert a.cfg.tokens_seen == b.cfg.tokens_seen == 60 * 24
+
+
 def test_nan_batches_skipped_and_counted(tmp_path):
     x = _data(n=640)
     x[64 * 2 + 5, 3] = float("nan")  # one bad row spoils batch... wherever the shuffle puts it
