@@ -117,3 +117,47 @@ def test_a_corrected_retry_succeeds(folders):
     r = CliRunner().invoke(app, ["import", str(folders / "sl-ok"), "--out", str(folders / "fixed")])
     assert r.exit_code == 0, r.output
     assert gw.load_dictionary(folders / "fixed").cfg.k == 4
+
+
+FULL_DISK = [  # (name, args): each writes more than the limit; {o} is its output, {t} the fixture folder
+    ("export", ["export", "{t}/big-sae", "--format", "saelens", "--out", "{o}"]),
+    ("import", ["import", "{t}/big-sl", "--out", "{o}"]),
+    ("features export", ["features", "export", "{t}/sae", "--out", "{o}"]),
+    ("train", ["train", "--hooks", "blocks.1.hook_resid_post", "--tokens", "600", "--d-sae", "128", "--k", "4",
+               "--batch-size", "120", "--out", "{o}"]),
+    ("harvest", ["harvest", "--hooks", "blocks.1.hook_resid_post", "--tokens", "2048", "--ctx-len", "16",
+                 "--out", "{o}"]),
+]
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("args", [c[1] for c in FULL_DISK], ids=[c[0] for c in FULL_DISK])
+def test_a_full_disk_is_one_line_leaves_nothing_and_the_retry_succeeds(folders, tmp_path, args):
+    """Writes fail part-way (the file-size limit RLIMIT_FSIZE: what a full disk does to a write, without root): exit 2,
+    one line naming what failed, no output folder or temp file left behind; with room again the same command works."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+    if not (folders / "big-sae").exists():
+        big = gw.SparseCoder(gw.DictionaryConfig(kind="sae", d_in=64, d_sae=512, activation="topk", k=4, hook_in="h",
+                                                 hook_out="h"))
+        big.reset_parameters(seed=0)
+        gw.save_dictionary(big, folders / "big-sae")
+        from glasswork.dictionaries.formats import export_saelens
+        export_saelens(big, folders / "big-sl")
+    limit = 48 * 1024  # bytes per file: under each verb's largest file, above everything Python itself writes
+    out = tmp_path / "out"
+    cmd = [str(Path(sys.executable).parent / "glasswork"), *[a.replace("{t}", str(folders)).replace("{o}", str(out))
+                                                           for a in args]]
+    env = {**os.environ, "GLASSWORK_PROGRESS": "0", "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "400"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert r.returncode == 2, r.stderr[-1500:]
+    text = r.stderr.strip()
+    assert "Traceback" not in text and text.startswith("error:") and len(text.splitlines()) == 1, r.stderr
+    assert "too large" in text.lower() or "no space" in text.lower() or "i/o error" in text.lower(), text
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and out.is_dir() and any(out.iterdir()), r.stderr[-1500:]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,21 @@ def check_out(path: str | Path, expect: str, option: str = "--out") -> Path:
     if expect == "file" and path.is_dir():
         raise GlassworkError(f"{option} {path}: is a folder; expected the name of a file to write")
     return path
+
+
+@contextmanager
+def new_output(folder: str | Path, keep=None) -> Iterator[Path]:
+    """A verb's output folder that is made only whole: if it did not exist before and the work fails (a full disk, a
+    bad input found late), what the work had put there is removed, so no empty or half-made folder is left.
+    keep(folder) -> True keeps it anyway (a resumable job that had finished some of its work)."""
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if not existed and folder.is_dir() and not (keep and keep(folder)):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def home() -> Path:
@@ -147,7 +163,12 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """Write a safetensors file atomically (contiguous copies, so views are fine)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as e:  # safetensors reports a full disk or a size limit as its own error type
+            if type(e).__name__ != "SafetensorError":
+                raise
+            raise GlassworkError(f"{path}: could not write the file ({str(e).split(': ', 1)[-1]})") from None
 
 
 def load_tensors(path: str | Path, what: str = "safetensors file") -> dict[str, torch.Tensor]:

@@ -31,15 +31,17 @@ def harvest_cmd(
 ):
     """Run a model over a corpus and store activations at hook points (sharded safetensors + manifest.json)."""
     def go():
-        from ..io import check_out
+        from ..io import check_out, new_output
         from ..models import load_model
         from .store import ActivationStore, harvest
         check_out(out, "folder")
         t0 = time.time()
         m = load_model(model)
         hook_list = [h.strip() for h in hooks.split(",") if h.strip()]
-        harvest(m, hook_list, out, tokens, ctx_len=ctx_len, batch_size=batch_size, dtype=dtype, source=source,
-                split=split, seed=seed, shard_contexts=shard_contexts, field=field)
+        # a failure before the first shard leaves nothing; after it, the shards stay for the rerun that resumes
+        with new_output(out, keep=lambda f: any(f.glob("*.safetensors"))):
+            harvest(m, hook_list, out, tokens, ctx_len=ctx_len, batch_size=batch_size, dtype=dtype, source=source,
+                    split=split, seed=seed, shard_contexts=shard_contexts, field=field)
         secs = time.time() - t0
         info = ActivationStore(out).info()
         emit({**info, "seconds": round(secs, 2), "tokens_per_s": round(info["tokens"] / max(secs, 1e-9), 1)},

@@ -157,10 +157,10 @@ def export(where: Path = WHERE, out: Path = typer.Option(..., help="Output folde
            as_json: bool = JSON_OPT):
     """Export feature data in Neuronpedia's upload format (SAEDashboard NeuronpediaRunner batch files)."""
     def go():
-        from ..io import check_out
+        from ..io import check_out, new_output
         from .neuronpedia import export as np_export
-        check_out(out, "folder")
-        res = np_export(_open(where), out, _ids(features), model_id, author_id=author_id)
+        with new_output(check_out(out, "folder")):
+            res = np_export(_open(where), out, _ids(features), model_id, author_id=author_id)
         emit(res, as_json, f"wrote {len(res['files'])} batch files ({res['n_features']} features) to {out}")
     run_verb(go)
 

@@ -19,11 +19,11 @@ def toy_cmd(out: Path = typer.Option(Path("toy"), "--out", help="Folder for the 
     from ..cli import emit, run_verb
 
     def go():
-        from ..io import check_out
+        from ..io import check_out, new_output
         from .reproduce import reproduce
-        check_out(out, "folder")
         t0 = time.time()
-        summary = reproduce(out, quick=quick, seed=seed, parts=part)
+        with new_output(check_out(out, "folder")):
+            summary = reproduce(out, quick=quick, seed=seed, parts=part)
         summary["seconds"]["wall"] = round(time.time() - t0, 2)
         emit(summary, as_json, human(summary))
     run_verb(go)

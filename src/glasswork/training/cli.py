@@ -148,16 +148,16 @@ def export_cmd(
     def go():
         from ..dictionaries.formats import export_circuit_tracer, export_saelens
         from ..dictionaries.saving import load, load_transcoders
-        from ..io import check_out
-        check_out(out, "folder")
-        if format == "saelens":
-            export_saelens(load(folder), out)
-            emit({"folder": str(out), "format": "saelens"}, as_json)
-        elif format == "circuit-tracer":
-            d = load_transcoders(folder) if is_set(folder) else load(folder)
-            emit(export_circuit_tracer(d, out), as_json)
-        else:
+        from ..io import check_out, new_output
+        if format not in ("saelens", "circuit-tracer"):
             raise GlassworkError(f"--format: expected saelens or circuit-tracer (got '{format}')")
+        with new_output(check_out(out, "folder")):
+            if format == "saelens":
+                export_saelens(load(folder), out)
+                summary = {"folder": str(out), "format": "saelens"}
+            else:
+                summary = export_circuit_tracer(load_transcoders(folder) if is_set(folder) else load(folder), out)
+        emit(summary, as_json)
     run_verb(go)
 
 
@@ -177,19 +177,20 @@ def import_cmd(
     def go():
         from ..dictionaries.imports import import_folder
         from ..dictionaries.saving import save, save_set
-        from ..io import check_out
+        from ..io import check_out, new_output
         if check_out(out, "folder").exists() and any(out.iterdir()):
             raise GlassworkError(f"--out {out}: folder exists and is not empty; choose a new folder")
         got, fmt = import_folder(folder, format, model)
-        if isinstance(got, dict):
-            save_set({f"layer_{layer:02d}": d for layer, d in sorted(got.items())}, out)
-            first = next(iter(got.values())).cfg
-            summary = {"folder": str(out), "format": fmt, "kind": "transcoder set", "layers": sorted(got),
-                       "d_in": first.d_in, "d_sae": first.d_sae, "activation": first.activation}
-        else:
-            save(got, out)
-            summary = {"folder": str(out), "format": fmt, "kind": got.cfg.kind, "d_in": got.cfg.d_in,
-                       "d_sae": got.cfg.d_sae, "activation": got.cfg.activation, "hook": got.cfg.hook_in,
-                       "model": got.cfg.model}
+        with new_output(out):
+            if isinstance(got, dict):
+                save_set({f"layer_{layer:02d}": d for layer, d in sorted(got.items())}, out)
+                first = next(iter(got.values())).cfg
+                summary = {"folder": str(out), "format": fmt, "kind": "transcoder set", "layers": sorted(got),
+                           "d_in": first.d_in, "d_sae": first.d_sae, "activation": first.activation}
+            else:
+                save(got, out)
+                summary = {"folder": str(out), "format": fmt, "kind": got.cfg.kind, "d_in": got.cfg.d_in,
+                           "d_sae": got.cfg.d_sae, "activation": got.cfg.activation, "hook": got.cfg.hook_in,
+                           "model": got.cfg.model}
         emit(summary, as_json)
     run_verb(go)
