@@ -401,6 +401,8 @@ def test_clt_interventions_write_to_every_layer_a_feature_reaches():
     assert max(abs(x) for x in res["change"]) > 0
     with pytest.raises(gw.GlassworkError, match="feature 9999 outside"):
         intervene_logits(m, clt, ids, [Edit(0, 9999, None, value=0.0)])
+    with pytest.raises(gw.GlassworkError, match="position 999 is outside the prompt"):  # not a silent no-op
+        intervene_logits(m, clt, ids, [Edit(0, 1, [999], value=0.0)])
 
 
 def test_max_memory_stops_before_the_work_and_says_what_fits():

@@ -161,3 +161,11 @@ def test_a_full_disk_is_one_line_leaves_nothing_and_the_retry_succeeds(folders, 
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0 and out.is_dir() and any(out.iterdir()), r.stderr[-1500:]
+
+
+def test_json_output_never_holds_nan(capsys):
+    from glasswork.cli import emit
+    emit({"fvu": float("nan"), "scores": [1.5, float("inf"), {"kl": float("-inf")}], "n": 3}, True)
+    text = capsys.readouterr().out
+    parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
+    assert parsed == {"fvu": None, "scores": [1.5, None, {"kl": None}], "n": 3}

@@ -5,6 +5,7 @@ and sends progress bars and human text to stderr."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -27,10 +28,21 @@ def _root() -> None:
 JSON_OPT = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")
 
 
+def finite(obj):
+    """A copy of a JSON-able summary with every non-finite float (NaN, +-inf) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def emit(summary: dict, as_json: bool, human: str | None = None) -> None:
     """Finish a verb: the JSON summary on stdout (with --json), or a readable text."""
-    if as_json:
-        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    if as_json:  # NaN and Infinity are not JSON: a figure that is not finite is written as null
+        sys.stdout.write(json.dumps(finite(summary), default=str, allow_nan=False) + "\n")
     else:
         err.print(human if human is not None else json.dumps(summary, indent=2, default=str))
 
