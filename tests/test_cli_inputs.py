@@ -169,3 +169,28 @@ def test_json_output_never_holds_nan(capsys):
     text = capsys.readouterr().out
     parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
     assert parsed == {"fvu": None, "scores": [1.5, None, {"kl": None}], "n": 3}
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only file system (a tmpfs mounted ro: root ignores file modes, so chmod would test nothing)."""
+    import subprocess
+    where = tmp_path / "ro"
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({r.stderr.strip() or 'mount failed'})")
+    yield where
+    subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.parametrize("args", [["export", "{t}/sae", "--format", "saelens", "--out", "{o}/x"],
+                                  ["import", "{t}/sl-ok", "--out", "{o}/x"],
+                                  ["features", "export", "{t}/sae", "--out", "{o}/x"]],
+                         ids=["export", "import", "features export"])
+def test_a_read_only_output_is_one_line_and_writes_nothing(folders, read_only_folder, args):
+    r = CliRunner().invoke(app, [a.replace("{t}", str(folders)).replace("{o}", str(read_only_folder)) for a in args])
+    assert r.exit_code == 2, (r.output[-800:], r.exception)
+    text = " ".join(r.output.split())
+    assert text.startswith("error:") and "Traceback" not in r.output and "read-only" in text.lower(), text
+    assert list(read_only_folder.iterdir()) == []
