@@ -75,7 +75,7 @@ def export_circuit_tracer(tcs: dict, folder: Path) -> Path:
 
 def load_coders(folder: str):
     """A transcoder set ({layer: SparseCoder}) or one cross-layer transcoder, as `glasswork attribute` reads it."""
-    from glasswork.circuits.cli import load_coders as load
+    from glasswork.dictionaries.saving import load_coders as load
     return load(Path(folder))
 
 

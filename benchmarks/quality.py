@@ -379,7 +379,7 @@ def main():
     def dump():
         if a.json_out:
             Path(a.json_out).write_text(json.dumps({"args": vars(a), "results": results}, indent=1, default=str))
-    from glasswork.training.cli import parse_layers
+    from glasswork.cli.training import parse_layers
     if a.only == "budget":
         a.out_dir = a.out_dir or str(out / "budget")
         results = budget_part(a, model, train_docs)

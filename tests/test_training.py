@@ -427,7 +427,7 @@ def test_bad_inputs_clear_errors(tmp_path):
 
 
 def test_matryoshka_bad_prefixes_clear_errors(tmp_path):
-    from glasswork.training.cli import parse_sizes
+    from glasswork.cli.training import parse_sizes
     for sizes, why in [([0, 8], "sizes must be positive integers"), ([-4], "sizes must be positive integers"),
                        ([8.0], "sizes must be positive integers"), ([8, 8], "sizes must be strictly increasing"),
                        ([16, 8], "sizes must be strictly increasing"), ([32, 128], "size 128 exceeds d_sae=64")]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -110,7 +110,8 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
     """Run (or resume) the demo; returns {stage: result}. Serving is separate: `serve_demo(out)`."""
     import torch
 
-    from . import evals, load_dictionary, load_transcoders
+    from . import evals
+    from .dictionaries import load as load_dictionary, load_transcoders
     from .data import corpus
     from .data.store import ActivationStore, harvest
     from .models import load_model
@@ -363,6 +364,3 @@ def clean(out: Path) -> None:
             raise GlassworkError(f"{out} does not look like a demo folder (no stages/): not removing it")
         shutil.rmtree(out)
 
-
-def config_of(quick: bool) -> dict:
-    return asdict(DemoConfig.quick() if quick else DemoConfig())

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .hooks import capture
 from .io import GlassworkError, load_tensors, read_json, require_keys, save_tensors, write_json
 from .steering import Intervention, check_direction, check_feature, check_hook, project_out

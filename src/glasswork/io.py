@@ -1,4 +1,5 @@
-"""Files: the cache directory, atomic writes, and safetensors + JSON artifacts (never pickle)."""
+"""Files: the cache directory, atomic writes, and safetensors + JSON artifacts (never pickle). Imports no torch at
+module level (the CLI's --help reads this module; torch loads when a tensor is first written or read)."""
 from __future__ import annotations
 
 import json
@@ -7,14 +8,15 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-from safetensors.torch import load_file, save_file
+from .errors import GlassworkError
 
+if TYPE_CHECKING:
+    import torch
 
-class GlassworkError(Exception):
-    """An error a user can act on: the message names the file, the field and what was expected."""
+__all__ = ["GlassworkError", "atomic_path", "check_out", "home", "load_tensors", "new_output", "output_lock",
+           "read_json", "relative_path", "require_keys", "save_tensors", "write_json", "write_text"]
 
 
 def check_out(path: str | Path, expect: str, option: str = "--out") -> Path:
@@ -142,7 +144,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor):
+    if hasattr(obj, "tolist") and hasattr(obj, "dim"):  # a tensor
         return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
@@ -161,6 +163,7 @@ def read_json(path: str | Path, what: str = "JSON file") -> dict:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically (contiguous copies, so views are fine)."""
+    from safetensors.torch import save_file
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         try:
@@ -175,6 +178,7 @@ def load_tensors(path: str | Path, what: str = "safetensors file") -> dict[str, 
     path = Path(path)
     if not path.exists():
         raise GlassworkError(f"{path}: {what} not found")
+    from safetensors.torch import load_file
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises several types on truncated / corrupt files

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .hooks import arch_of, layer_module
-from .io import GlassworkError, home, read_json, write_json
+from .io import GlassworkError, home, write_json
 
 DEFAULT_MODEL = "smollm2-135m"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -196,6 +196,3 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, folder: Path) -> None:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-
-def model_info(folder: Path) -> dict:
-    return read_json(folder / "glasswork.json", "model conversion record")

@@ -335,7 +335,7 @@ def _assemble(model, r, ids, prompt: str, feats, targets, adjacency, row_node, o
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
     return __version__
 
 

@@ -135,7 +135,7 @@ def harvest(model, hooks: list[str], out: str | os.PathLike, tokens: int, ctx_le
 
 def _start_manifest(out: Path, cfg: HarvestConfig) -> dict:
     """A fresh manifest, or the existing one when its config matches (resume); anything else raises."""
-    from .. import __version__
+    from ..version import __version__
     path = out / MANIFEST
     if path.exists():
         manifest = _read_manifest(out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..io import GlassworkError, load_tensors, read_json, require_keys, save_tensors, write_json
 from .clt import CrossLayerTranscoder
 from .coder import DictionaryConfig, SparseCoder
@@ -102,3 +102,20 @@ def load_transcoders(folder: str | Path, device: str | torch.device = "cpu") -> 
             raise GlassworkError(f"{Path(folder) / name}: expected a transcoder with a layer, got kind '{d.cfg.kind}'")
         out[d.cfg.layer] = d
     return dict(sorted(out.items()))
+
+
+def load_coders(folder: str | Path) -> dict[int, SparseCoder] | CrossLayerTranscoder:
+    """What attribution and interventions read: a set of per-layer transcoders ({layer: SparseCoder}), one
+    transcoder (as a one-layer set) or one cross-layer transcoder."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise GlassworkError(f"{folder}: dictionary folder not found")
+    if is_set(folder):
+        return load_transcoders(folder)
+    d = load(folder)
+    if d.cfg.kind == "clt":
+        return d
+    if d.cfg.kind == "transcoder" and d.cfg.layer is not None:
+        return {d.cfg.layer: d}
+    raise GlassworkError(f"{folder}: expected transcoders (a set folder) or a cross-layer transcoder, got kind "
+                         f"'{d.cfg.kind}'")

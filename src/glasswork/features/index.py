@@ -213,7 +213,7 @@ def build_indexes(model, targets: list[IndexTarget], contexts: torch.Tensor, bat
 
 def _model_for(model, cfg):
     """The model given, or the one the dictionary config names."""
-    from .. import load_model
+    from ..models import load_model
     return load_model(model or cfg.model or None) if model is None or isinstance(model, (str, os.PathLike)) else model
 
 
@@ -232,7 +232,7 @@ def build_index(model, dictionary, contexts: torch.Tensor | None = None, *, text
 
     `dictionary` is a SparseCoder or a dictionary folder; `model` a Model, a name, or None (the dictionary's model).
     A set of transcoders or a cross-layer transcoder has one index per layer: `build_set_index`."""
-    from .. import load_dictionary
+    from ..dictionaries import load as load_dictionary
     folder = None
     if not hasattr(dictionary, "cfg"):
         folder = Path(dictionary)
@@ -258,7 +258,7 @@ def build_set_index(model, folder: str | os.PathLike, contexts: torch.Tensor | N
                     cfg: StatsConfig | None = None, skip_bos: bool = True) -> list[Path]:
     """Index every layer of a transcoder set folder (each member gets member/features.sqlite) or of a cross-layer
     transcoder folder (CLT/features-layer{NN}.sqlite) in one pass over the corpus. Returns the paths, by layer."""
-    from .. import load_dictionary
+    from ..dictionaries import load as load_dictionary
     from ..dictionaries import load_transcoders
     folder = Path(folder)
     if is_set(folder):

@@ -121,7 +121,7 @@ class Resources:
             return self._dicts[key], folder
 
     def coders(self, folder: Path):
-        from ..circuits.cli import load_coders
+        from ..dictionaries.saving import load_coders
         with self._lock:
             key = ("coders", folder.resolve())
             if key not in self._dicts:

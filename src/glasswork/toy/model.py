@@ -8,7 +8,7 @@ so one step trains all of them (their losses are summed, and their parameters ne
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -191,6 +191,3 @@ def feature_dimensionality(W: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     denom = overlap.pow(2).sum(-1)
     return torch.where(norms > 1e-3, norms.pow(2) / denom.clamp_min(eps), torch.zeros_like(norms)).float()
 
-
-def config_dict(cfg: ToyConfig) -> dict:
-    return asdict(cfg)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..io import GlassworkError, save_tensors, write_json, write_text
 from .measures import fraction_clustering, geometry_2d, phase_2_1, plateau, polygon_error
 from .model import ToyConfig, best_of, decaying_importance, dims_per_feature, feature_dimensionality, train

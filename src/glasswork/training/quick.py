@@ -10,7 +10,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..dictionaries.saving import is_set
 from ..io import home
 from .sources import ModelSource

@@ -66,10 +66,7 @@ class ModelSource:
         self.mix, self.seed = mix, seed
         self.seqs = max(1, round(batch_size / (ctx - 1)))
         self.batch_size = self.seqs * (ctx - 1)
-        self.dims = {h: self._dim(h) for h in self.hooks}
-
-    def _dim(self, hook: str) -> int:
-        return self.model.d_mlp if hook.endswith("mlp.hook_post") else self.model.d_model
+        self.dims = {h: self.model.d_model for h in self.hooks}  # every hook point is in the residual's width
 
     def _texts(self):
         return self.texts() if callable(self.texts) else iter(self.texts)

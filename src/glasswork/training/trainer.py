@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..allocator import keep_freed_memory
 from ..dictionaries.activations import ACTIVATIONS, batch_topk
 from ..dictionaries.coder import KINDS, DictionaryConfig

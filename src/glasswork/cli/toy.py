@@ -16,11 +16,11 @@ def toy_cmd(out: Path = typer.Option(Path("toy"), "--out", help="Folder for the 
             as_json: bool = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing "
                                          "the result.")):
     """Toy models of superposition: train them, measure them, and draw the paper's figures (PNG + HTML)."""
-    from ..cli import emit, run_verb
+    from .common import emit, run_verb
 
     def go():
         from ..io import check_out, new_output
-        from .reproduce import reproduce
+        from ..toy.reproduce import reproduce
         t0 = time.time()
         with new_output(check_out(out, "folder")):
             summary = reproduce(out, quick=quick, seed=seed, parts=part)

@@ -7,10 +7,9 @@ from typing import Optional
 
 import typer
 
-from ..dictionaries.saving import is_set
-from ..io import GlassworkError
+from ..errors import GlassworkError
+from .common import JSON_OPT
 
-JSON_OPT = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")
 
 
 def parse_layers(text: str) -> list[int]:
@@ -38,7 +37,7 @@ def _texts(heldout: bool = False):
     try:
         from ..data import corpus
     except ImportError:
-        from .quick import fixture_texts
+        from ..training.quick import fixture_texts
         return fixture_texts()
     name = "heldout_texts" if heldout and hasattr(corpus, "heldout_texts") else "default_texts"
     return getattr(corpus, name)
@@ -81,13 +80,13 @@ def train_cmd(
     as_json: bool = JSON_OPT,
 ):
     """Train sparse dictionaries (SAEs, transcoders, a CLT) from a store or straight from the model."""
-    from ..cli import emit, run_verb
+    from .common import emit, run_verb
 
     def go():
         from ..io import check_out
-        from .sources import ModelSource, StoreSource
-        from .trainer import TrainConfig, train
-        from . import distributed as dist
+        from ..training.sources import ModelSource, StoreSource
+        from ..training.trainer import TrainConfig, train
+        from ..training import distributed as dist
         check_out(out, "folder")
         t0 = time.time()
         tc = TrainConfig(kind=kind, arch=arch, hooks=[h for h in hooks.split(",") if h], layers=parse_layers(layers) if layers else [],
@@ -122,7 +121,7 @@ def eval_cmd(
     as_json: bool = JSON_OPT,
 ):
     """FVU, L0, dead/dense fractions; CE-loss score and KL with the dictionaries spliced into the model."""
-    from ..cli import emit, run_verb
+    from .common import emit, run_verb
 
     def go():
         from ..evals import _as_dicts, evaluate
@@ -143,11 +142,11 @@ def export_cmd(
     as_json: bool = JSON_OPT,
 ):
     """Export an SAE to SAELens, or transcoders / a CLT to circuit-tracer's format."""
-    from ..cli import emit, run_verb
+    from .common import emit, run_verb
 
     def go():
         from ..dictionaries.formats import export_circuit_tracer, export_saelens
-        from ..dictionaries.saving import load, load_transcoders
+        from ..dictionaries.saving import is_set, load, load_transcoders
         from ..io import check_out, new_output
         if format not in ("saelens", "circuit-tracer"):
             raise GlassworkError(f"--format: expected saelens or circuit-tracer (got '{format}')")
@@ -172,7 +171,7 @@ def import_cmd(
     as_json: bool = JSON_OPT,
 ):
     """Import a dictionary another tool wrote as a native glasswork dictionary (or transcoder set)."""
-    from ..cli import emit, run_verb
+    from .common import emit, run_verb
 
     def go():
         from ..dictionaries.imports import import_folder

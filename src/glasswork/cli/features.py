@@ -8,8 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import JSON_OPT, emit, err, run_verb
-from ..dictionaries.saving import is_set
+from .common import JSON_OPT, emit, err, run_verb
 
 features_app = typer.Typer(help="Feature index: build it, read feature pages, search, label, export.",
                            no_args_is_help=True)
@@ -17,12 +16,12 @@ WHERE = typer.Argument(..., help="Dictionary folder (its index is DICT/features.
 
 
 def _open(where: Path):
-    from .index import FeatureIndex
+    from ..features.index import FeatureIndex
     return FeatureIndex(where)
 
 
 def _ids(text: Optional[str]) -> Optional[list[int]]:
-    from ..io import GlassworkError
+    from ..errors import GlassworkError
     if not text:
         return None
     try:
@@ -44,9 +43,10 @@ def build(dictionary: Path = typer.Argument(..., help="Dictionary folder: one di
     """Compute every feature's statistics in one pass and write the SQLite feature index. A transcoder set or a
     cross-layer transcoder gets one index per layer, all from the same pass."""
     def go():
+        from ..dictionaries.saving import is_set
         from ..io import GlassworkError, check_out, read_json
-        from .index import FeatureIndex, build_index, build_set_index
-        from .stats import StatsConfig
+        from ..features.index import FeatureIndex, build_index, build_set_index
+        from ..features.stats import StatsConfig
         if out is not None:
             check_out(out, "file")
         texts = None
@@ -85,7 +85,7 @@ def build(dictionary: Path = typer.Argument(..., help="Dictionary folder: one di
 def show(where: Path = WHERE, feature: int = typer.Argument(..., help="Feature id."), as_json: bool = JSON_OPT):
     """Print a feature page: statistics, label, logits, neighbours, contexts with firing tokens highlighted."""
     def go():
-        from .render import show as render
+        from ..features.render import show as render
         ix = _open(where)
         rec = ix.feature(feature)
         if as_json:
@@ -128,8 +128,8 @@ def label(where: Path = WHERE,
         import os
 
         from ..progress import progress
-        from .explain import make_explainer
-        from .scoring import KeywordScorer, LMScorer, label_features
+        from ..features.explain import make_explainer
+        from ..features.scoring import KeywordScorer, LMScorer, label_features
         ix = _open(where)
         key = os.environ.get(api_key_env) if api_key_env else None
         ex = make_explainer(explainer, base_url, model, key, timeout)
@@ -158,7 +158,7 @@ def export(where: Path = WHERE, out: Path = typer.Option(..., help="Output folde
     """Export feature data in Neuronpedia's upload format (SAEDashboard NeuronpediaRunner batch files)."""
     def go():
         from ..io import check_out, new_output
-        from .neuronpedia import export as np_export
+        from ..features.neuronpedia import export as np_export
         with new_output(check_out(out, "folder")):
             res = np_export(_open(where), out, _ids(features), model_id, author_id=author_id)
         emit(res, as_json, f"wrote {len(res['files'])} batch files ({res['n_features']} features) to {out}")
@@ -172,9 +172,10 @@ def fires_cmd(dictionary: Path = typer.Argument(..., help="Dictionary folder (la
               as_json: bool = JSON_OPT):
     """What fires here: for each token of TEXT, the most active features with their labels."""
     def go():
-        from .. import load_dictionary, load_model
-        from .fires import fires
-        from .index import FeatureIndex, index_path
+        from ..dictionaries import load as load_dictionary
+        from ..models import load_model
+        from ..features.fires import fires
+        from ..features.index import FeatureIndex, index_path
         d = load_dictionary(dictionary)
         m = load_model(model or d.cfg.model or None)
         ix = FeatureIndex(dictionary) if index_path(dictionary).exists() else None
@@ -182,6 +183,6 @@ def fires_cmd(dictionary: Path = typer.Argument(..., help="Dictionary folder (la
         if as_json:
             emit({"text": text, "tokens": rows}, True)
         else:
-            from .render import fires_table
+            from ..features.render import fires_table
             err.print(fires_table(rows))
     run_verb(go)

@@ -1,83 +1,22 @@
-"""`glasswork VERB`: one subcommand per verb, each a thin face on the Python API.
-
-Every verb takes --json: it then prints exactly one JSON object on stdout (paths, counts, metrics, seconds)
-and sends progress bars and human text to stderr."""
+"""Verbs on the model itself and the whole job: info, steer, direction, demo, serve."""
 from __future__ import annotations
 
-import json
-import math
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from .allocator import keep_freed_memory
-from .io import GlassworkError
-
-app = typer.Typer(help="Glasswork: open a language model up.", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
-err = Console(stderr=True)
+from ..errors import GlassworkError
+from .common import JSON_OPT, emit, err, run_verb
 
 
-@app.callback()
-def _root() -> None:
-    """Glasswork: open a language model up."""
-JSON_OPT = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")
-
-
-def finite(obj):
-    """A copy of a JSON-able summary with every non-finite float (NaN, +-inf) replaced by None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
-
-
-def emit(summary: dict, as_json: bool, human: str | None = None) -> None:
-    """Finish a verb: the JSON summary on stdout (with --json), or a readable text."""
-    if as_json:  # NaN and Infinity are not JSON: a figure that is not finite is written as null
-        sys.stdout.write(json.dumps(finite(summary), default=str, allow_nan=False) + "\n")
-    else:
-        err.print(human if human is not None else json.dumps(summary, indent=2, default=str))
-
-
-def run_verb(fn):
-    """Turn bad input into a clear one-line message and exit code 2, never a traceback: our own errors, and what the
-    operating system says about files (read-only, full disk, missing permission) or a broken SQLite / safetensors file."""
-    import sqlite3
-
-    from rich.markup import escape  # a message may hold brackets ('hf:ORG/REPO[/PATH]'): text, not markup
-    try:
-        return fn()
-    except GlassworkError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}")
-        raise typer.Exit(2)
-    except OSError as e:
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        err.print(f"[bold red]error:[/]{escape(where)}: {escape(str(e.strerror or e))}")
-        raise typer.Exit(2)
-    except sqlite3.Error as e:
-        err.print(f"[bold red]error:[/] SQLite: {escape(str(e))}")
-        raise typer.Exit(2)
-    except Exception as e:  # safetensors raises its own error type for a truncated or foreign file
-        if type(e).__name__ != "SafetensorError":
-            raise
-        err.print(f"[bold red]error:[/] safetensors: {escape(str(e))}")
-        raise typer.Exit(2)
-
-
-@app.command()
 def info(model: Optional[str] = typer.Option(None, help="Model name or folder (default: smollm2-135m)."),
          as_json: bool = JSON_OPT):
     """Load a model and list its hook points."""
     def go():
-        from . import hook_points, load_model
+        from ..hooks import hook_points
+        from ..models import load_model
         t0 = time.time()
         m = load_model(model)
         names = hook_points(m)
@@ -89,7 +28,6 @@ def info(model: Optional[str] = typer.Option(None, help="Model name or folder (d
     run_verb(go)
 
 
-@app.command()
 def steer(prompt: str = typer.Option(..., help="Text to complete."),
           feature: Optional[str] = typer.Option(None, help="Dictionary feature to clamp, as LAYER/INDEX (with --dictionary)."),
           dictionary: Optional[Path] = typer.Option(None, help="Dictionary folder (or set folder) the feature is from."),
@@ -107,9 +45,9 @@ def steer(prompt: str = typer.Option(..., help="Text to complete."),
           as_json: bool = JSON_OPT):
     """Generate with and without an intervention (same seed) and print both completions side by side."""
     def go():
-        from . import load_model
-        from . import steering as st
-        from .directions import directional_ablation, load_direction
+        from ..models import load_model
+        from .. import steering as st
+        from ..directions import directional_ablation, load_direction
         if not prompt.strip():
             raise GlassworkError("--prompt is empty: give the text to complete")
         t0 = time.time()
@@ -138,6 +76,7 @@ def steer(prompt: str = typer.Option(..., help="Text to complete."),
                    "model": m.name, **info, "seconds": round(time.time() - t0, 2)}
         if as_json:
             return emit(summary, True)
+        from rich.console import Console
         from rich.table import Table
         table = Table(title=f"{prompt!r}  (seed {seed})", show_lines=True)
         table.add_column("baseline")
@@ -148,7 +87,6 @@ def steer(prompt: str = typer.Option(..., help="Text to complete."),
     run_verb(go)
 
 
-@app.command()
 def direction(out: Path = typer.Option(..., help="Where to write the direction: OUT.safetensors + OUT.json."),
               positive: Optional[Path] = typer.Option(None, help="Text file, one prompt per line: the concept present."),
               negative: Optional[Path] = typer.Option(None, help="Text file, one prompt per line: the concept absent."),
@@ -161,10 +99,10 @@ def direction(out: Path = typer.Option(..., help="Where to write the direction: 
               as_json: bool = JSON_OPT):
     """Make a direction file: the difference of means between two prompt files, or a feature's decoder row."""
     def go():
-        from . import load_model
-        from . import directions as dr
-        from . import steering as st
-        from .io import check_out
+        from ..models import load_model
+        from .. import directions as dr
+        from .. import steering as st
+        from ..io import check_out
         for suffix in (".safetensors", ".json"):  # the two files the direction is written as
             check_out(dr.file_stem(out).with_suffix(suffix), "file")
         t0 = time.time()
@@ -188,28 +126,6 @@ def direction(out: Path = typer.Option(..., help="Where to write the direction: 
     run_verb(go)
 
 
-from .features.cli import features_app, fires_cmd  # noqa: E402  (after emit/run_verb, which it uses)
-app.add_typer(features_app, name="features")
-app.command("fires")(fires_cmd)
-from .circuits.cli import attribute_cmd, intervene_cmd  # noqa: E402
-app.command("attribute")(attribute_cmd)
-app.command("intervene")(intervene_cmd)
-
-from .training.cli import eval_cmd, export_cmd, import_cmd, train_cmd  # noqa: E402
-app.command("train")(train_cmd)
-app.command("eval")(eval_cmd)
-app.command("export")(export_cmd)
-app.command("import")(import_cmd)
-
-from .data.cli import corpus_app, harvest_cmd, store_app  # noqa: E402
-app.command("harvest")(harvest_cmd)
-app.add_typer(store_app, name="store")
-app.add_typer(corpus_app, name="corpus")
-from .toy.cli import toy_cmd  # noqa: E402
-app.command("toy")(toy_cmd)
-
-
-@app.command()
 def demo(out: Optional[Path] = typer.Option(None, help="Folder for the demo's stages and outputs "
                                                       "(default: $GLASSWORK_HOME/demo, or demo-quick with --quick)."),
          quick: bool = typer.Option(False, help="A smaller run (about 5 minutes on 2 cores instead of 20)."),
@@ -220,8 +136,8 @@ def demo(out: Optional[Path] = typer.Option(None, help="Folder for the demo's st
     """The main job on the default model: harvest, train an SAE and 30 transcoders, index and label features,
     trace two prompts, steer, then serve it all. Stages are cached (a rerun resumes)."""
     def go():
-        from .demo import clean, demo_folder, report, demo as run_demo
-        from .io import check_out
+        from ..demo import clean, demo_folder, report, demo as run_demo
+        from ..io import check_out
         t0 = time.time()
         folder = check_out(demo_folder(out, quick), "folder")
         if fresh:
@@ -233,13 +149,12 @@ def demo(out: Optional[Path] = typer.Option(None, help="Folder for the demo's st
             summary["url"] = url
         emit(summary, as_json, "\n" + report(results) + f"\n\nall in {folder} ({summary['seconds']} s)")
         if serve:
-            from .server import serve as run_server
+            from ..server import serve as run_server
             err.print(f"\nweb app: [bold]{url}[/]  (graphs, features, steering; Ctrl-C stops it)")
             run_server(folder, port=port)
     run_verb(go)
 
 
-@app.command()
 def serve(folder: Path = typer.Option(Path("."), "--dir", help="Folder with graphs/, dictionaries (and their feature "
                                       "indexes) and directions/ to show."),
           host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default: only this machine)."),
@@ -249,17 +164,8 @@ def serve(folder: Path = typer.Option(Path("."), "--dir", help="Folder with grap
           as_json: bool = JSON_OPT):
     """Open the web app: attribution-graph viewer, feature browser, steering playground."""
     def go():
-        from .server import serve as run_server
+        from ..server import serve as run_server
         emit({"url": f"http://{host}:{port}/", "dir": str(folder.resolve())}, as_json,
              f"Glasswork at [bold]http://{host}:{port}/[/] serving {folder.resolve()} (Ctrl-C stops)")
         run_server(folder, host, port, model, list(dictionary or []))
     run_verb(go)
-
-
-def main():
-    keep_freed_memory()  # every verb reuses large tensors step after step
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -7,31 +7,12 @@ from typing import List, Optional
 
 import typer
 
-from ..dictionaries.saving import is_set
-from ..io import GlassworkError
-
-
-def load_coders(folder: Path):
-    """A dictionary folder: a set of per-layer transcoders ({layer: SparseCoder}) or one cross-layer transcoder."""
-    from ..dictionaries import load as load_dictionary
-    from ..dictionaries import load_transcoders
-    folder = Path(folder)
-    if not folder.exists():
-        raise GlassworkError(f"{folder}: dictionary folder not found")
-    if is_set(folder):
-        return load_transcoders(folder)
-    d = load_dictionary(folder)
-    if d.cfg.kind == "clt":
-        return d
-    if d.cfg.kind == "transcoder" and d.cfg.layer is not None:
-        return {d.cfg.layer: d}
-    raise GlassworkError(f"{folder}: expected transcoders (a set folder) or a cross-layer transcoder, got kind "
-                         f"'{d.cfg.kind}'")
+from ..errors import GlassworkError
 
 
 def summarize(graph, node_threshold: float, edge_threshold: float, top: int = 10) -> dict:
     """Counts, scores, the targets and the most influential features of a graph (for --json and the README)."""
-    from .graph import FEATURE
+    from ..circuits.graph import FEATURE
     node_mask, edge_mask, _ = graph.prune(node_threshold, edge_threshold)
     infl = graph.node_influence()
     feats = (graph.node_kind == FEATURE).nonzero().flatten()
@@ -73,12 +54,13 @@ def attribute_cmd(
                                                    "attribution-graph viewer's JSON."),
         as_json: bool = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")):
     """Trace one prediction: the attribution graph of PROMPT through the replacement model."""
-    from ..cli import emit, run_verb
+    from .common import emit, run_verb
 
     def go():
-        from .. import load_model
+        from ..models import load_model
+        from ..circuits.attribution import attribute
+        from ..dictionaries.saving import load_coders
         from ..io import check_out
-        from .attribution import attribute
         check_out(out, "file")
         if viewer_json is not None:
             check_out(viewer_json, "file", "--viewer-json")
@@ -128,11 +110,12 @@ def intervene_cmd(
         model: Optional[str] = typer.Option(None, help="Model name or folder (default: smollm2-135m)."),
         as_json: bool = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")):
     """Set or ablate features (a supernode when repeated) and show how the top next-token logits change."""
-    from ..cli import emit, run_verb
+    from .common import emit, run_verb
 
     def go():
-        from .. import load_model
-        from .interventions import Edit, generate, intervene_logits
+        from ..models import load_model
+        from ..circuits.interventions import Edit, generate, intervene_logits
+        from ..dictionaries.saving import load_coders
         if (value is None) == (scale is None):
             raise GlassworkError("give exactly one of --value or --scale")
         edits = []

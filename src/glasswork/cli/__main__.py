@@ -1,0 +1,4 @@
+"""`python -m glasswork.cli VERB ...` (and `torchrun ... -m glasswork.cli train ...`)."""
+from . import app
+
+app()

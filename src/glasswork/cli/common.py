@@ -1,0 +1,60 @@
+"""What every verb shares: --json, the one JSON object it prints, and bad input turned into one line and exit 2."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import typer
+from rich.console import Console
+
+from ..allocator import keep_freed_memory
+from ..errors import GlassworkError
+
+err = Console(stderr=True)
+JSON_OPT = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")
+
+
+def finite(obj):
+    """A copy of a JSON-able summary with every non-finite float (NaN, +-inf) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def emit(summary: dict, as_json: bool, human: str | None = None) -> None:
+    """Finish a verb: the JSON summary on stdout (with --json), or a readable text."""
+    if as_json:  # NaN and Infinity are not JSON: a figure that is not finite is written as null
+        sys.stdout.write(json.dumps(finite(summary), default=str, allow_nan=False) + "\n")
+    else:
+        err.print(human if human is not None else json.dumps(summary, indent=2, default=str))
+
+
+def run_verb(fn):
+    """Turn bad input into a clear one-line message and exit code 2, never a traceback: our own errors, and what the
+    operating system says about files (read-only, full disk, missing permission) or a broken SQLite / safetensors file."""
+    import sqlite3
+
+    from rich.markup import escape
+    keep_freed_memory()  # every verb reuses large tensors step after step  # a message may hold brackets ('hf:ORG/REPO[/PATH]'): text, not markup
+    try:
+        return fn()
+    except GlassworkError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
+        raise typer.Exit(2)
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        err.print(f"[bold red]error:[/]{escape(where)}: {escape(str(e.strerror or e))}")
+        raise typer.Exit(2)
+    except sqlite3.Error as e:
+        err.print(f"[bold red]error:[/] SQLite: {escape(str(e))}")
+        raise typer.Exit(2)
+    except Exception as e:  # safetensors raises its own error type for a truncated or foreign file
+        if type(e).__name__ != "SafetensorError":
+            raise
+        err.print(f"[bold red]error:[/] safetensors: {escape(str(e))}")
+        raise typer.Exit(2)
