@@ -123,9 +123,15 @@ def test_every_verb_has_help_that_renders():
         assert r.exit_code == 0 and "Usage:" in r.output, (verb, r.output[-500:], r.exception)
 
 
-@pytest.mark.parametrize("name", ["hooks", "demo", "toy", "features", "steering", "directions", "circuits"])
-def test_submodules_are_not_shadowed(name):
+def test_no_name_in_a_package_shadows_one_of_its_modules():
+    """`import glasswork.x.y as m` gives the module y, never a function a package __init__ re-exports as y."""
     import importlib
-
-    import glasswork as gw
-    assert getattr(gw, name) is importlib.import_module(f"glasswork.{name}")
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        folder = init.parent
+        dotted = ".".join(("glasswork", *folder.relative_to(PACKAGE).parts))
+        package = importlib.import_module(dotted)
+        for path in sorted(folder.glob("*.py")):
+            if path.stem in ("__init__", "__main__"):
+                continue
+            module = importlib.import_module(f"{dotted}.{path.stem}")
+            assert getattr(package, path.stem) is module, f"{dotted}.{path.stem} is shadowed"

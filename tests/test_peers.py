@@ -98,14 +98,17 @@ def _assert_same_edges(g, peer: dict) -> None:
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_circuit_tracer_attributes_our_transcoder_export_with_our_edges(default_model, tmp_path):
+@pytest.mark.parametrize("kind", ["transcoders", "clt"])
+def test_circuit_tracer_attributes_our_export_with_our_edges(default_model, tmp_path, kind):
+    """A JumpReLU transcoder set with skips and biases, and a JumpReLU CLT writing to every later layer."""
     import glasswork as gw
     from glasswork.dictionaries.formats import export_circuit_tracer
     python = _need("circuit-tracer")
     ids = default_model.tokenize(PROMPT).flatten()
-    tcs = _transcoders(default_model, ids)
-    export_circuit_tracer(tcs, tmp_path / "export")
-    graph = gw.attribute(default_model, tcs, ids, show_progress=False)
+    coders = _transcoders(default_model, ids) if kind == "transcoders" else _clt(default_model, ids)
+    summary = export_circuit_tracer(coders, tmp_path / "export")
+    assert summary["model_kind"] == ("transcoder_set" if kind == "transcoders" else "cross_layer_transcoder")
+    graph = gw.attribute(default_model, coders, ids, show_progress=False)
     _assert_same_edges(graph, _peer_graph(python, tmp_path / "export" / "config.yaml", ids, tmp_path / "peer.st"))
 
 
@@ -161,20 +164,6 @@ def test_circuit_tracer_validates_our_graph_json_and_keeps_the_same_nodes(defaul
     assert ours_links.keys() == their_links.keys()
     top = max(abs(w) for w in ours_links.values())
     assert max(abs(ours_links[k] - their_links[k]) for k in ours_links) <= 1e-4 * top
-
-
-@pytest.mark.model
-@pytest.mark.slow
-def test_circuit_tracer_attributes_our_clt_export_with_our_edges(default_model, tmp_path):
-    import glasswork as gw
-    from glasswork.dictionaries.formats import export_circuit_tracer
-    python = _need("circuit-tracer")
-    ids = default_model.tokenize(PROMPT).flatten()
-    clt = _clt(default_model, ids)
-    summary = export_circuit_tracer(clt, tmp_path / "export")
-    assert summary["model_kind"] == "cross_layer_transcoder"
-    graph = gw.attribute(default_model, clt, ids, show_progress=False)
-    _assert_same_edges(graph, _peer_graph(python, tmp_path / "export" / "config.yaml", ids, tmp_path / "peer.st"))
 
 
 @pytest.mark.parametrize("act", ["relu", "topk", "jumprelu"])

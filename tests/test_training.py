@@ -263,6 +263,20 @@ extra = {extra!r}
 train(_cfg(**extra), Slow(_resume_data(extra), 64), {out!r}, resume=True)
 """
 
+def _kill_after_a_checkpoint(proc, out: Path, after_s: float, wait_s: float = 120) -> int:
+    """kill -9 `proc` `after_s` seconds after its first checkpoint appears in `out`; the checkpoint's step (the run
+    must not have finished: no config.json)."""
+    from glasswork.training.checkpoint import load_checkpoint
+    deadline = time.time() + wait_s
+    while not (out / "checkpoint.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoint.safetensors").exists() and not (out / "config.json").exists()
+    return load_checkpoint(out / "checkpoint.safetensors")[1]["step"]
+
+
 TRANSCODER = dict(kind="transcoder", hooks=[], layers=[0], skip=True)
 
 
@@ -292,17 +306,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
 
     out = tmp_path / "killed"
     straight = start(tmp_path / "straight", 0)
-    proc = start(out, 0.25)
-    deadline = time.time() + 120
-    while not (out / "checkpoint.safetensors").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (out / "checkpoint.safetensors").exists() and not (out / "config.json").exists()
-    from glasswork.training.checkpoint import load_checkpoint
-    step = load_checkpoint(out / "checkpoint.safetensors")[1]["step"]
-    assert 0 < step < 30
+    assert 0 < _kill_after_a_checkpoint(start(out, 0.25), out, 0.3) < 30
     assert start(out, 0).wait() == 0 and straight.wait() == 0
     a = _load_trained(out, extra).state_dict()
     b = _load_trained(tmp_path / "straight", extra).state_dict()
@@ -356,18 +360,8 @@ def test_resume_after_kill_equals_uninterrupted_from_a_store_and_from_the_model(
         return subprocess.Popen([sys.executable, "-c", script], env=env)
 
     out = tmp_path / "killed"
-    straight = start(tmp_path / "straight", 0)
-    assert straight.wait() == 0
-    proc = start(out, 0.3)
-    deadline = time.time() + 180
-    while not (out / "checkpoint.safetensors").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.4)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    from glasswork.training.checkpoint import load_checkpoint
-    assert (out / "checkpoint.safetensors").exists() and not (out / "config.json").exists()
-    assert 0 < load_checkpoint(out / "checkpoint.safetensors")[1]["step"] < 24
+    assert start(tmp_path / "straight", 0).wait() == 0
+    assert 0 < _kill_after_a_checkpoint(start(out, 0.3), out, 0.4, wait_s=180) < 24
     assert start(out, 0).wait() == 0
     a, b = load(out), load(tmp_path / "straight")
     for name, value in b.state_dict().items():
@@ -722,3 +716,30 @@ def test_a_second_writer_into_the_same_folder_is_refused(tmp_path):
     assert (out / "config.json").exists() and not (out / ".glasswork.lock").exists()
     with output_lock(tmp_path / "p"):
         pass
+
+
+def test_train_options_are_the_config_fields_and_the_config_is_not_changed(tmp_path):
+    """`glasswork train`'s options are TrainConfig's fields (same names, defaults and help: the field docstrings);
+    the config given to train() is not changed by it (the run rounds its own copy)."""
+    import dataclasses
+
+    import typer
+
+    from glasswork.cli import app
+    from glasswork.cli.common import field_docs
+    from glasswork.cli.training import TRAIN_PARSERS
+    params = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
+    docs = field_docs(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model":  # --model names the model to load; the config records the name of the one used
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(map(str, default)) if f.name in TRAIN_PARSERS else default
+        assert params[f.name].default == shown, f.name
+        assert params[f.name].help == docs[f.name] and docs[f.name], f.name
+    assert TRAIN_PARSERS["layers"]("0-2,5") == [0, 1, 2, 5] and TRAIN_PARSERS["betas"]("0.9,0.99") == [0.9, 0.99]
+    tc = _cfg(batch_size=60, tokens=64 * 4, checkpoint_every=0)
+    before = dataclasses.asdict(tc)
+    train(tc, TensorSource({"h": _data()}, 64, model="m"), tmp_path / "o")  # a source whose batches hold 64 rows
+    assert dataclasses.asdict(tc) == before
+    assert load(tmp_path / "o").cfg.training["batch_size"] == 64 and load(tmp_path / "o").cfg.model == "m"

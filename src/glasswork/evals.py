@@ -150,13 +150,13 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
     """Evaluate a dictionary, a {name: dictionary} set, or a folder on held-out `texts` (an iterable of strings, or
     token ids [n, ctx] already cut into sequences).
     Every dictionary is spliced in at once (a transcoder set replaces every MLP it covers)."""
-    from .training.sources import token_chunks
+    from .data.corpus import token_rows
     dicts = _as_dicts(dictionaries)
     for name, d in dicts.items():
         d.eval()
         if d.cfg.model and d.cfg.model != model.name:
             raise GlassworkError(f"dictionary '{name}' was trained on model '{d.cfg.model}', not '{model.name}'")
-    chunks = iter(texts) if torch.is_tensor(texts) else token_chunks(model, iter(texts), ctx)
+    chunks = iter(texts) if torch.is_tensor(texts) else token_rows(model, iter(texts), ctx)
     splice, zero, observe = _Splice(dicts), _Splice(dicts, zero=True), _Splice(dicts, observe=True)
     splice.record = observe.record = True
     sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0}

@@ -61,6 +61,12 @@ _ORDER = {name: i for i, name in enumerate(POINTS_PER_LAYER)}
 _NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
+def mlp_hooks(layer: int) -> tuple[str, str]:
+    """(input, output) hook points of the MLP at `layer`: what a transcoder (or a CLT's layer) reads and writes.
+    The one place these two names are spelled."""
+    return f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+
+
 def arch_of(hf_model: nn.Module) -> Arch:
     model_type = hf_model.config.model_type
     if model_type not in ARCHS:

@@ -349,12 +349,6 @@ def parse_feature(spec: str) -> tuple[int, int]:
 def dictionary_for_layer(folder: str | Path, layer: int):
     """The SparseCoder for `layer` from a dictionary folder, or from a set folder (the member whose layer it is)."""
     from .dictionaries import load
-    from .dictionaries.saving import is_set, set_member
-    folder = Path(folder)
-    if is_set(folder):
-        member = set_member(folder, layer)
-        return load(member), member
-    d = load(folder)
-    if d.cfg.layer is not None and d.cfg.layer != layer:
-        raise GlassworkError(f"{folder}/config.json: this dictionary is for layer {d.cfg.layer}, not layer {layer}")
-    return d, folder
+    from .dictionaries.saving import layer_folder
+    member = layer_folder(folder, layer)
+    return load(member), member

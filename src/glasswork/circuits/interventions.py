@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 
 from ..hooks import intervene as _intervene
+from ..hooks import mlp_hooks
 from ..io import GlassworkError
 from .attribution import _skip, prompt_ids
 from .replacement import ReplacementModel
@@ -128,8 +129,8 @@ def feature_edits(model, transcoders, edits: list[Edit]) -> Iterator[None]:
         add = pending.pop(_j, None)
         return out if add is None else out + add.to(out.dtype)
 
-    fns = {f"blocks.{layer}.ln2.hook_normalized": (lambda x, _l=layer: keep(x, _l)) for layer in by_layer}
-    fns.update({f"blocks.{j}.hook_mlp_out": (lambda out, _j=j: write(out, _j)) for j in receivers})
+    fns = {mlp_hooks(layer)[0]: (lambda x, _l=layer: keep(x, _l)) for layer in by_layer}
+    fns.update({mlp_hooks(j)[1]: (lambda out, _j=j: write(out, _j)) for j in receivers})
     with torch.no_grad(), _intervene(model, fns):
         yield
 

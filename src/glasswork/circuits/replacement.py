@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..dictionaries import CrossLayerTranscoder, SparseCoder
-from ..hooks import arch_of, canonical
+from ..hooks import arch_of, canonical, mlp_hooks
 from ..io import GlassworkError
 
 _RECORD, _FROZEN = "glasswork_record", "glasswork_frozen"
@@ -130,8 +130,7 @@ class ReplacementModel:
             if layer is not None:
                 if not 0 <= layer < m.n_layers:
                     raise GlassworkError(f"{where}: layer {layer} outside the model's 0..{m.n_layers - 1}")
-                for field_, want in (("hook_in", f"blocks.{layer}.ln2.hook_normalized"),
-                                     ("hook_out", f"blocks.{layer}.hook_mlp_out")):
+                for field_, want in zip(("hook_in", "hook_out"), mlp_hooks(layer)):
                     got = getattr(cfg, field_)
                     if got and canonical(m, got) != want:
                         raise GlassworkError(f"{where}: {field_} is '{got}', expected '{want}'")

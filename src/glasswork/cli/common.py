@@ -1,9 +1,13 @@
 """What every verb shares: --json, the one JSON object it prints, and bad input turned into one line and exit 2."""
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
 import json
 import math
 import sys
+import typing
 
 import typer
 from rich.console import Console
@@ -58,3 +62,37 @@ def run_verb(fn):
             raise
         err.print(f"[bold red]error:[/] safetensors: {escape(str(e))}")
         raise typer.Exit(2)
+
+
+def field_docs(cls) -> dict[str, str]:
+    """{field: its docstring} of a dataclass whose fields each have a string literal right after them."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def config_options(cls, parsers: dict, exclude: tuple = ()) -> list[inspect.Parameter]:
+    """typer options derived from a config dataclass: one per field (name, type, default; help from its docstring).
+    A list or tuple field is a comma-separated text option read by parsers[field]."""
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = hints[f.name]
+        if f.name in parsers:  # shown as the text a user types
+            kind, default = str, ",".join(str(v) for v in default)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                                        default=typer.Option(default, help=docs.get(f.name, ""))))
+    return params
+
+
+def config_from_options(cls, values: dict, parsers: dict):
+    """The config dataclass from the values of config_options' options (the parsers turn text into lists)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: parsers[k](v) if k in parsers else v for k, v in values.items() if k in names})

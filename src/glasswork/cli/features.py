@@ -174,7 +174,7 @@ def fires_cmd(dictionary: Path = typer.Argument(..., help="Dictionary folder (la
     def go():
         from ..dictionaries import load as load_dictionary
         from ..models import load_model
-        from ..features.fires import fires
+        from ..features.firing import fires
         from ..features.index import FeatureIndex, index_path
         d = load_dictionary(dictionary)
         m = load_model(model or d.cfg.model or None)

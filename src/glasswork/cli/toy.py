@@ -20,7 +20,7 @@ def toy_cmd(out: Path = typer.Option(Path("toy"), "--out", help="Folder for the 
 
     def go():
         from ..io import check_out, new_output
-        from ..toy.reproduce import reproduce
+        from ..toy.paper import reproduce
         t0 = time.time()
         with new_output(check_out(out, "folder")):
             summary = reproduce(out, quick=quick, seed=seed, parts=part)

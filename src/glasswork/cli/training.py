@@ -1,6 +1,7 @@
 """CLI verbs `train`, `eval`, `export`, `import` (registered in glasswork/cli.py)."""
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Optional
@@ -43,74 +44,72 @@ def _texts(heldout: bool = False):
     return getattr(corpus, name)
 
 
-def train_cmd(
-    out: Path = typer.Option(..., help="Folder for the trained dictionary (or set); checkpoints go here too."),
-    store: Optional[Path] = typer.Option(None, help="Activation store folder to train from."),
-    model: Optional[str] = typer.Option(None, help="Train straight from this model reading the corpus (no disk); "
-                                                   "default model when neither --store nor --model is given."),
-    hooks: str = typer.Option("", help="SAE hook points, comma-separated (one SAE each)."),
-    kind: str = typer.Option("sae", help="sae | transcoder | clt"),
-    layers: str = typer.Option("", help="Transcoder/CLT layers, e.g. 0-29."),
-    arch: str = typer.Option("topk", help="relu | topk | batchtopk | jumprelu"),
-    k: int = typer.Option(32, min=1, help="Active latents per token (topk, batchtopk)."),
-    expansion: int = typer.Option(8, min=1, help="d_sae = expansion * d_in."),
-    d_sae: int = typer.Option(0, min=0, help="Latents (overrides --expansion)."),
-    tokens: int = typer.Option(1_000_000, min=1, help="Training tokens."),
-    batch_size: int = typer.Option(4096, min=1, help="Tokens per step (global, over all ranks)."),
-    lr: float = typer.Option(0.0, help="Peak learning rate (0: 2e-4 / sqrt(d_sae / 16384))."),
-    matryoshka: str = typer.Option("", help="Matryoshka prefix sizes, e.g. 256,1024: the first 256, the first 1024 "
-                                            "and all latents each learn to reconstruct alone (SAEs, transcoders)."),
-    skip: bool = typer.Option(False, help="Transcoders: learn a linear skip connection."),
-    skip_fit: bool = typer.Option(False, help="Transcoders with --skip: start the skip at the least-squares fit of "
-                                              "MLP output on input (over --init-tokens), the sparse part learns the rest."),
-    freeze_skip: bool = typer.Option(False, help="With --skip-fit: keep the fitted skip fixed."),
-    init: str = typer.Option("random", help="random | data: seed each latent on a token of the init sample (a CLT: on its own layer's output)."),
-    init_tokens: int = typer.Option(0, min=0, help="Tokens read before training for the skip fit and data init "
-                                            "(0: 8192 when used)."),
-    init_scale: str = typer.Option("auto", help="With --init data: fit the seeded code's scale by least squares "
-                                                "(on | off | auto: on unless --skip-fit)."),
-    mix: int = typer.Option(1, help="Reading from the model: shuffle the tokens of this many batches together."),
-    window: int = typer.Option(0, help="CLT: later layers each feature writes to (0: all)."),
-    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for init and data order."),
-    resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
-    ctx: int = typer.Option(128, min=8, help="Tokens per sequence when reading from the model."),
-    device: str = typer.Option("cpu", help="cpu | cuda"),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16 (auto: bf16 only where the hardware has fast bf16: "
-                                  "AMX / AVX512-BF16 CPUs, bf16 GPUs; recorded, and kept on --resume)."),
-    as_json: bool = JSON_OPT,
-):
-    """Train sparse dictionaries (SAEs, transcoders, a CLT) from a store or straight from the model."""
-    from .common import emit, run_verb
+def _parse_floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise GlassworkError(f"{option}: expected comma-separated numbers (got '{text}')") from None
+
+
+# TrainConfig's list fields as the text a user types
+TRAIN_PARSERS = {"hooks": lambda text: [h.strip() for h in text.split(",") if h.strip()],
+                 "layers": lambda text: parse_layers(text) if text else [],
+                 "matryoshka": parse_sizes,
+                 "betas": lambda text: _parse_floats(text, "--betas")}
+
+
+def train_cmd(**options):
+    """Train sparse dictionaries (SAEs, transcoders, a CLT) from a store or straight from the model. The options
+    after --model are TrainConfig's fields (training/config.py: each one's docstring is its help)."""
+    from .common import config_from_options, emit, run_verb
+    out, store, model, resume, as_json = (options.pop(k) for k in ("out", "store", "model", "resume", "as_json"))
 
     def go():
         from ..io import check_out
+        from ..training.config import TrainConfig
         from ..training.sources import ModelSource, StoreSource
-        from ..training.trainer import TrainConfig, train
+        from ..training.trainer import train
         from ..training import distributed as dist
         check_out(out, "folder")
         t0 = time.time()
-        tc = TrainConfig(kind=kind, arch=arch, hooks=[h for h in hooks.split(",") if h], layers=parse_layers(layers) if layers else [],
-                         k=k, expansion=expansion, d_sae=d_sae, tokens=tokens, batch_size=batch_size, lr=lr, skip=skip,
-                         window=window, seed=seed, ctx=ctx, device=device, matryoshka=parse_sizes(matryoshka),
-                         skip_fit=skip_fit, freeze_skip=freeze_skip, init=init, init_tokens=init_tokens,
-                         init_scale=init_scale, mix=mix, precision=precision)
+        tc = config_from_options(TrainConfig, options, TRAIN_PARSERS)
         if store is not None:
             from ..data.store import ActivationStore
-            source = StoreSource(ActivationStore(store), tc.input_hooks(), batch_size, seed=seed)
+            source = StoreSource(ActivationStore(store), tc.input_hooks(), tc.batch_size, seed=tc.seed)
         else:
             from ..models import load_model
             m = load_model(model)
-            tc.model = m.name
-            m.hf.to(device)
-            source = ModelSource(m, _texts(), tc.input_hooks(), batch_size, ctx=ctx, device=device, mix=mix, seed=seed)
-            if source.batch_size != batch_size:
-                tc.batch_size = source.batch_size  # whole sequences per step
-        result = train(tc, source, out, resume=resume)
+            m.hf.to(tc.device)
+            source = ModelSource(m, _texts(), tc.input_hooks(), tc.batch_size, ctx=tc.ctx, device=tc.device,
+                                 mix=tc.mix, seed=tc.seed)
+        result = train(tc, source, out, resume=resume)  # the trainer takes the model's name and whole-sequence batch
         result.pop("dicts")
         result["seconds_total"] = round(time.time() - t0, 1)
         if dist.is_main():
             emit(result, as_json)
     run_verb(go)
+
+
+def _train_signature() -> inspect.Signature:
+    """train_cmd's options: where to read and write, TrainConfig's fields (its `model` is the name recorded, set
+    from the model trained on), --resume and --json."""
+    from ..training.config import TrainConfig
+    from .common import config_options
+    opt = inspect.Parameter.KEYWORD_ONLY
+    head = [inspect.Parameter("out", opt, annotation=Path, default=typer.Option(
+                ..., help="Folder for the trained dictionary (or set); checkpoints go here too.")),
+            inspect.Parameter("store", opt, annotation=Optional[Path], default=typer.Option(
+                None, help="Activation store folder to train from.")),
+            inspect.Parameter("model", opt, annotation=Optional[str], default=typer.Option(
+                None, help="Train straight from this model reading the corpus (no disk); default model when "
+                           "neither --store nor --model is given."))]
+    tail = [inspect.Parameter("resume", opt, annotation=bool, default=typer.Option(
+                False, help="Continue from the checkpoint in --out.")),
+            inspect.Parameter("as_json", opt, annotation=bool, default=JSON_OPT)]
+    return inspect.Signature(head + config_options(TrainConfig, TRAIN_PARSERS, exclude=("model",)) + tail)
+
+
+train_cmd.__signature__ = _train_signature()
 
 
 def eval_cmd(

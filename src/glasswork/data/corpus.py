@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -233,6 +233,18 @@ def heldout_texts() -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- tokens
+
+def token_rows(model, texts: Iterable[str], ctx: int) -> Iterator[torch.Tensor]:
+    """The one way from texts to token contexts: tokenize each text (no specials), concatenate, cut into rows of ctx
+    tokens that each start with BOS (when the model has one): [ctx] per row, lazily."""
+    buf: list[int] = []
+    bos = [model.bos_token_id] if model.bos_token_id is not None else []
+    for text in texts:
+        buf.extend(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        while len(buf) >= ctx - len(bos):
+            yield torch.tensor(bos + buf[:ctx - len(bos)])
+            buf = buf[ctx - len(bos):]
+
 
 def _token_stream(model, docs: list[str], bos: int) -> torch.Tensor:
     """Token ids [n] of the documents with BOS between them (the separator; contexts add their own BOS first)."""

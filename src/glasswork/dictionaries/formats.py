@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..hooks import mlp_hooks
 from ..io import GlassworkError, load_tensors, read_json, save_tensors, write_json, write_text
 from .clt import CrossLayerTranscoder
 from .coder import DictionaryConfig, SparseCoder
@@ -213,7 +214,7 @@ def read_circuit_tracer(folder: str | Path, model: str = "") -> dict | CrossLaye
         act = "topk" if topk_k else "jumprelu" if "activation_function.threshold" in w else "relu"
         cfg = DictionaryConfig(kind="transcoder", d_in=d, d_sae=F, d_out=w["W_dec"].shape[1], activation=act,
                                k=topk_k or 1, skip="W_skip" in w, b_dec_in=False, layer=layer,
-                               hook_in=f"blocks.{layer}.ln2.hook_normalized", hook_out=f"blocks.{layer}.hook_mlp_out",
+                               hook_in=mlp_hooks(layer)[0], hook_out=mlp_hooks(layer)[1],
                                model=conf.get("model_name", model))
         t = SparseCoder(cfg)
         with torch.no_grad():

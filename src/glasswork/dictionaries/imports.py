@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..hooks import mlp_hooks
 from ..io import GlassworkError, load_tensors, read_json
 from .coder import DictionaryConfig, SparseCoder
 
@@ -125,7 +126,7 @@ def _sparsify_hook(name: str) -> tuple[int | None, str, str, bool]:
         return None, name, name, False
     layer = int(m.group(1))
     if m.group(2):
-        return layer, f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out", True
+        return layer, *mlp_hooks(layer), True
     return layer, f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.hook_resid_post", False
 
 

@@ -51,6 +51,19 @@ def set_member(folder: str | Path, layer: int) -> Path:
     raise GlassworkError(f"{Path(folder) / SET_INDEX}: no member for layer {layer}")
 
 
+def layer_folder(folder: str | Path, layer: int) -> Path:
+    """The one lookup of "the dictionary for layer L": the member of a set folder whose layer it is, or the folder
+    itself when it holds one dictionary (whose layer, if it has one, must be L)."""
+    folder = Path(folder)
+    if is_set(folder):
+        return set_member(folder, layer)
+    config = folder / "config.json"
+    recorded = read_json(config, "dictionary config").get("layer") if config.is_file() else None
+    if recorded is not None and recorded != layer:
+        raise GlassworkError(f"{config}: this dictionary is for layer {recorded}, not layer {layer}")
+    return folder
+
+
 def load(folder: str | Path, device: str | torch.device = "cpu") -> Dictionary:
     """Load one dictionary folder (config.json + weights.safetensors)."""
     folder = Path(folder)

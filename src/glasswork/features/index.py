@@ -112,19 +112,14 @@ def check_match(model, dictionary) -> None:
 
 
 def contexts_from_texts(model, texts, ctx_len: int, n_contexts: int | None = None) -> torch.Tensor:
-    """Token contexts [n, ctx_len]: each text tokenized, concatenated, cut into BOS + (ctx_len - 1) tokens."""
-    stream: list[int] = []
-    for text in texts:
-        stream += model.tokenize(text, bos=False)[0].tolist()
-        if n_contexts and len(stream) >= n_contexts * (ctx_len - 1):
-            break
-    n = len(stream) // (ctx_len - 1)
-    if n_contexts:
-        n = min(n, n_contexts)
-    if n == 0:
-        raise GlassworkError(f"the texts hold {len(stream)} tokens: too few for one context of {ctx_len} tokens")
-    body = torch.tensor(stream[:n * (ctx_len - 1)]).view(n, ctx_len - 1)
-    return torch.cat([torch.full((n, 1), model.bos_token_id), body], dim=1)
+    """Token contexts [n, ctx_len] (data.corpus.token_rows: BOS + ctx_len - 1 tokens of the concatenated texts)."""
+    from itertools import islice
+
+    from ..data.corpus import token_rows
+    rows = list(islice(token_rows(model, texts, ctx_len), n_contexts or None))
+    if not rows:
+        raise GlassworkError(f"the texts hold too few tokens for one context of {ctx_len} tokens")
+    return torch.stack(rows)
 
 
 def default_contexts(model, n_contexts: int, ctx_len: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from ..dictionaries.saving import SET_INDEX, is_set, set_member, set_members
+from ..dictionaries.saving import SET_INDEX, is_set, layer_folder, set_members
 from ..io import GlassworkError, read_json
 from .security import within
 
@@ -69,11 +69,6 @@ def describe(folder: Path) -> dict:
             "has_index": index_path(folder).exists()}
 
 
-def member_for_layer(folder: Path, layer: int) -> Path:
-    """The member folder of a set that holds `layer` (the folder itself when it is one dictionary)."""
-    return set_member(folder, layer) if is_set(folder) else folder
-
-
 class Resources:
     """Model, dictionaries, indexes: opened once, shared by requests (reads are thread-safe; model work is not,
     so it holds `compute`)."""
@@ -111,7 +106,7 @@ class Resources:
     def dictionary(self, folder: Path, layer: int | None = None):
         """One SparseCoder (a set's member for `layer`) and its folder."""
         from ..dictionaries import load
-        folder = member_for_layer(folder, layer) if layer is not None else folder
+        folder = layer_folder(folder, layer) if layer is not None else folder
         if is_set(folder):
             raise GlassworkError(f"{folder} is a set of dictionaries: say which layer")
         with self._lock:

@@ -3,5 +3,5 @@ trained on its hidden layer. `reproduce(out)` runs it all; `glasswork toy` is it
 from .measures import FRACTIONS, PHASES, fraction_clustering, geometry_2d, phase_2_1, plateau
 from .model import (ToyConfig, ToyModel, decaying_importance, dims_per_feature, feature_dimensionality, gradients,
                     sample, train)
-from .reproduce import PARTS, ReproduceSettings, reproduce
+from .paper import PARTS, ReproduceSettings, reproduce
 from .sae import SAESettings, best_match_cosine, sae_recovery

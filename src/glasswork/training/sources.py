@@ -8,10 +8,11 @@ takes its own slice of the same global batch.
 - StoreSource: an activation store on disk (glasswork.data.store)."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 
+from ..data.corpus import token_rows
 from ..io import GlassworkError
 
 
@@ -35,17 +36,6 @@ class TensorSource:
             rows = perm[i * self.batch_size:(i + 1) * self.batch_size][rank::world]
             yield {h: a[rows] for h, a in self.acts.items()}
             step += 1
-
-
-def token_chunks(model, texts: Iterable[str], ctx: int) -> Iterator[torch.Tensor]:
-    """Concatenate tokenized texts and cut them into rows of ctx tokens, each starting with BOS: [ctx]."""
-    buf: list[int] = []
-    bos = [model.bos_token_id] if model.bos_token_id is not None else []
-    for text in texts:
-        buf.extend(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-        while len(buf) >= ctx - len(bos):
-            yield torch.tensor(bos + buf[:ctx - len(bos)])
-            buf = buf[ctx - len(bos):]
 
 
 class ModelSource:
@@ -83,7 +73,7 @@ class ModelSource:
 
     @torch.no_grad()
     def batches(self, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
-        chunks = token_chunks(self.model, self._texts(), self.ctx)
+        chunks = token_rows(self.model, self._texts(), self.ctx)
         block, offset = divmod(start, self.mix)
         for _ in range(block * self.mix * self.seqs):  # skip by tokenizing only: no forward for blocks already trained on
             if next(chunks, None) is None:

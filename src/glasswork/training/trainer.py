@@ -8,140 +8,29 @@ optimizer, RNG and the data position, so a resumed run equals an uninterrupted o
 from __future__ import annotations
 
 import itertools
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..version import __version__
 from ..allocator import keep_freed_memory
-from ..dictionaries.activations import ACTIVATIONS, batch_topk
-from ..dictionaries.coder import KINDS, DictionaryConfig
+from ..dictionaries.activations import batch_topk
+from ..dictionaries.coder import DictionaryConfig
 from ..dictionaries.saving import build, is_set, save, save_set
 from ..io import GlassworkError
-from ..precision import PRECISIONS, autocast, resolve
+from ..precision import autocast, resolve
 from ..progress import progress
 from . import distributed as dist
 from .init import fit_code_scale, fit_linear, geometric_median, seed_latents_on_tokens
+from .config import TrainConfig
 from .checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
 from .optim import Adam
 from .losses import clt_loss, coder_loss, matryoshka_prefixes
+from ..hooks import mlp_hooks
 
 CHECKPOINT = "checkpoint.safetensors"
-
-
-@dataclass
-class TrainConfig:
-    kind: str = "sae"  # sae | transcoder | clt
-    arch: str = "topk"  # relu | topk | batchtopk | jumprelu
-    hooks: list[str] = field(default_factory=list)  # sae: one SAE per hook
-    layers: list[int] = field(default_factory=list)  # transcoder / clt: which layers
-    k: int = 32
-    expansion: int = 8  # d_sae = expansion * d_in unless d_sae is given
-    d_sae: int = 0
-    skip: bool = False  # transcoder skip connection
-    window: int = 0  # clt: later layers each feature writes to (0: all)
-    tokens: int = 1_000_000
-    batch_size: int = 4096
-    lr: float = 0.0  # 0: 2e-4 / sqrt(d_sae / 16384), the TopK scaling law's rule
-    warmup_steps: int = 50
-    decay_start: float = 0.8  # fraction of training after which lr decays linearly to 0
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    l1_coeff: float = 0.05  # relu
-    l0_coeff: float = 1e-3  # jumprelu
-    bandwidth: float = 1e-3  # jumprelu straight-through kernel width
-    aux_k: int = 0  # 0: d_in // 2
-    aux_coeff: float = 1 / 32
-    matryoshka: list[int] = field(default_factory=list)  # nested prefix sizes m_1 < m_2 < ... (d_sae added last; [] off)
-    dead_tokens: int = 0  # a latent is dead after this many tokens without firing (0: min(10M, tokens / 5))
-    dense_fraction: float = 0.1  # a latent is dense when it fires on more than this fraction of tokens
-    normalize: bool = True
-    b_dec_init: str = "median"  # median | mean | zero
-    skip_fit: bool = False  # transcoder with skip: W_skip and b_dec start at the least-squares fit on the init tokens
-    freeze_skip: bool = False  # keep the skip as fitted while the sparse part learns what it leaves
-    init: str = "random"  # random | data: each latent seeded on a token of the init sample (training/init.py)
-    init_tokens: int = 0  # tokens read before step 0 for scales, b_dec, skip fit, data init (0: one batch; 8192 if fitting)
-    init_scale: str = "auto"  # data init: fit the seeded code's scale by least squares: on | off | auto (on unless the skip is fitted)
-    seed: int = 0
-    checkpoint_every: int = 0  # steps (0: every ~120 s)
-    device: str = "cpu"
-    precision: str = "auto"  # auto | fp32 | bf16: matmul precision (auto: bf16 only on hardware with fast bf16)
-    model: str = ""
-    ctx: int = 128  # model source: tokens per sequence
-    mix: int = 1  # model source: batches whose tokens are shuffled together (1: each batch is consecutive tokens)
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise GlassworkError(f"train config: unknown kind '{self.kind}' (expected one of {', '.join(KINDS)})")
-        if self.arch not in ACTIVATIONS:
-            raise GlassworkError(f"train config: unknown arch '{self.arch}' (expected one of {', '.join(ACTIVATIONS)})")
-        if self.tokens < 1 or self.batch_size < 1:
-            raise GlassworkError(f"train config: tokens and batch_size must be at least 1 (got {self.tokens}, "
-                                 f"{self.batch_size})")
-        try:
-            dev = torch.device(self.device)
-        except RuntimeError:
-            raise GlassworkError(f"train config: device '{self.device}' is not a device (cpu, cuda, cuda:1)") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise GlassworkError(f"train config: device '{self.device}', but this torch build sees no CUDA device "
-                                 f"(torch {torch.__version__}): use --device cpu")
-        if self.precision not in PRECISIONS:
-            raise GlassworkError(f"train config: precision must be one of {', '.join(PRECISIONS)} (got "
-                                 f"'{self.precision}')")
-        if self.init_scale not in ("auto", "on", "off"):
-            raise GlassworkError(f"train config: init_scale must be auto, on or off (got '{self.init_scale}')")
-        if self.init not in ("random", "data"):
-            raise GlassworkError(f"train config: init must be random or data (got '{self.init}')")
-        if (self.skip_fit or self.freeze_skip) and not self.skip:
-            raise GlassworkError("train config: skip_fit / freeze_skip need skip=True (a transcoder with a skip)")
-        if self.skip_fit and self.kind != "transcoder":
-            raise GlassworkError(f"train config: skip_fit is for transcoders (kind is '{self.kind}')")
-        if self.freeze_skip and not self.skip_fit:
-            raise GlassworkError("train config: freeze_skip needs skip_fit (a skip kept at zero would do nothing)")
-        if self.init_tokens < 0:
-            raise GlassworkError(f"train config: init_tokens must be >= 0 (got {self.init_tokens})")
-        if self.b_dec_init not in ("median", "mean", "zero"):
-            raise GlassworkError(f"train config: b_dec_init must be median, mean or zero (got '{self.b_dec_init}')")
-        if self.kind == "sae" and not self.hooks:
-            raise GlassworkError("train config: an SAE needs hooks (e.g. blocks.6.hook_resid_post)")
-        if self.kind != "sae" and not self.layers:
-            raise GlassworkError(f"train config: kind '{self.kind}' needs layers (e.g. 0-29)")
-        if self.matryoshka and self.kind == "clt":
-            raise GlassworkError(f"train config: matryoshka={list(self.matryoshka)} is for SAEs and transcoders, "
-                                 f"not kind 'clt'")
-        self.matryoshka = list(self.matryoshka)
-        matryoshka_prefixes(self.matryoshka, self.d_sae or None)  # against each dictionary's d_sae in make_units
-        self.betas = tuple(self.betas)
-
-    @property
-    def dead_window(self) -> int:
-        """Tokens without firing after which a latent counts as dead (and AuxK trains it)."""
-        return self.dead_tokens or min(10_000_000, self.tokens // 5)
-
-    @property
-    def steps(self) -> int:
-        return max(1, math.ceil(self.tokens / self.batch_size))
-
-    @property
-    def n_init_tokens(self) -> int:
-        """Tokens read before the first step (whole batches of them are reused as the first training batches)."""
-        return self.init_tokens or (min(8192, self.tokens) if self.skip_fit or self.init == "data" else 1)
-
-    def lr_at(self, step: int, d_sae: int) -> float:
-        base = self.lr or 2e-4 / math.sqrt(d_sae / 16384)
-        warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
-        start = int(self.decay_start * self.steps)
-        decay = 1.0 if step < start else max(0.0, (self.steps - step) / max(1, self.steps - start))
-        return base * warm * decay
-
-    def input_hooks(self) -> list[str]:
-        """Every hook the data must provide."""
-        if self.kind == "sae":
-            return list(self.hooks)
-        return [h for l in self.layers for h in (f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out")]
 
 
 @dataclass
@@ -171,13 +60,12 @@ def make_units(tc: TrainConfig, dims: dict[str, int]) -> list[Unit]:
             units.append(Unit(h, build(cfg), [h], [h]))
     elif tc.kind == "transcoder":
         for l in tc.layers:
-            xh, yh = f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out"
+            xh, yh = mlp_hooks(l)
             cfg = dcfg(kind="transcoder", d_in=dims[xh], d_out=dims[yh], skip=tc.skip, b_dec_in=False,
                        hook_in=xh, hook_out=yh, layer=l)
             units.append(Unit(f"layer_{l:02d}", build(cfg), [xh], [yh]))
     else:
-        xs = [f"blocks.{l}.ln2.hook_normalized" for l in tc.layers]
-        ys = [f"blocks.{l}.hook_mlp_out" for l in tc.layers]
+        xs, ys = [mlp_hooks(l)[0] for l in tc.layers], [mlp_hooks(l)[1] for l in tc.layers]
         cfg = dcfg(kind="clt", d_in=dims[xs[0]], d_out=dims[ys[0]], n_layers=len(tc.layers), window=tc.window,
                    b_dec_in=False, hook_in=xs, hook_out=ys)
         units.append(Unit("clt", build(cfg), xs, ys))
@@ -211,19 +99,19 @@ def _training_codes(d, pre: torch.Tensor, layer: int | None = None) -> torch.Ten
 
 class Trainer:
     def __init__(self, tc: TrainConfig, source, out: str | Path, resume: bool = False):
-        self.tc, self.source, self.out = tc, source, Path(out)
-        keep_freed_memory()
-        dist.init(tc.device)
-        if getattr(source, "batch_size", tc.batch_size) != tc.batch_size:
-            tc.batch_size = source.batch_size  # a model source rounds to whole sequences
-        self.rank, self.world = dist.rank(), dist.world()
-        if tc.batch_size % self.world:
-            raise GlassworkError(f"batch size {tc.batch_size} must divide evenly over {self.world} ranks")
         src_model = getattr(source, "model", "")
         src_model = getattr(src_model, "name", src_model)
         if tc.model and src_model and tc.model != src_model:
             raise GlassworkError(f"activations come from model '{src_model}' but training was asked for '{tc.model}'")
-        tc.model = tc.model or src_model
+        # the run's own copy (the caller's config is never changed): a model source rounds the batch to whole
+        # sequences, and the model's name comes from the source when the config has none
+        tc = replace(tc, batch_size=getattr(source, "batch_size", tc.batch_size), model=tc.model or src_model)
+        self.tc, self.source, self.out = tc, source, Path(out)
+        keep_freed_memory()
+        dist.init(tc.device)
+        self.rank, self.world = dist.rank(), dist.world()
+        if tc.batch_size % self.world:
+            raise GlassworkError(f"batch size {tc.batch_size} must divide evenly over {self.world} ranks")
         missing = [h for h in tc.input_hooks() if h not in source.dims]
         if missing:
             raise GlassworkError(f"the data has no hook(s) {missing[:4]} (it has {sorted(source.dims)[:6]}...)")
