@@ -464,6 +464,7 @@ def test_freed_memory_is_reused_without_page_faults(keep):
     # a training step re-allocates the same large tensors; kept memory means no page faults once the heap has settled
     code = textwrap.dedent("""
         import resource, torch
+        import glasswork.training.trainer  # what a training process has loaded when the trainer calls it
         from glasswork.allocator import keep_freed_memory
         kept, faults = keep_freed_memory(), []
         for _ in range(6):  # 64 MB, freed at once
