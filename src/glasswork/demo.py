@@ -192,8 +192,7 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
         todo = [f for f in pick if f not in done]  # a resumed stage labels only what is left
         res = label_features(ix, BuiltinExplainer(), features=todo) if todo else {}
         labelled = ix.labels("builtin")
-        scored = [r for r in ix.db.execute("SELECT detection, detection_baseline FROM labels WHERE explainer = 'builtin' "
-                                           "AND detection IS NOT NULL")]
+        scored = ix.detection_scores("builtin")
         beats = sum(1 for d, b in scored if b is not None and d > b)
         return {"index": str(path), "live": len(live), "d_sae": ix.d_sae, "labelled": len(labelled),
                 "beat_random_baseline": f"{beats}/{len(scored)}", "errors": res.get("n_errors", 0),
@@ -270,8 +269,7 @@ def steer_candidates(ix, n: int = 6) -> list[tuple[int, str, list[str]]]:
     """Features worth steering with: labelled ones whose label beats the random-label baseline (best margin first)
     and that fire on content words (a concept a person can spot in text). Returns [(feature, label, words)]."""
     from .features.explain import firing_tokens
-    rows = ix.db.execute("SELECT feature, label FROM labels WHERE explainer = 'builtin' AND label IS NOT NULL "
-                         "AND detection > detection_baseline ORDER BY detection - detection_baseline DESC").fetchall()
+    rows = ix.labels_beating_baseline("builtin")
     if not rows:
         raise GlassworkError(f"{ix.path}: no labelled feature beats its random-label baseline: nothing to steer with")
     out = []

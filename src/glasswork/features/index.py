@@ -454,6 +454,29 @@ class FeatureIndex:
                                    "ORDER BY COALESCE(detection, -1) ASC")
         return dict(rows.fetchall())
 
+    def frequencies(self, features: list[int]) -> dict[int, tuple[float, float]]:
+        """{feature: (firing frequency, max activation)} of the given features."""
+        if not features:
+            return {}
+        rows = self.db.execute(f"SELECT feature, freq, max_act FROM features WHERE feature IN "
+                               f"({','.join('?' * len(features))})", [int(f) for f in features])
+        return {f: (freq, top) for f, freq, top in rows}
+
+    def live_by_frequency(self) -> list[tuple[int, float]]:
+        """[(feature, firing frequency)] of every feature that fired, most frequent first."""
+        return self.db.execute("SELECT feature, freq FROM features WHERE n_fired > 0 ORDER BY freq DESC").fetchall()
+
+    def detection_scores(self, explainer: str) -> list[tuple[float, float | None]]:
+        """[(detection, its random-label baseline)] of one explainer's scored labels."""
+        return self.db.execute("SELECT detection, detection_baseline FROM labels WHERE explainer = ? AND detection IS "
+                               "NOT NULL", (explainer,)).fetchall()
+
+    def labels_beating_baseline(self, explainer: str) -> list[tuple[int, str]]:
+        """[(feature, label)] of one explainer's labels whose detection beats the baseline, best margin first."""
+        return self.db.execute("SELECT feature, label FROM labels WHERE explainer = ? AND label IS NOT NULL AND "
+                               "detection > detection_baseline ORDER BY detection - detection_baseline DESC",
+                               (explainer,)).fetchall()
+
     def set_label(self, feature: int, explainer: str, label: str | None, error: str | None = None,
                   scores: dict | None = None) -> None:
         s = scores or {}

@@ -196,7 +196,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
             index = layer_index(dictionary, layer)
             labels = {}
             if index is not None:
-                with res._lock:
+                with res.lock:
                     labels = ensure_labels(index, [f for _, f in pairs], limit=40)  # a request stays short
             for n, f in pairs:
                 n["clerp"] = labels.get(f) or f"L{layer} #{f}"
@@ -232,7 +232,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
         index = layer_index(dictionary, layer)
         if index is None or not 0 <= feat < index.d_sae:
             return None, None
-        with res._lock:
+        with res.lock:
             rec = index.feature(feat)
         per_layer_file = index.path.name != "features.sqlite"  # a CLT layer: the page needs the layer too
         return rec, {"path": str(index.path), "key": index_key(index.path), "layer": layer if per_layer_file else None}
@@ -373,7 +373,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
                mode: Literal["label", "text", "token"] = "text", limit: int = Query(20, ge=1, le=200),
                layer: Optional[int] = Query(None, ge=0, le=10_000)):
         fi = index_or_404(index, layer)
-        with res._lock:
+        with res.lock:
             if q.strip().isascii() and q.strip().isdigit() and mode != "token":
                 f = int(q)
                 hits = [{"feature": f, "where": "id", "text": ""}] if f < fi.d_sae else []
@@ -382,9 +382,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
             else:
                 hits = [h for h in fi.search(q, limit * 3) if mode == "text" or h["where"] == "label"][:limit]
             labels = fi.labels()
-            stats = {f: (n, m) for f, n, m in fi.db.execute(
-                f"SELECT feature, freq, max_act FROM features WHERE feature IN ({','.join('?' * len(hits))})",
-                [h["feature"] for h in hits])} if hits else {}
+            stats = fi.frequencies([h["feature"] for h in hits])
         return {"hits": [{**h, "label": labels.get(h["feature"], ""), "freq": stats.get(h["feature"], (None,))[0],
                           "max_act": stats.get(h["feature"], (None, None))[1]} for h in hits]}
 
@@ -393,9 +391,9 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
                      layer: Optional[int] = Query(None, ge=0, le=10_000)):
         """The most frequent live features, labelled ones first: what a person sees before searching."""
         fi = index_or_404(index, layer)
-        with res._lock:
+        with res.lock:
             labels = fi.labels()
-            rows = fi.db.execute("SELECT feature, freq FROM features WHERE n_fired > 0 ORDER BY freq DESC").fetchall()
+            rows = fi.live_by_frequency()
         rows = sorted(rows, key=lambda r: (r[0] not in labels, -r[1]))[:limit]
         return {"features": [{"feature": f, "freq": q, "label": labels.get(f, "")} for f, q in rows]}
 
@@ -403,7 +401,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
     def feature_page(feature: int, index: str = Query(..., max_length=1000),
                      layer: Optional[int] = Query(None, ge=0, le=10_000)):
         fi = index_or_404(index, layer)
-        with res._lock:
+        with res.lock:
             rec = fi.feature(fi.check_id(feature))
             meta = {k: fi.meta.get(k) for k in ("model", "hook", "kind", "d_sae", "n_tokens", "hist_edges")}
         return {**rec, "meta": meta}

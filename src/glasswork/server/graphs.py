@@ -106,7 +106,7 @@ class GraphStore:
         self.max_nodes, self.max_links, self.keep = max_nodes, max_links, keep
         self._graphs: OrderedDict[str, object] = OrderedDict()
         self._views: OrderedDict[tuple, dict] = OrderedDict()
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
 
     # --- files ---------------------------------------------------------------------------------------------------
     def path(self, name: str) -> Path | None:
@@ -128,7 +128,7 @@ class GraphStore:
         return out
 
     def get(self, name: str):
-        with self._lock:
+        with self.lock:
             if name in self._graphs:
                 self._graphs.move_to_end(name)
                 return self._graphs[name]
@@ -158,7 +158,7 @@ class GraphStore:
         return path
 
     def forget(self, name: str) -> None:
-        with self._lock:
+        with self.lock:
             self._graphs.pop(name, None)
             for key in [k for k in self._views if k[0] == name]:
                 del self._views[key]
@@ -177,7 +177,7 @@ class GraphStore:
         """A pruned view: nodes to `node_threshold`, at most `budget` features and errors (None: no limit), edges to
         `edge_threshold`; pinned nodes and names from the saved state."""
         key = (name, round(node_threshold, 4), round(edge_threshold, 4), budget)
-        with self._lock:
+        with self.lock:
             if key in self._views:
                 self._views.move_to_end(key)
                 base = self._views[key]

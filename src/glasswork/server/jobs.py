@@ -37,14 +37,14 @@ class Jobs:
 
     def __init__(self, keep: int = 50):
         self._jobs: dict[str, Job] = {}
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._run_lock = threading.Lock()
         self.keep = keep
 
     def start(self, kind: str, fn) -> Job:
         """Run fn() -> dict in a thread; its progress bars update the job."""
         job = Job(uuid.uuid4().hex[:12], kind)
-        with self._lock:
+        with self.lock:
             self._jobs[job.id] = job
             for old in list(self._jobs)[:-self.keep]:
                 if self._jobs[old].state in ("done", "failed"):

@@ -80,7 +80,7 @@ class Resources:
         self._model_name = model if isinstance(model, str) else None
         self._dicts: dict[str, object] = {}
         self._indexes: dict[Path, object] = {}
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()  # held by every request that reads an index or runs the model
         self.compute = threading.Lock()
 
     def dictionaries(self) -> dict[str, Path]:
@@ -97,7 +97,7 @@ class Resources:
         return found[key]
 
     def model(self, hint: str | None = None):
-        with self._lock:
+        with self.lock:
             if self._model is None:
                 from ..models import load_model
                 self._model = load_model(self._model_name or hint or None)
@@ -109,7 +109,7 @@ class Resources:
         folder = layer_folder(folder, layer) if layer is not None else folder
         if is_set(folder):
             raise GlassworkError(f"{folder} is a set of dictionaries: say which layer")
-        with self._lock:
+        with self.lock:
             key = folder.resolve()
             if key not in self._dicts:
                 self._dicts[key] = load(folder).requires_grad_(False)
@@ -117,7 +117,7 @@ class Resources:
 
     def coders(self, folder: Path):
         from ..dictionaries.saving import load_coders
-        with self._lock:
+        with self.lock:
             key = ("coders", folder.resolve())
             if key not in self._dicts:
                 self._dicts[key] = load_coders(folder)
@@ -127,7 +127,7 @@ class Resources:
         """The FeatureIndex beside a dictionary folder, or None when it has none."""
         from ..features.index import FeatureIndex, index_path
         path = index_path(folder).resolve()
-        with self._lock:
+        with self.lock:
             if path not in self._indexes:
                 if not path.exists() or not self.allowed(path):  # SQLite's side files go where the index is
                     return None
