@@ -43,8 +43,8 @@ def run_verb(fn):
     operating system says about files (read-only, full disk, missing permission) or a broken SQLite / safetensors file."""
     import sqlite3
 
-    from rich.markup import escape
-    keep_freed_memory()  # every verb reuses large tensors step after step  # a message may hold brackets ('hf:ORG/REPO[/PATH]'): text, not markup
+    from rich.markup import escape  # a message may hold brackets ('hf:ORG/REPO[/PATH]'): text, not markup
+    keep_freed_memory()  # every verb reuses large tensors step after step
     try:
         return fn()
     except GlassworkError as e:

@@ -1,4 +1,4 @@
-"""CLI verbs `train`, `eval`, `export`, `import` (registered in glasswork/cli.py)."""
+"""CLI verbs `train`, `eval`, `export`, `import` (registered in cli/__init__.py)."""
 from __future__ import annotations
 
 import inspect
@@ -10,7 +10,6 @@ import typer
 
 from ..errors import GlassworkError
 from .common import JSON_OPT
-
 
 
 def parse_layers(text: str) -> list[int]:
