@@ -405,6 +405,27 @@ def test_clt_interventions_write_to_every_layer_a_feature_reaches():
         intervene_logits(m, clt, ids, [Edit(0, 1, [999], value=0.0)])
 
 
+@pytest.mark.parametrize("coders_of", [random_transcoders, random_clt], ids=["transcoders", "clt"])
+def test_edit_positions_are_absolute_in_generation(coders_of):
+    """An edit at a prompt position stays there while generate() feeds one token per step from the KV cache: the
+    greedy tokens equal a loop of full forwards with the edit (no cache, every position explicit)."""
+    from glasswork.circuits import feature_edits
+    m = make_tiny("llama")
+    coders = coders_of(m)
+    ids = prompt(m, 6)
+    layer = 0 if isinstance(coders, gw.CrossLayerTranscoder) else min(coders)
+    edits = [Edit(layer, 3, [0], value=40.0), Edit(layer, 5, [2, 4], scale=-3.0)]
+    seq = ids.view(1, -1)
+    with feature_edits(m, coders, edits):
+        for _ in range(6):
+            nxt = m.hf(input_ids=seq, use_cache=False).logits[0, -1].argmax()
+            seq = torch.cat([seq, nxt.view(1, 1)], 1)
+    assert generate(m, coders, ids, edits, max_new_tokens=6) == str(seq[0].tolist())
+    with feature_edits(m, coders, edits):
+        edited = m.hf(input_ids=seq).logits
+    assert (edited - m.hf(input_ids=seq).logits).abs().max() > 1e-3  # the edits matter
+
+
 def test_max_memory_stops_before_the_work_and_says_what_fits():
     from glasswork.circuits.attribution import memory_estimate
     m = make_tiny("llama")

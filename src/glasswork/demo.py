@@ -25,6 +25,8 @@ from .dictionaries.saving import is_set
 from .io import GlassworkError, home, read_json, relative_path, write_json
 
 LAYER = 15  # the SAE's layer: the middle of SmolLM2-135M's 30
+HOOK = f"blocks.{LAYER}.hook_resid_post"
+STORE, SAE, TRANSCODERS, GRAPHS = "store", "sae-l15", "transcoders", "graphs"  # the stages' folders in OUT
 VIEW_BUDGET = 100  # feature and error nodes in a graph's first view (the viewer's default)
 PROMPTS = {"france": "The capital of France is",
            "mary-john": "When Mary and John went to the store, John gave a drink to"}
@@ -58,16 +60,16 @@ class DemoConfig:
                    index_contexts=128, tc_index_contexts=96, label_features=60, eval_tokens=1008, max_features=1024)
 
 
-def _stage(out: Path, name: str, fn: Callable[[], dict], log: Callable[[str], None]) -> dict:
+def _stage(run: "DemoRun", name: str, fn: Callable[["DemoRun"], dict], log: Callable[[str], None]) -> dict:
     """Run a stage once: its result is kept in OUT/stages/NAME.json and returned from there afterwards."""
-    path = out / "stages" / f"{name}.json"
+    path = run.out / "stages" / f"{name}.json"
     if path.exists():
         rec = read_json(path, f"demo stage record '{name}'")
         log(f"[{name}] done before ({rec.get('seconds', '?')} s then), skipped: {path}")
         return rec
     t0 = time.time()
     log(f"[{name}] ...")
-    result = {**fn(), "seconds": round(time.time() - t0, 2)}
+    result = {**fn(run), "seconds": round(time.time() - t0, 2)}
     write_json(path, result)
     log(f"[{name}] done in {result['seconds']} s: {_brief(name, result)}")
     return result
@@ -110,155 +112,192 @@ def demo(out: str | Path | None = None, quick: bool = False, log: Callable[[str]
     """Run (or resume) the demo; returns {stage: result}. Serving is separate: `serve_demo(out)`."""
     import torch
 
-    from . import evals
-    from .dictionaries import load as load_dictionary, load_transcoders
-    from .data import corpus
-    from .data.store import ActivationStore, harvest
     from .models import load_model
-    from .training import TrainConfig
-    from .training.sources import ModelSource, StoreSource
-    cfg = DemoConfig.quick() if quick else DemoConfig()
-    out = demo_folder(out, quick)
-    store_dir, sae_dir, tc_dir, graph_dir = out / "store", out / "sae-l15", out / "transcoders", out / "graphs"
-    hook = f"blocks.{LAYER}.hook_resid_post"
-    results: dict[str, dict] = {}
     t_load = time.time()
-    model = load_model()
-    log(f"model {model.name}: {model.n_layers} layers, d_model {model.d_model} (loaded in {time.time() - t_load:.1f} s);"
-        f" demo folder {out}")
+    run = DemoRun(load_model(), DemoConfig.quick() if quick else DemoConfig(), demo_folder(out, quick))
+    log(f"model {run.model.name}: {run.model.n_layers} layers, d_model {run.model.d_model} (loaded in "
+        f"{time.time() - t_load:.1f} s); demo folder {run.out}")
     torch.manual_seed(0)
-
-    def heldout():  # contexts from held-out documents in a seeded order: a sample across the split, not its start
-        return corpus.contexts(model, split="heldout", ctx_len=cfg.ctx_len, seed=1, tokens=cfg.eval_tokens)
-
-    def corpus_stage() -> dict:
-        info = corpus.info()
-        ids = corpus.contexts(model, ctx_len=cfg.ctx_len)
-        return {**info, "train_contexts": len(ids), "train_tokens": ids.numel()}
-
-    def harvest_stage() -> dict:
-        t0 = time.time()
-        harvest(model, [hook], store_dir, cfg.harvest_tokens, ctx_len=cfg.ctx_len, dtype="bf16")
-        info = ActivationStore(store_dir, model=model).info()
-        return {"store": str(store_dir), "hooks": info["hooks"], "tokens": info["tokens"], "mb": round(info["bytes"] / 1e6, 1),
-                "tokens_per_s": round(cfg.harvest_tokens / (time.time() - t0), 1)}
-
-    def sae_stage() -> dict:
-        store = ActivationStore(store_dir, model=model)
-        tc = TrainConfig(kind="sae", arch="topk", hooks=[hook], d_sae=cfg.sae_d, k=cfg.sae_k, batch_size=cfg.sae_batch,
-                         tokens=cfg.sae_epochs * store.info()["tokens"], lr=2e-3, warmup_steps=20, model=model.name)
-        res = _train(tc, StoreSource(store, [hook], tc.batch_size, seed=0), sae_dir)
-        sae = load_dictionary(sae_dir)
-        ev = evals.evaluate(sae, model, heldout(), tokens=cfg.eval_tokens)
-        return {"path": str(sae_dir), "d_sae": cfg.sae_d, "k": cfg.sae_k, "tokens": tc.tokens,
-                "tokens_per_s": res.get("tokens_per_second"), "metrics": _metrics(ev, sae_dir.name)}
-
-    def transcoders_stage() -> dict:
-        # measured in benchmarks/RESULTS.md ("Why the transcoders explain little"): the fitted skip, latents seeded
-        # on tokens and mixed batches cut the mid layers' FVU and their dead latents at the same budget
-        tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(model.n_layers)), d_sae=cfg.tc_d, k=cfg.tc_k,
-                         tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=3e-3, warmup_steps=10,
-                         b_dec_init="mean", skip=cfg.tc_skip, skip_fit=cfg.tc_skip, init="data", mix=cfg.tc_mix,
-                         model=model.name)
-        source = ModelSource(model, corpus.default_texts, tc.input_hooks(), tc.batch_size, ctx=tc.ctx, mix=tc.mix,
-                             seed=tc.seed)
-        res = _train(tc, source, tc_dir)
-        tcs = load_transcoders(tc_dir)
-        ev = evals.evaluate({f"layer{l}": d for l, d in tcs.items()}, model, heldout(),
-                            tokens=cfg.eval_tokens)
-        per_layer = {str(l): {"fvu": round(ev["dictionaries"][f"layer{l}"]["fvu"], 3),
-                              "l0": round(ev["dictionaries"][f"layer{l}"]["l0"], 1)} for l in tcs}
-        return {"path": str(tc_dir), "layers": len(tcs), "d_sae": cfg.tc_d, "k": cfg.tc_k, "tokens": cfg.tc_tokens,
-                "tokens_per_s": res.get("tokens_per_second"), "metrics": _metrics(ev, None), "per_layer": per_layer}
-
-    def features_stage() -> dict:
-        from .features import BuiltinExplainer, FeatureIndex, StatsConfig, build_index, build_set_index, label_features
-        from .features.index import layer_index_path
-        path = sae_dir / "features.sqlite"
-        if not path.exists():
-            build_index(model, sae_dir, n_contexts=cfg.index_contexts, ctx_len=cfg.index_ctx)
-        t0 = time.time()
-        tc_paths = [layer_index_path(tc_dir, layer) for layer in range(model.n_layers)]
-        if not all(p.exists() for p in tc_paths):  # every graph node gets a feature page: all layers, one pass
-            light = StatsConfig(top_k=8, n_quantiles=3, per_quantile=2, n_zero=4)  # 69k features: ~4 KB each
-            build_set_index(model, tc_dir, n_contexts=cfg.tc_index_contexts, ctx_len=cfg.index_ctx, cfg=light)
-        tc_live = sum(len(FeatureIndex(p).live_features()) for p in tc_paths)
-        tc_seconds = round(time.time() - t0, 1)
-        ix = FeatureIndex(path)
-        live = ix.live_features()
-        freq = {f: ix.feature(f, with_examples=False)["n_fired"] for f in live}
-        pick = sorted(live, key=lambda f: -freq[f])[:cfg.label_features]
-        done = set(ix.labels("builtin"))
-        todo = [f for f in pick if f not in done]  # a resumed stage labels only what is left
-        res = label_features(ix, BuiltinExplainer(), features=todo) if todo else {}
-        labelled = ix.labels("builtin")
-        scored = ix.detection_scores("builtin")
-        beats = sum(1 for d, b in scored if b is not None and d > b)
-        return {"index": str(path), "live": len(live), "d_sae": ix.d_sae, "labelled": len(labelled),
-                "beat_random_baseline": f"{beats}/{len(scored)}", "errors": res.get("n_errors", 0),
-                "examples": {str(f): labelled.get(f, "") for f in pick[:8]},
-                "transcoders": {"indexes": len(tc_paths), "live": tc_live, "d_sae": cfg.tc_d * model.n_layers,
-                                "contexts": cfg.tc_index_contexts, "seconds": tc_seconds}}
-
-    def graphs_stage() -> dict:
-        from .circuits import attribute
-        from .circuits.graph import view_features
-        from .features import FeatureIndex, ensure_labels
-        from .features.index import layer_index_path
-        tcs = load_transcoders(tc_dir)
-        graph_dir.mkdir(parents=True, exist_ok=True)
-        made = {}
-        for name, prompt in PROMPTS.items():
-            t0 = time.time()
-            g = attribute(model, tcs, prompt, max_features=cfg.max_features,
-                          dictionary=relative_path(tc_dir, graph_dir))  # relative: the folder can move
-            g.save(graph_dir / f"{name}.safetensors")
-            full, view = g.view(0.8, 0.98), g.view(0.8, 0.98, max_nodes=VIEW_BUDGET)
-            scores = g.meta.get("scores", {})
-            top = [n for n in view["nodes"] if n["feature_type"] == "logit"][:3]
-            by_layer: dict[int, list[int]] = {}  # every feature the pruned graph shows gets a label now
-            for n in view_features(full):
-                by_layer.setdefault(int(n["layer"]), []).append(int(n["node_id"].split("_")[1]))
-            labelled = sum(sum(1 for x in ensure_labels(FeatureIndex(layer_index_path(tc_dir, layer)), fs).values()
-                               if x) for layer, fs in by_layer.items())
-            made[name] = {"prompt": prompt, "path": str(graph_dir / f"{name}.safetensors"),
-                          "nodes": len(full["nodes"]), "edges": len(full["links"]),
-                          "view_nodes": len(view["nodes"]), "view_edges": len(view["links"]),
-                          "view_influence_kept": view["metadata"]["info"]["influence_kept"],
-                          "features_labelled": f"{labelled}/{sum(map(len, by_layer.values()))}",
-                          "nodes_total": g.n_nodes, "features_total": g.n_features,
-                          "replacement_score": round(float(scores.get("replacement", float("nan"))), 3),
-                          "completeness_score": round(float(scores.get("completeness", float("nan"))), 3),
-                          "targets": [n["clerp"] for n in top],  # 'Output " Paris" (p=0.749)'
-                          "seconds": round(time.time() - t0, 1)}
-        return {"graphs": made}
-
-    def steering_stage() -> dict:
-        from . import steering
-        from .features import FeatureIndex
-        sae = load_dictionary(sae_dir)
-        ix = FeatureIndex(sae_dir / "features.sqlite")
-        best, tried = pick_steering(model, sae, ix, sae_dir, STEER_PROMPT)
-        feature, words, clamp_to = best["feature"], best["words"], best["clamp"]
-        clamp = steering.clamp_feature(model, sae, feature, clamp_to, positions="all", dictionary_folder=sae_dir)
-        res = steering.compare(model, STEER_PROMPT, [clamp], max_new_tokens=30, seed=0, temperature=0.7, n=4)
-        return {"feature": f"{LAYER}/{feature}", "label": best["label"], "fires_on": words, "clamp": clamp_to,
-                "prompt": STEER_PROMPT, "baseline": res["baseline"], "steered": res["steered"],
-                "words_in_baseline": f"{word_hits(res['baseline'], words)}/{len(res['baseline'])}",
-                "words_in_steered": f"{word_hits(res['steered'], words)}/{len(res['steered'])}",
-                "activation_baseline": concept_activation(model, sae, feature, STEER_PROMPT, res["baseline"]),
-                "activation_steered": concept_activation(model, sae, feature, STEER_PROMPT, res["steered"]),
-                "tried": tried,
-                "command": f"glasswork steer --feature {LAYER}/{feature} --dictionary {sae_dir} --clamp "
-                           f"{clamp_to} --n 4 --prompt \"{STEER_PROMPT}\""}
-
-    stages = [("corpus", corpus_stage), ("harvest", harvest_stage), ("sae", sae_stage),
-              ("transcoders", transcoders_stage), ("features", features_stage), ("graphs", graphs_stage),
-              ("steering", steering_stage)]
-    for i, (name, fn) in enumerate(stages):
-        log(f"stage {i + 1}/{len(stages)}")
-        results[name] = _stage(out, name, fn, log)
+    results: dict[str, dict] = {}
+    for i, (name, fn) in enumerate(STAGES):
+        log(f"stage {i + 1}/{len(STAGES)}")
+        results[name] = _stage(run, name, fn, log)
     return results
+
+
+@dataclass
+class DemoRun:
+    """What every stage reads: the loaded model, the config and the demo folder."""
+
+    model: object
+    cfg: DemoConfig
+    out: Path
+
+    def heldout(self):
+        """Contexts from held-out documents in a seeded order: a sample across the split, not its start."""
+        from .data import corpus
+        cfg = self.cfg
+        return corpus.contexts(self.model, split="heldout", ctx_len=cfg.ctx_len, seed=1, tokens=cfg.eval_tokens)
+
+
+def corpus_stage(run: DemoRun) -> dict:
+    """Fetch and tokenize the default corpus."""
+    from .data import corpus
+    model, cfg = run.model, run.cfg
+    info = corpus.info()
+    ids = corpus.contexts(model, ctx_len=cfg.ctx_len)
+    return {**info, "train_contexts": len(ids), "train_tokens": ids.numel()}
+
+
+def harvest_stage(run: DemoRun) -> dict:
+    """The residual stream after layer LAYER into an activation store (resumes after a kill)."""
+    from .data.store import ActivationStore, harvest
+    model, cfg, store_dir = run.model, run.cfg, run.out / STORE
+    t0 = time.time()
+    harvest(model, [HOOK], store_dir, cfg.harvest_tokens, ctx_len=cfg.ctx_len, dtype="bf16")
+    info = ActivationStore(store_dir, model=model).info()
+    return {"store": str(store_dir), "hooks": info["hooks"], "tokens": info["tokens"],
+            "mb": round(info["bytes"] / 1e6, 1), "tokens_per_s": round(cfg.harvest_tokens / (time.time() - t0), 1)}
+
+
+def sae_stage(run: DemoRun) -> dict:
+    """A TopK SAE trained from the store, evaluated on held-out text."""
+    from . import evals
+    from .data.store import ActivationStore
+    from .dictionaries import load as load_dictionary
+    from .training import TrainConfig
+    from .training.sources import StoreSource
+    model, cfg, store_dir, sae_dir, hook = run.model, run.cfg, run.out / STORE, run.out / SAE, HOOK
+    store = ActivationStore(store_dir, model=model)
+    tc = TrainConfig(kind="sae", arch="topk", hooks=[hook], d_sae=cfg.sae_d, k=cfg.sae_k, batch_size=cfg.sae_batch,
+                     tokens=cfg.sae_epochs * store.info()["tokens"], lr=2e-3, warmup_steps=20, model=model.name)
+    res = _train(tc, StoreSource(store, [hook], tc.batch_size, seed=0), sae_dir)
+    sae = load_dictionary(sae_dir)
+    ev = evals.evaluate(sae, model, run.heldout(), tokens=cfg.eval_tokens)
+    return {"path": str(sae_dir), "d_sae": cfg.sae_d, "k": cfg.sae_k, "tokens": tc.tokens,
+            "tokens_per_s": res.get("tokens_per_second"), "metrics": _metrics(ev, sae_dir.name)}
+
+
+def transcoders_stage(run: DemoRun) -> dict:
+    """Skip transcoders for every MLP, in one pass straight from the model, evaluated spliced in."""
+    from . import evals
+    from .data import corpus
+    from .dictionaries import load_transcoders
+    from .training import TrainConfig
+    from .training.sources import ModelSource
+    model, cfg, tc_dir = run.model, run.cfg, run.out / TRANSCODERS
+    # measured in benchmarks/RESULTS.md ("Why the transcoders explain little"): the fitted skip, latents seeded
+    # on tokens and mixed batches cut the mid layers' FVU and their dead latents at the same budget
+    tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(model.n_layers)), d_sae=cfg.tc_d, k=cfg.tc_k,
+                     tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=3e-3, warmup_steps=10,
+                     b_dec_init="mean", skip=cfg.tc_skip, skip_fit=cfg.tc_skip, init="data", mix=cfg.tc_mix,
+                     model=model.name)
+    source = ModelSource(model, corpus.default_texts, tc.input_hooks(), tc.batch_size, ctx=tc.ctx, mix=tc.mix,
+                         seed=tc.seed)
+    res = _train(tc, source, tc_dir)
+    tcs = load_transcoders(tc_dir)
+    ev = evals.evaluate({f"layer{l}": d for l, d in tcs.items()}, model, run.heldout(),
+                        tokens=cfg.eval_tokens)
+    per_layer = {str(l): {"fvu": round(ev["dictionaries"][f"layer{l}"]["fvu"], 3),
+                          "l0": round(ev["dictionaries"][f"layer{l}"]["l0"], 1)} for l in tcs}
+    return {"path": str(tc_dir), "layers": len(tcs), "d_sae": cfg.tc_d, "k": cfg.tc_k, "tokens": cfg.tc_tokens,
+            "tokens_per_s": res.get("tokens_per_second"), "metrics": _metrics(ev, None), "per_layer": per_layer}
+
+
+def features_stage(run: DemoRun) -> dict:
+    """The SAE's feature index with built-in labels and scores, and one index per transcoder layer."""
+    from .features import BuiltinExplainer, FeatureIndex, StatsConfig, build_index, build_set_index, label_features
+    from .features.index import layer_index_path
+    model, cfg, sae_dir, tc_dir = run.model, run.cfg, run.out / SAE, run.out / TRANSCODERS
+    path = sae_dir / "features.sqlite"
+    if not path.exists():
+        build_index(model, sae_dir, n_contexts=cfg.index_contexts, ctx_len=cfg.index_ctx)
+    t0 = time.time()
+    tc_paths = [layer_index_path(tc_dir, layer) for layer in range(model.n_layers)]
+    if not all(p.exists() for p in tc_paths):  # every graph node gets a feature page: all layers, one pass
+        light = StatsConfig(top_k=8, n_quantiles=3, per_quantile=2, n_zero=4)  # 69k features: ~4 KB each
+        build_set_index(model, tc_dir, n_contexts=cfg.tc_index_contexts, ctx_len=cfg.index_ctx, cfg=light)
+    tc_live = sum(len(FeatureIndex(p).live_features()) for p in tc_paths)
+    tc_seconds = round(time.time() - t0, 1)
+    ix = FeatureIndex(path)
+    live = ix.live_features()
+    freq = {f: ix.feature(f, with_examples=False)["n_fired"] for f in live}
+    pick = sorted(live, key=lambda f: -freq[f])[:cfg.label_features]
+    done = set(ix.labels("builtin"))
+    todo = [f for f in pick if f not in done]  # a resumed stage labels only what is left
+    res = label_features(ix, BuiltinExplainer(), features=todo) if todo else {}
+    labelled = ix.labels("builtin")
+    scored = ix.detection_scores("builtin")
+    beats = sum(1 for d, b in scored if b is not None and d > b)
+    return {"index": str(path), "live": len(live), "d_sae": ix.d_sae, "labelled": len(labelled),
+            "beat_random_baseline": f"{beats}/{len(scored)}", "errors": res.get("n_errors", 0),
+            "examples": {str(f): labelled.get(f, "") for f in pick[:8]},
+            "transcoders": {"indexes": len(tc_paths), "live": tc_live, "d_sae": cfg.tc_d * model.n_layers,
+                            "contexts": cfg.tc_index_contexts, "seconds": tc_seconds}}
+
+
+def graphs_stage(run: DemoRun) -> dict:
+    """Attribution graphs of PROMPTS through the transcoders, their features labelled."""
+    from .circuits import attribute
+    from .circuits.graph import view_features
+    from .dictionaries import load_transcoders
+    from .features import FeatureIndex, ensure_labels
+    from .features.index import layer_index_path
+    model, cfg, tc_dir, graph_dir = run.model, run.cfg, run.out / TRANSCODERS, run.out / GRAPHS
+    tcs = load_transcoders(tc_dir)
+    graph_dir.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for name, prompt in PROMPTS.items():
+        t0 = time.time()
+        g = attribute(model, tcs, prompt, max_features=cfg.max_features,
+                      dictionary=relative_path(tc_dir, graph_dir))  # relative: the folder can move
+        g.save(graph_dir / f"{name}.safetensors")
+        full, view = g.view(0.8, 0.98), g.view(0.8, 0.98, max_nodes=VIEW_BUDGET)
+        scores = g.meta.get("scores", {})
+        top = [n for n in view["nodes"] if n["feature_type"] == "logit"][:3]
+        by_layer: dict[int, list[int]] = {}  # every feature the pruned graph shows gets a label now
+        for n in view_features(full):
+            by_layer.setdefault(int(n["layer"]), []).append(int(n["node_id"].split("_")[1]))
+        labelled = sum(sum(1 for x in ensure_labels(FeatureIndex(layer_index_path(tc_dir, layer)), fs).values()
+                           if x) for layer, fs in by_layer.items())
+        made[name] = {"prompt": prompt, "path": str(graph_dir / f"{name}.safetensors"),
+                      "nodes": len(full["nodes"]), "edges": len(full["links"]),
+                      "view_nodes": len(view["nodes"]), "view_edges": len(view["links"]),
+                      "view_influence_kept": view["metadata"]["info"]["influence_kept"],
+                      "features_labelled": f"{labelled}/{sum(map(len, by_layer.values()))}",
+                      "nodes_total": g.n_nodes, "features_total": g.n_features,
+                      "replacement_score": round(float(scores.get("replacement", float("nan"))), 3),
+                      "completeness_score": round(float(scores.get("completeness", float("nan"))), 3),
+                      "targets": [n["clerp"] for n in top],  # 'Output " Paris" (p=0.749)'
+                      "seconds": round(time.time() - t0, 1)}
+    return {"graphs": made}
+
+
+def steering_stage(run: DemoRun) -> dict:
+    """One SAE feature clamped (the clearest of a few tried): baseline and steered text."""
+    from . import steering
+    from .dictionaries import load as load_dictionary
+    from .features import FeatureIndex
+    model, sae_dir = run.model, run.out / SAE
+    sae = load_dictionary(sae_dir)
+    ix = FeatureIndex(sae_dir / "features.sqlite")
+    best, tried = pick_steering(model, sae, ix, sae_dir, STEER_PROMPT)
+    feature, words, clamp_to = best["feature"], best["words"], best["clamp"]
+    clamp = steering.clamp_feature(model, sae, feature, clamp_to, positions="all", dictionary_folder=sae_dir)
+    res = steering.compare(model, STEER_PROMPT, [clamp], max_new_tokens=30, seed=0, temperature=0.7, n=4)
+    return {"feature": f"{LAYER}/{feature}", "label": best["label"], "fires_on": words, "clamp": clamp_to,
+            "prompt": STEER_PROMPT, "baseline": res["baseline"], "steered": res["steered"],
+            "words_in_baseline": f"{word_hits(res['baseline'], words)}/{len(res['baseline'])}",
+            "words_in_steered": f"{word_hits(res['steered'], words)}/{len(res['steered'])}",
+            "activation_baseline": concept_activation(model, sae, feature, STEER_PROMPT, res["baseline"]),
+            "activation_steered": concept_activation(model, sae, feature, STEER_PROMPT, res["steered"]),
+            "tried": tried,
+            "command": f"glasswork steer --feature {LAYER}/{feature} --dictionary {sae_dir} --clamp "
+                       f"{clamp_to} --n 4 --prompt \"{STEER_PROMPT}\""}
+
+STAGES: list[tuple[str, Callable[[DemoRun], dict]]] = [
+    ("corpus", corpus_stage), ("harvest", harvest_stage), ("sae", sae_stage), ("transcoders", transcoders_stage),
+    ("features", features_stage), ("graphs", graphs_stage), ("steering", steering_stage)]
 
 
 STOPWORDS = {"the", "and", "that", "this", "with", "from", "were", "have", "which", "their", "there", "when", "been",
@@ -351,7 +390,8 @@ def report(results: dict) -> str:
     if st:
         lines += ["", f"steering: feature {st['feature']} ({st['label']}) clamped to {st['clamp']} its max activation, "
                       f"prompt {st['prompt']!r}, seed 0:",
-                  f"  baseline: {st['baseline'][0]!r}", f"  steered:  {st['steered'][0]!r}", f"  again: {st['command']}"]
+                  f"  baseline: {st['baseline'][0]!r}", f"  steered:  {st['steered'][0]!r}",
+                  f"  again: {st['command']}"]
     return "\n".join(lines)
 
 

@@ -147,24 +147,31 @@ def clamp_feature(model, dictionary, features: int | Sequence[int], value: float
             m = m if m is not None else max_activation(model, dictionary, f, dictionary_folder)
             targets.append(mult * float(m))
     hook_in, hook_out = check_hook(model, cfg.hook_in), check_hook(model, cfg.hook_out)
-    idx = torch.tensor(feats)
     target = torch.tensor(targets)
-    rows = dictionary.W_dec.detach()[idx]  # [n, d_out]
+    label = ", ".join(f"{f}={t:g}" for f, t in zip(feats, targets))
+    return edit_features(hook_in, hook_out, lambda x: dictionary.encode(x.to(dictionary.W_dec.dtype)), feats,
+                         dictionary.W_dec.detach()[torch.tensor(feats)], lambda codes: target.to(codes).expand_as(codes),
+                         check_positions(positions), label=f"clamp feature(s) {label} at {hook_out}")
+
+
+def edit_features(read: str, write: str, encode: Callable[[torch.Tensor], torch.Tensor], features: Sequence[int],
+                  rows: torch.Tensor, new_codes: Callable[[torch.Tensor], torch.Tensor], positions: Positions = "all",
+                  label: str = "") -> Intervention:
+    """The one feature-edit engine (steering and the circuits' interventions both build on it): at hook `write`,
+    add (a' - a) x rows, where a = encode(activation at `read`)[..., features] [batch, seq, n] are the features'
+    current codes, a' = new_codes(a) and rows [n, d] their decoder rows there. Only the edited rows enter, so what
+    the dictionary misses (its error) is kept and an edit to the current value changes nothing, exactly."""
+    idx = torch.tensor(list(features))
     record: dict = {}
 
     @torch.no_grad()
-    def edit(act, read):
-        x = act if read is None else read
-        codes = dictionary.encode(x.to(rows.dtype))[..., idx]  # [batch, seq, n]
-        new_codes = target.to(codes.dtype).expand_as(codes)
-        record["codes"], record["set"] = codes, new_codes
-        # decode(f') - decode(f) is linear in the code change: only the edited rows enter; exactly 0 when unchanged.
-        delta = (new_codes - codes) @ rows
-        return act + delta.to(act.dtype)
+    def edit(act, read_act):
+        codes = encode(act if read_act is None else read_act)[..., idx.to(act.device)]  # [batch, seq, n]
+        new = new_codes(codes)
+        record["codes"], record["set"] = codes, new
+        return act + ((new - codes) @ rows.to(codes)).to(act.dtype)
 
-    label = ", ".join(f"{f}={t:g}" for f, t in zip(feats, targets))
-    return Intervention(hook_out, edit, check_positions(positions), read=None if hook_in == hook_out else hook_in,
-                        label=f"clamp feature(s) {label} at {hook_out}", record=record)
+    return Intervention(write, edit, positions, read=None if read == write else read, label=label, record=record)
 
 
 def zero_feature(model, dictionary, features: int | Sequence[int], positions: Positions = "all") -> Intervention:
@@ -264,6 +271,11 @@ class _Tracker:
             keep = (pos >= start) & ((pos - start) % step == 0)
             return keep if stop is None else keep & (pos < stop)
         return torch.isin(pos, torch.tensor(positions, device=device))
+
+
+def position_mask(positions: Positions, seq: int, device=None) -> torch.Tensor | None:
+    """Bool mask [seq] of `positions` in one plain forward over `seq` tokens (all of them prompt); None: all."""
+    return _Tracker(seq).mask(seq, check_positions(positions), device)
 
 
 @contextmanager

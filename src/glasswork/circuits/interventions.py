@@ -15,9 +15,9 @@ from typing import Iterator
 
 import torch
 
-from ..hooks import intervene as _intervene
 from ..hooks import mlp_hooks
 from ..io import GlassworkError
+from ..steering import Intervention, edit_features, position_mask, steer
 from .attribution import _skip, prompt_ids
 from .replacement import ReplacementModel
 
@@ -58,11 +58,6 @@ def _encode(transcoders, layer: int, x: torch.Tensor) -> torch.Tensor:
     return transcoders.encode_layer(x.to(transcoders.W_enc.dtype), layer)
 
 
-def _receivers(transcoders, layer: int) -> range:
-    """The layers whose MLP outputs the features of `layer` write to."""
-    return range(layer, layer + (1 if isinstance(transcoders, dict) else transcoders.n_targets(layer)))
-
-
 def _writes(transcoders, layer: int, features: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     """Where features [n] of `layer` write: [(target layer, decoder rows [n, d])]: their own MLP output for a
     per-layer transcoder, the MLP outputs of layer .. layer + n_i - 1 for a CLT."""
@@ -87,51 +82,27 @@ def _check(transcoders, edits: list[Edit]) -> None:
             raise GlassworkError(f"edit of layer {e.layer} feature {e.feature}: give a value or a scale")
 
 
-def _by_layer(edits: list[Edit]) -> dict[int, list[Edit]]:
-    by_layer: dict[int, list[Edit]] = {}
+def _interventions(transcoders, edits: list[Edit]) -> list[tuple[int, int, Intervention]]:
+    """Each edit as steering Interventions (the one feature-edit engine), with (its layer, the layer written): read
+    at its layer's MLP input, written to every MLP output its feature writes to (n_i of them for a CLT feature)."""
+    out = []
     for e in edits:
-        by_layer.setdefault(e.layer, []).append(e)
-    return by_layer
-
-
-def _deltas(transcoders, layer: int, es: list[Edit], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [n], their change a' - a [..., s, n]) for the edits `es` of `layer`, from its MLP input x [..., s, d]."""
-    feats = torch.tensor([e.feature for e in es], device=x.device)
-    acts = _encode(transcoders, layer, x)[..., feats]  # [..., s, n]: the current activations
-    delta = torch.zeros_like(acts)
-    s = acts.shape[-2]
-    for i, e in enumerate(es):
-        pos = list(range(s)) if e.positions is None else [p for p in e.positions if p < s]
-        if pos:
-            delta[..., pos, i] = e.target(acts[..., pos, i]) - acts[..., pos, i]
-    return feats, delta
+        read = mlp_hooks(e.layer)[0]
+        for target, rows in _writes(transcoders, e.layer, torch.tensor([e.feature])):
+            iv = edit_features(read, mlp_hooks(target)[1], lambda x, _l=e.layer: _encode(transcoders, _l, x),
+                               [e.feature], rows, e.target, "all" if e.positions is None else e.positions,
+                               label=f"L{e.layer} #{e.feature} -> MLP {target}")
+            out.append((e.layer, target, iv))
+    return out
 
 
 @contextmanager
 def feature_edits(model, transcoders, edits: list[Edit]) -> Iterator[None]:
     """Inside the block, every forward pass (and generate) of `model` runs with the edits (free mode). A CLT
-    feature's change is written to every MLP output it writes to, computed from its own layer's live input."""
+    feature's change is written to every MLP output it writes to, computed from its own layer's live input.
+    Positions are absolute, as in steering: with a KV cache, position p is the same token at every step."""
     _check(transcoders, edits)
-    by_layer = _by_layer(edits)
-    inputs: dict[int, torch.Tensor] = {}
-    pending: dict[int, torch.Tensor] = {}  # target layer -> what the edits add to its MLP output in this forward
-    receivers = sorted({j for layer in by_layer for j in _receivers(transcoders, layer)})
-
-    def keep(x, _l):
-        inputs[_l] = x
-
-    def write(out, _j):
-        if _j in by_layer:  # the edited features of this layer, from its input of this forward
-            feats, delta = _deltas(transcoders, _j, by_layer[_j], inputs.pop(_j))
-            for target, w in _writes(transcoders, _j, feats):
-                add = delta @ w.to(delta.dtype)
-                pending[target] = pending[target] + add if target in pending else add
-        add = pending.pop(_j, None)
-        return out if add is None else out + add.to(out.dtype)
-
-    fns = {mlp_hooks(layer)[0]: (lambda x, _l=layer: keep(x, _l)) for layer in by_layer}
-    fns.update({mlp_hooks(j)[1]: (lambda out, _j=j: write(out, _j)) for j in receivers})
-    with torch.no_grad(), _intervene(model, fns):
+    with torch.no_grad(), steer(model, [iv for _, _, iv in _interventions(transcoders, edits)]):
         yield
 
 
@@ -170,12 +141,11 @@ def _frozen_logits(model, transcoders, ids, edits: list[Edit]) -> torch.Tensor:
     c = r.clean(ids.view(1, -1))
     seq = ids.numel()
     probes: dict = {}
-    by_layer = _by_layer(edits)
-    for layer, es in by_layer.items():
-        feats, delta = _deltas(transcoders, layer, es, c.mlp_in[layer])  # delta [seq, n]
-        for target, w in _writes(transcoders, layer, feats):
-            probe = probes.setdefault(target, torch.zeros(1, seq, model.d_model, device=model.device))
-            probe[0] += delta @ w.to(delta.dtype)
+    for layer, target, iv in _interventions(transcoders, edits):  # what each adds to an MLP output, at its positions
+        add = iv.edit(torch.zeros(1, seq, model.d_model, device=model.device), c.mlp_in[layer][None])
+        mask = position_mask(iv.positions, seq, add.device)
+        add = add if mask is None else torch.where(mask[None, :, None], add, 0.0)
+        probes[target] = probes[target] + add if target in probes else add
     constants = [c.mlp_out[layer] - _skip(r, layer, c.mlp_in[layer]) for layer in range(model.n_layers)]
     _, final = r.frozen(c, constants, ids.view(1, -1), probes)
     logits = model.hf.get_output_embeddings()(final[0, -1]).float()
