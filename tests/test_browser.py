@@ -126,6 +126,28 @@ def test_graph_viewer_click_pin_supernode(server, page):
     page.wait_for_function("document.querySelectorAll('svg#nodes .node').length <= 2")
 
 
+def test_graph_viewer_attention_qk_panel(server, page):
+    """The summary lists the graph's QK heads; a click shows each key's (query node x key node) pairs, labelled."""
+    url, root, parts, shots = server
+    page.goto(f"{url}/graph?name=france")
+    page.wait_for_selector("#qk .qk-head")
+    report = parts["graph"].meta["qk"]
+    assert page.locator("#qk .qk-head").count() == len(report["heads"]) == 2
+    page.locator("#qk .qk-head").first.click()
+    page.wait_for_selector("#qk .qk-pairs tr")
+    head = report["heads"][0]
+    assert f"layer {head['layer']} head {head['head']}" in page.inner_text("#qk h3")
+    assert page.locator("#qk .qk-key").count() == len(head["keys"])
+    assert page.locator("#qk .qk-key").first.locator(".qk-pairs tr").count() == len(head["keys"][0]["pairs"])
+    text = page.inner_text("#qk")
+    assert "object" not in text and "query side:" in text and "key side:" in text  # chips, not stringified nodes
+    first_pair = head["keys"][0]["pairs"][0]
+    for node_id in (first_pair["query"], first_pair["key"]):  # an error reads 'error L.. @..', a token as itself
+        if node_id.startswith("err_"):
+            assert "error L{} @{}".format(*node_id.split("_")[1:]) in text
+    shot(page, shots, "graph-qk")
+
+
 def test_graph_upload_and_trace(server, page):
     url, root, parts, shots = server
     viewer = parts["graph"].view(0.9, 0.99)

@@ -171,6 +171,17 @@ def test_demo_opens_in_the_browser(demo_run):
                         "--json"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert shown == pytest.approx(json.loads(r.stdout.strip().splitlines()[-1])["change"], abs=1e-4)
+    # the attention (QK) split from the CLI, kept in the graph file
+    qk_graph = out / "graphs" / "qk.safetensors"
+    r = subprocess.run([cli, "attribute", "--prompt", "The capital of France is", "--dictionary", str(out / "transcoders"),
+                        "--qk", "2", "--out", str(qk_graph), "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    heads = json.loads(r.stdout.strip().splitlines()[-1])["qk"]
+    saved = gw.load_graph(qk_graph).meta["qk"]
+    assert len(heads) == len(saved["heads"]) == 2
+    assert [(h["layer"], h["head"]) for h in heads] == [(h["layer"], h["head"]) for h in saved["heads"]]
+    assert all(k["pairs"] for h in saved["heads"] for k in h["keys"])
+    qk_graph.unlink()
     target = os.environ.get("GLASSWORK_README_IMAGES")
     if target:
         shutil.copy(first_png, Path(target) / "graph-default.png")

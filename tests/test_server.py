@@ -200,6 +200,29 @@ def test_viewer_json_from_other_tools(env, tmp_path):
     assert c.post("/api/graphs/open", json={"path": "/etc/passwd"}).status_code == 400
 
 
+def test_qk_report_served_with_labels(env):
+    """The graph's QK split comes back as saved, every node it names labelled (features from their layer's index,
+    errors and tokens by what they are); a graph without one answers null."""
+    c, root, parts = env
+    d = c.get("/api/graphs/france/qk").json()
+    assert d["qk"] == json.loads(json.dumps(parts["graph"].meta["qk"]))
+    named = {x[s] for h in d["qk"]["heads"] for k in h["keys"] for x in k["pairs"] for s in ("query", "key")}
+    assert named <= set(d["labels"])
+    for node_id in named:
+        label = d["labels"][node_id]
+        if node_id.startswith("err_"):
+            layer, pos = node_id.split("_")[1:]
+            assert label == f"error L{layer} @{pos}"
+        elif node_id.startswith("E_"):
+            assert label.startswith("token ")
+        elif node_id != "bias":
+            assert label and label != node_id
+    viewer = parts["graph"].view(0.9, 0.99)
+    assert c.post("/api/graphs/upload", json={"name": "no-qk", "graph": viewer}).status_code == 200
+    assert c.get("/api/graphs/no-qk/qk").json()["qk"] is None
+    assert c.get("/api/graphs/nope/qk").status_code == 404
+
+
 def test_features_search_and_page(env):
     c, root, parts = env
     index = gw.FeatureIndex(root / "sae")

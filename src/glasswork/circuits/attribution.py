@@ -273,19 +273,28 @@ class _Engine:
         if self.vmap:
             got = [None if x is None else x[:, 0] for x in got]
         g_embed, g_mlp = got[0], dict(zip(src_layers, got[1:]))
-        row = torch.zeros(batch, len(self.feats) + self.L * self.seq + self.seq, device=final.device)
-        n_feat = len(self.feats)
-        tok = n_feat + self.L * self.seq
-        if g_embed is not None:
-            row[:, tok:tok + prefix] = (g_embed * self.c.embed[:prefix]).sum(-1)
-        for j, g in g_mlp.items():
-            if g is None:
-                continue
-            row[:, n_feat + j * self.seq:n_feat + j * self.seq + prefix] = (g * self.errors[j, :prefix]).sum(-1)
-            for p, (rows, vecs) in enumerate(self.writers.get(j, [])[:prefix]):
-                if len(rows):
-                    row[:, rows] += g[:, p] @ vecs.T
-        return row[:n]
+        return contract(g_embed, g_mlp, self.c.embed, self.errors, self.writers, len(self.feats), batch, prefix)[:n]
+
+
+def contract(g_embed: torch.Tensor | None, g_mlp: dict, embed: torch.Tensor, errors: torch.Tensor, writers: dict,
+             n_feat: int, batch: int, prefix: int) -> torch.Tensor:
+    """Rows [batch, n_feat + L * seq + seq] over the nodes (features, errors, tokens) from the gradients of `batch`
+    targets at the embedding and at each MLP output (g_embed, g_mlp[j]: [batch, prefix, d]): each node's vector
+    dotted with the gradient where it is written. embed [seq, d], errors [L, seq, d], writers as
+    ReplacementModel.writers_by_position."""
+    L, seq = errors.shape[:2]
+    row = torch.zeros(batch, n_feat + L * seq + seq, device=errors.device)
+    tok = n_feat + L * seq
+    if g_embed is not None:
+        row[:, tok:tok + prefix] = (g_embed * embed[:prefix]).sum(-1)
+    for j, g in g_mlp.items():
+        if g is None:
+            continue
+        row[:, n_feat + j * seq:n_feat + j * seq + prefix] = (g * errors[j, :prefix]).sum(-1)
+        for p, (rows, vecs) in enumerate(writers.get(j, [])[:prefix]):
+            if len(rows):
+                row[:, rows] += g[:, p] @ vecs.T
+    return row
 
 
 @contextmanager

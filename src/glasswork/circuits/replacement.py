@@ -37,6 +37,8 @@ class Clean:
     mlp_out: list[torch.Tensor]  # per layer [seq, d_model]: true hook_mlp_out
     embed: torch.Tensor | None = None  # [seq, d_model]: hook_embed (the token embedding nodes' vectors)
     patterns: dict = field(default_factory=dict)  # attention module -> [1, heads, seq, seq]
+    qk: dict = field(default_factory=dict)  # attention module -> (query [1, heads, seq, hd], key [1, kv, seq, hd],
+    #                                         scaling, softcap): what the pre-softmax scores are made of
     scales: dict = field(default_factory=dict)  # norm module -> [1, seq, ..., 1]
 
 
@@ -158,7 +160,7 @@ class ReplacementModel:
             for m, kind in self.norms:
                 stack.enter_context(_hook(m.register_forward_pre_hook(_record_scale(c, m, kind))))
             for m in self.attns:
-                m._glasswork_state = ("record", c.patterns)
+                m._glasswork_state = ("record", c.patterns, c.qk)
                 stack.callback(_clear_state, m)
             for layer in range(L):
                 block = self.layers[layer]
@@ -249,11 +251,14 @@ class ReplacementModel:
 
     # --- the frozen pass --------------------------------------------------------------------------------------
     def frozen(self, c: Clean, constants: list[torch.Tensor], input_ids: torch.Tensor,
-               probes: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+               probes: dict | None = None, taps: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Forward the frozen replacement model on input_ids [batch, p] (a prefix of the prompt, repeated).
 
         constants: per layer [seq, d] added as the MLP output (features + b_dec + error; skip is applied live).
-        probes: optional {'embed' | layer: [batch, p, d]} added to the embedding / MLP output (gradients land there).
+        probes: optional {'embed' | layer: [batch, p, d]} added to the embedding / MLP output (gradients land there),
+        and {('z', layer): [batch, p, heads, hd]} added to the heads' outputs (pattern x values, before o_proj).
+        taps: optional dict, filled with {layer: {'query', 'key', 'z'}} of every layer (query and key after rotary,
+        [batch, heads or kv heads, p, hd]; z before its probe [batch, p, heads, hd]), all linear in the probes.
         Returns (mlp_in per layer [batch, p, d], final norm output [batch, p, d]); the lm head is skipped."""
         probes = probes or {}
         L = self.model.n_layers
@@ -264,8 +269,9 @@ class ReplacementModel:
             stack.enter_context(_attn_impl(hf, _FROZEN))
             for m, kind in self.norms:
                 stack.enter_context(_hook(m.register_forward_hook(_frozen_norm(c, m, kind))))
-            for m in self.attns:
-                m._glasswork_state = ("frozen", c.patterns)
+            for layer, m in enumerate(self.attns):
+                tap = None if taps is None else taps.setdefault(layer, {})
+                m._glasswork_state = ("frozen", c.patterns, (tap, probes.get(("z", layer))))
                 stack.callback(_clear_state, m)
             if "embed" in probes:
                 emb = hf.get_submodule(self.arch.embed)
@@ -338,7 +344,7 @@ def _register_attention(name: str) -> None:
 
 def _attention(module, query, key, value, attention_mask, **kwargs):
     """Eager attention of the module's own architecture (record) or the clean pattern times the values (frozen)."""
-    mode, patterns = getattr(module, "_glasswork_state", ("plain", None))
+    mode, patterns, extra = getattr(module, "_glasswork_state", ("plain", None, None))
     if mode == "frozen":
         pattern = patterns[module]  # [1, heads, seq, seq]
         p = query.shape[-2]
@@ -346,12 +352,16 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
         heads, kv = pattern.shape[1], value.shape[1]
         # Grouped-query attention without repeating the values: the heads of one group share a [p, hd] value block.
         pattern = pattern.reshape(1, kv, (heads // kv) * p, p)
-        out = (pattern @ value).reshape(value.shape[0], heads, p, value.shape[-1])
-        return out.transpose(1, 2).contiguous(), None
+        out = (pattern @ value).reshape(value.shape[0], heads, p, value.shape[-1]).transpose(1, 2)
+        tap, z_probe = extra
+        if tap is not None:
+            tap.update(query=query, key=key, z=out)
+        return (out if z_probe is None else out + z_probe).contiguous(), None
     eager = sys.modules[type(module).__module__].eager_attention_forward
     out, weights = eager(module, query, key, value, attention_mask, **kwargs)
     if mode == "record":
         patterns[module] = weights.detach()
+        extra[module] = (query.detach(), key.detach(), kwargs.get("scaling"), kwargs.get("softcap"))
     return out, weights
 
 

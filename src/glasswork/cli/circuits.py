@@ -49,6 +49,9 @@ def attribute_cmd(
                                    "autograd (any architecture); both give the same edges."),
         max_memory: Optional[float] = typer.Option(None, min=0.001, help="GiB the graph may take (its estimate is "
                                                    "checked before any backward pass; over it: stop, say what fits)."),
+        qk: int = typer.Option(0, min=0, max=64, help="Also split the attention scores of this many heads (those with "
+                               "the largest effect on the top target) into (query node, key node) pairs; kept in the "
+                               "graph, shown by the viewer. 0: off."),
         out: Path = typer.Option(Path("graph.safetensors"), help="Native graph file (the whole graph, once)."),
         viewer_json: Optional[Path] = typer.Option(None, "--viewer-json", help="Also write the pruned graph as the "
                                                    "attribution-graph viewer's JSON."),
@@ -75,8 +78,13 @@ def attribute_cmd(
         graph = attribute(m, coders, prompt, target=targets, max_features=max_features, batch_size=batch_size,
                           engine=engine, max_memory=None if max_memory is None else max_memory * 2**30,
                           dictionary=relative_path(dictionary, Path(out).parent))  # relative to the graph file
+        if qk:
+            from ..circuits.qk import add_qk
+            add_qk(graph, m, coders, n_heads=qk)
         graph.save(out)
         summary = summarize(graph, node_threshold, edge_threshold)
+        if qk:
+            summary["qk"] = qk_brief(graph.meta["qk"])
         summary.update(path=str(out), node_threshold=node_threshold, edge_threshold=edge_threshold,
                        total_seconds=round(time.time() - t0, 2))
         if viewer_json is not None:
@@ -84,6 +92,17 @@ def attribute_cmd(
             summary["viewer_json"] = str(viewer_json)
         emit(summary, as_json, _human(summary))
     run_verb(go)
+
+
+def qk_brief(report: dict) -> list[dict]:
+    """Per head: its effect on the target and, for the key it attends to most, the score and its top pair."""
+    out = []
+    for h in report["heads"]:
+        k = max(h["keys"], key=lambda k: k["pattern"])
+        top = k["pairs"][0] if k["pairs"] else {}
+        out.append({"layer": h["layer"], "head": h["head"], "effect": round(h["effect"], 4), "key_pos": k["key_pos"],
+                    "pattern": round(k["pattern"], 3), "score": round(k["score"], 4), "top_pair": top})
+    return out
 
 
 def _human(s: dict) -> str:
@@ -94,6 +113,12 @@ def _human(s: dict) -> str:
              "most influential features:"]
     lines += [f"  {f['node_id']:>16}  layer {f['layer']:>2} on {f['token']!r}: influence {f['influence']}, "
               f"activation {f['activation']}" for f in s["top_features"]]
+    if s.get("qk"):
+        lines.append("attention (QK): the heads with the largest effect on the top target, at the last position:")
+        lines += [f"  layer {h['layer']:>2} head {h['head']:>2}: effect {h['effect']}; attends most to position "
+                  f"{h['key_pos']} (weight {h['pattern']}), score {h['score']} = sum of pairs, the largest "
+                  f"{h['top_pair'].get('query')} x {h['top_pair'].get('key')}: {h['top_pair'].get('score', 0):.4f}"
+                  for h in s["qk"]]
     lines.append(f"graph: {s['path']}" + (f", viewer JSON: {s['viewer_json']}" if s.get("viewer_json") else ""))
     return "\n".join(lines)
 

@@ -81,6 +81,36 @@ def node(name: str, node_id: str, top: int = Query(12, ge=1, le=100), site: Site
     return out
 
 
+@router.get("/{name}/qk")
+def qk(name: str, site: Site = Depends(site_of)):
+    """The graph's QK attribution (`glasswork attribute --qk N`), if it has one, with a label for every node named."""
+    meta = site.store.metadata_of(site.graph_or_404(name))
+    report = meta.get("qk")
+    if not report:
+        return {"qk": None, "labels": {}}
+    tokens = meta.get("str_tokens") or meta.get("prompt_tokens") or []
+    ids = {x[side] for h in report["heads"] for k in h["keys"] for x in k["pairs"] for side in ("query", "key")}
+    ids |= {x["node"] for h in report["heads"] for k in h["keys"] for x in k["query_nodes"] + k["key_nodes"]}
+    nodes = [{"node_id": i, "feature_type": _qk_kind(i)} for i in sorted(ids)]
+    site.name_features(site.store.dictionary_of(name), [n for n in nodes if n["feature_type"] != "embedding"])
+    for n in nodes:
+        if n["feature_type"] == "embedding":  # E_{token}_{pos}: the token itself
+            pos = int(n["node_id"].rsplit("_", 1)[1])
+            n["clerp"] = f"token {tokens[pos]!r}" if pos < len(tokens) else n["node_id"]
+        elif n["node_id"] == "bias":
+            n["clerp"] = "constant (biases, b_dec, position embeddings)"
+    return {"qk": report, "labels": {n["node_id"]: n.get("clerp", n["node_id"]) for n in nodes},
+            "tokens": tokens}
+
+
+def _qk_kind(node_id: str) -> str:
+    if node_id.startswith("err_"):
+        return "mlp reconstruction error"
+    if node_id.startswith("E_"):
+        return "embedding"
+    return "bias" if node_id == "bias" else "transcoder"
+
+
 @router.post("/{name}/subgraph")
 def subgraph(name: str, body: Subgraph, site: Site = Depends(site_of)):
     site.graph_or_404(name)

@@ -30,6 +30,8 @@ async function loadView(name) {
     const v = await api(`/api/graphs/${encodeURIComponent(name)}/view?node_threshold=${nt}&edge_threshold=${et}&budget=${budget}`);
     if (ticket !== S.ticket) return;  // a later slider position already asked: drop this answer
     if (name !== S.name) { S.clicked = null; S.tx = S.ty = 0; S.k = 1; S.suggestions = []; }
+    if (name !== S.name || !S.qk) S.qk = await api(`/api/graphs/${encodeURIComponent(name)}/qk`).catch(() => null);
+    if (ticket !== S.ticket) return;
     S.name = name; S.view = v;
     S.pinned = new Set(v.qParams.pinnedIds || []);
     S.supernodes = (v.qParams.supernodes || []).map((s) => [...s]);
@@ -277,7 +279,38 @@ function sideSummary() {
   const m = S.view.metadata, sc = m.scores || {};
   $("side").replaceChildren(el("h2", {}, m.prompt ? `“${m.prompt}”` : S.name),
     el("div", { class: "muted small" }, `${m.scan || ""}` + (sc.replacement != null ? ` · replacement ${fmt(sc.replacement)} · completeness ${fmt(sc.completeness)}` : "")),
-    el("div", { id: "intervention" }), supernodePanel());
+    el("div", { id: "intervention" }), qkPanel(), supernodePanel());
+}
+
+// ---------------------------------------------------------------- attention (QK): which nodes made a head look where
+function qkPanel() {
+  const q = S.qk && S.qk.qk;
+  if (!q) return el("div", { id: "qk", class: "muted small" }, "No attention (QK) split in this graph (glasswork attribute --qk 4).");
+  const tok = (p) => `“${visible((S.qk.tokens || [])[p] ?? p)}”`;
+  const box = el("div", { id: "qk" }, el("h3", {}, "Attention (QK)"),
+    el("div", { class: "muted small" }, `heads by effect on ${q.target} at ${tok(q.query_pos)}; click one to see which query × key nodes made its scores`));
+  box.append(...q.heads.map((h, i) => el("div", { class: "qk-head link", "data-i": i, onclick: () => qkHead(h) },
+    el("b", {}, `L${h.layer} H${h.head}`), ` effect ${fmt(h.effect)} · attends to `,
+    h.keys.map((k) => `${tok(k.key_pos)} ${fmt(k.pattern, 2)}`).join(", "))));
+  return box;
+}
+
+function qkHead(h) {
+  const box = $("qk");
+  if (!box) return;
+  const name = (id) => S.qk.labels[id] || id;
+  const chip = (id) => el("span", { class: "chip", title: `${id}: ${name(id)}`, onclick: () => S.pos.has(id) ? select(id) : flash("not in this pruned view") },
+    shortLabel(name(id)), /^\d+_\d+_\d+$/.test(id) ? el("span", { class: "muted small" }, ` ${id}`) : "");
+  const tok = (p) => `“${visible((S.qk.tokens || [])[p] ?? p)}”`;
+  box.replaceChildren(el("h3", {}, `Attention (QK): layer ${h.layer} head ${h.head}`, " ",
+    el("button", { class: "ghost small", onclick: () => box.replaceWith(qkPanel()) }, "back")),
+    el("div", { class: "muted small" }, `query ${tok(S.qk.qk.query_pos)} (kv head ${h.kv_head}); each score is the sum of its (query node × key node) terms`),
+    ...h.keys.map((k) => el("div", { class: "qk-key" },
+      el("div", {}, el("b", {}, `→ ${tok(k.key_pos)}`), ` weight ${fmt(k.pattern, 2)} · score ${fmt(k.score)}` + (k.softcap ? ` (before the soft-cap ${k.softcap})` : "")),
+      el("table", { class: "list qk-pairs" }, k.pairs.map((x) => el("tr", {}, el("td", {}, chip(x.query)), el("td", {}, "×"), el("td", {}, chip(x.key)),
+        el("td", { class: x.score >= 0 ? "w-pos" : "w-neg", style: "text-align:right" }, fmt(x.score))))),
+      el("div", { class: "muted small" }, "query side: ", k.query_nodes.slice(0, 5).flatMap((x) => [chip(x.node), ` ${fmt(x.score, 2)} `])),
+      el("div", { class: "muted small" }, "key side: ", k.key_nodes.slice(0, 5).flatMap((x) => [chip(x.node), ` ${fmt(x.score, 2)} `])))));
 }
 
 function supernodePanel() {
