@@ -57,8 +57,10 @@ def build_workdir(root: Path) -> dict:
     index.set_label(live[0], "test", "weather and rain words", scores={"detection": 0.8, "detection_baseline": 0.5})
     index.close()
     graph = gw.attribute(m, tcs, PROMPT, show_progress=False, dictionary=str((root / "tc").resolve()))
+    from glasswork.circuits.faithfulness import add_faithfulness
     from glasswork.circuits.qk import add_qk
     add_qk(graph, m, tcs, n_heads=2)  # the viewer's attention (QK) panel
+    add_faithfulness(graph, m, tcs, n_features=8)  # the viewer's faithfulness line
     graph.save(root / "graphs" / "france.safetensors")
     vec = gw.Direction(torch.randn(m.d_model, generator=torch.Generator().manual_seed(3)), "blocks.0.hook_resid_post",
                        model=m.name)

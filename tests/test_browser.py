@@ -127,10 +127,13 @@ def test_graph_viewer_click_pin_supernode(server, page):
 
 
 def test_graph_viewer_attention_qk_panel(server, page):
-    """The summary lists the graph's QK heads; a click shows each key's (query node x key node) pairs, labelled."""
+    """The summary says how faithful the graph is and lists its QK heads; a click shows each key's (query node x key
+    node) pairs, labelled."""
     url, root, parts, shots = server
     page.goto(f"{url}/graph?name=france")
     page.wait_for_selector("#qk .qk-head")
+    f = parts["graph"].meta["faithfulness"]
+    assert f"{f['n_features']} features ablated" in page.inner_text("#faithfulness")
     report = parts["graph"].meta["qk"]
     assert page.locator("#qk .qk-head").count() == len(report["heads"]) == 2
     page.locator("#qk .qk-head").first.click()

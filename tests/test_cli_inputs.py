@@ -92,6 +92,8 @@ CASES += [
     ("features build --out a folder", ["features", "build", "{t}/sae", "--out", "{t}/sl-ok"]),
     ("features export --out a file", ["features", "export", "{t}/sae", "--out", "{t}/a-file"]),
     ("attribute --out a folder", ["attribute", "--prompt", "hi", "--dictionary", "{t}/sae", "--out", "{t}/sl-ok"]),
+    ("attribute --qk -1", ["attribute", "--prompt", "hi", "--dictionary", "{t}/sae", "--qk", "-1"]),
+    ("attribute --faithfulness -2", ["attribute", "--prompt", "hi", "--dictionary", "{t}/sae", "--faithfulness", "-2"]),
     ("attribute --viewer-json a folder", ["attribute", "--prompt", "hi", "--dictionary", "{t}/sae", "--out",
                                           "{t}/g.safetensors", "--viewer-json", "{t}/sl-ok"]),
     ("direction --out under a file", ["direction", "--out", "{t}/a-file/d", "--feature", "0/1", "--dictionary", "{t}/sae"]),

@@ -176,7 +176,9 @@ def test_demo_opens_in_the_browser(demo_run):
     r = subprocess.run([cli, "attribute", "--prompt", "The capital of France is", "--dictionary", str(out / "transcoders"),
                         "--qk", "2", "--out", str(qk_graph), "--json"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    heads = json.loads(r.stdout.strip().splitlines()[-1])["qk"]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    heads = summary["qk"]
+    assert summary["faithfulness"]["n_features"] == 20 and -1 <= summary["faithfulness"]["spearman"] <= 1
     saved = gw.load_graph(qk_graph).meta["qk"]
     assert len(heads) == len(saved["heads"]) == 2
     assert [(h["layer"], h["head"]) for h in heads] == [(h["layer"], h["head"]) for h in saved["heads"]]

@@ -200,9 +200,9 @@ def test_viewer_json_from_other_tools(env, tmp_path):
     assert c.post("/api/graphs/open", json={"path": "/etc/passwd"}).status_code == 400
 
 
-def test_qk_report_served_with_labels(env):
+def test_qk_report_and_faithfulness_served(env):
     """The graph's QK split comes back as saved, every node it names labelled (features from their layer's index,
-    errors and tokens by what they are); a graph without one answers null."""
+    errors and tokens by what they are); a graph without one answers null. Its faithfulness summary is in the view."""
     c, root, parts = env
     d = c.get("/api/graphs/france/qk").json()
     assert d["qk"] == json.loads(json.dumps(parts["graph"].meta["qk"]))
@@ -217,6 +217,9 @@ def test_qk_report_served_with_labels(env):
             assert label.startswith("token ")
         elif node_id != "bias":
             assert label and label != node_id
+    info = c.get("/api/graphs/france/view").json()["metadata"]["info"]  # the faithfulness check rides in the view
+    want = {k: v for k, v in parts["graph"].meta["faithfulness"].items() if k != "features"}
+    assert info["faithfulness"] == want and want["n_features"] == 8
     viewer = parts["graph"].view(0.9, 0.99)
     assert c.post("/api/graphs/upload", json={"name": "no-qk", "graph": viewer}).status_code == 200
     assert c.get("/api/graphs/no-qk/qk").json()["qk"] is None

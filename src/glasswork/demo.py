@@ -90,6 +90,8 @@ def _brief(name: str, r: dict) -> str:
     if name == "graphs":
         return "; ".join(f"{k}: {g['nodes']} nodes, {g['edges']} edges, replacement {g['replacement_score']}; first "
                          f"view {g['view_nodes']} nodes keeping {g['view_influence_kept']:.0%} of the influence"
+                         + (f"; faithfulness: rank correlation {g['faithfulness']['spearman']} on the real model"
+                            if g.get("faithfulness") else "")
                          for k, g in r["graphs"].items())
     if name == "steering":
         return (f"feature {r['feature']} (fires on {', '.join(r['fires_on'])}) clamped to {r['clamp']}: its words in "
@@ -239,7 +241,9 @@ def features_stage(run: DemoRun) -> dict:
 def graphs_stage(run: DemoRun) -> dict:
     """Attribution graphs of PROMPTS through the transcoders, their features labelled."""
     from .circuits import attribute
+    from .circuits.faithfulness import add_faithfulness
     from .circuits.graph import view_features
+    from .circuits.qk import add_qk
     from .dictionaries import load_transcoders
     from .features import FeatureIndex, ensure_labels
     from .features.index import layer_index_path
@@ -251,6 +255,8 @@ def graphs_stage(run: DemoRun) -> dict:
         t0 = time.time()
         g = attribute(model, tcs, prompt, max_features=cfg.max_features,
                       dictionary=relative_path(tc_dir, graph_dir))  # relative: the folder can move
+        faithful = add_faithfulness(g, model, tcs, n_features=20)  # the top features checked on the real model
+        add_qk(g, model, tcs, n_heads=4)  # the viewer's attention (QK) panel
         g.save(graph_dir / f"{name}.safetensors")
         full, view = g.view(0.8, 0.98), g.view(0.8, 0.98, max_nodes=VIEW_BUDGET)
         scores = g.meta.get("scores", {})
@@ -268,6 +274,7 @@ def graphs_stage(run: DemoRun) -> dict:
                       "nodes_total": g.n_nodes, "features_total": g.n_features,
                       "replacement_score": round(float(scores.get("replacement", float("nan"))), 3),
                       "completeness_score": round(float(scores.get("completeness", float("nan"))), 3),
+                      "faithfulness": {k: faithful[k] for k in ("spearman", "same_sign", "mean_ratio", "slope")},
                       "targets": [n["clerp"] for n in top],  # 'Output " Paris" (p=0.749)'
                       "seconds": round(time.time() - t0, 1)}
     return {"graphs": made}

@@ -111,6 +111,10 @@ class Graph:
             self._cache[key] = influence(self.adjacency.float(), self.row_nodes, onehot)
         return self._cache[key]
 
+    def logit_token(self, target: int = 0) -> int:
+        """The token id of logit target `target` (negative for a logit difference or a direction)."""
+        return int(self.node_index[self.n_nodes - self.n_logits + target])
+
     def _logit_vector(self) -> torch.Tensor:
         w = torch.zeros(self.n_nodes)
         w[self.n_nodes - self.n_logits:] = self.logit_weight.float()
@@ -208,7 +212,9 @@ class Graph:
                          "schema_version": 1, "transcoder_list": [], "scores": meta.get("scores", {}),
                          "info": {"generator": "glasswork", "dictionary": meta.get("dictionary", ""),
                                   "n_nodes_total": self.n_nodes, "n_features_total": self.n_features,
-                                  "max_nodes": max_nodes, "influence_kept": self.influence_kept(node_mask)}},
+                                  "max_nodes": max_nodes, "influence_kept": self.influence_kept(node_mask),
+                                  "faithfulness": {k: v for k, v in meta.get("faithfulness", {}).items()
+                                                   if k != "features"} or None}},
             "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
             "nodes": nodes, "links": links}
 

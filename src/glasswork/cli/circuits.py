@@ -52,6 +52,9 @@ def attribute_cmd(
         qk: int = typer.Option(0, min=0, max=64, help="Also split the attention scores of this many heads (those with "
                                "the largest effect on the top target) into (query node, key node) pairs; kept in the "
                                "graph, shown by the viewer. 0: off."),
+        faithfulness: int = typer.Option(20, min=0, max=1000, help="Check this many of the most influential features on "
+                                         "the real model: each one ablated there vs. its total effect in the graph "
+                                         "(rank correlation, mean ratio; kept in the graph). 0: off."),
         out: Path = typer.Option(Path("graph.safetensors"), help="Native graph file (the whole graph, once)."),
         viewer_json: Optional[Path] = typer.Option(None, "--viewer-json", help="Also write the pruned graph as the "
                                                    "attribution-graph viewer's JSON."),
@@ -81,10 +84,15 @@ def attribute_cmd(
         if qk:
             from ..circuits.qk import add_qk
             add_qk(graph, m, coders, n_heads=qk)
+        if faithfulness and graph.logit_token(0) >= 0:
+            from ..circuits.faithfulness import add_faithfulness
+            add_faithfulness(graph, m, coders, faithfulness)
         graph.save(out)
         summary = summarize(graph, node_threshold, edge_threshold)
         if qk:
             summary["qk"] = qk_brief(graph.meta["qk"])
+        if "faithfulness" in graph.meta:
+            summary["faithfulness"] = {k: v for k, v in graph.meta["faithfulness"].items() if k != "features"}
         summary.update(path=str(out), node_threshold=node_threshold, edge_threshold=edge_threshold,
                        total_seconds=round(time.time() - t0, 2))
         if viewer_json is not None:
@@ -113,6 +121,11 @@ def _human(s: dict) -> str:
              "most influential features:"]
     lines += [f"  {f['node_id']:>16}  layer {f['layer']:>2} on {f['token']!r}: influence {f['influence']}, "
               f"activation {f['activation']}" for f in s["top_features"]]
+    if s.get("faithfulness"):
+        f = s["faithfulness"]
+        lines.append(f"faithfulness: the top {f['n_features']} features ablated in the real model vs. their total effect "
+                     f"in the graph: rank correlation {f['spearman']}, same sign {f['same_sign']}, mean ratio real / "
+                     f"graph {f['mean_ratio']}, slope {f['slope']}")
     if s.get("qk"):
         lines.append("attention (QK): the heads with the largest effect on the top target, at the last position:")
         lines += [f"  layer {h['layer']:>2} head {h['head']:>2}: effect {h['effect']}; attends most to position "

@@ -279,7 +279,15 @@ function sideSummary() {
   const m = S.view.metadata, sc = m.scores || {};
   $("side").replaceChildren(el("h2", {}, m.prompt ? `“${m.prompt}”` : S.name),
     el("div", { class: "muted small" }, `${m.scan || ""}` + (sc.replacement != null ? ` · replacement ${fmt(sc.replacement)} · completeness ${fmt(sc.completeness)}` : "")),
+    faithfulnessLine((m.info || {}).faithfulness),
     el("div", { id: "intervention" }), qkPanel(), supernodePanel());
+}
+
+// Does the graph predict the real model? Its top features ablated there vs. their total effect in the graph.
+function faithfulnessLine(f) {
+  if (!f || f.spearman == null) return "";
+  return el("div", { id: "faithfulness", class: "small", title: "each of the most influential features set to 0 in the real model (everything downstream free) vs. minus its total effect in the graph" },
+    `faithfulness (${f.n_features} features ablated in the real model): rank correlation ${fmt(f.spearman, 2)} · same sign ${fmt(100 * f.same_sign, 2)}% · real / graph: mean ratio ${fmt(f.mean_ratio, 2)}, slope ${fmt(f.slope, 2)}`);
 }
 
 // ---------------------------------------------------------------- attention (QK): which nodes made a head look where
