@@ -61,6 +61,9 @@ def build_workdir(root: Path) -> dict:
     from glasswork.circuits.qk import add_qk
     add_qk(graph, m, tcs, n_heads=2)  # the viewer's attention (QK) panel
     add_faithfulness(graph, m, tcs, n_features=8)  # the viewer's faithfulness line
+    from glasswork.circuits.inactive import add_inactive
+    from glasswork.features.index import typical_activations
+    add_inactive(graph, m, tcs, typical_activations(root / "tc", sorted(tcs)), top=6, verify=2)
     graph.save(root / "graphs" / "france.safetensors")
     vec = gw.Direction(torch.randn(m.d_model, generator=torch.Generator().manual_seed(3)), "blocks.0.hook_resid_post",
                        model=m.name)

@@ -127,13 +127,17 @@ def test_graph_viewer_click_pin_supernode(server, page):
 
 
 def test_graph_viewer_attention_qk_panel(server, page):
-    """The summary says how faithful the graph is and lists its QK heads; a click shows each key's (query node x key
-    node) pairs, labelled."""
+    """The summary says how faithful the graph is, lists the inactive features that would move the target and what
+    inhibits it, and its QK heads; a click on a head shows each key's (query node x key node) pairs, labelled."""
     url, root, parts, shots = server
     page.goto(f"{url}/graph?name=france")
     page.wait_for_selector("#qk .qk-head")
     f = parts["graph"].meta["faithfulness"]
     assert f"{f['n_features']} features ablated" in page.inner_text("#faithfulness")
+    inactive = parts["graph"].meta["inactive"]["features"]
+    assert page.locator("#inactive table tr").count() == len(inactive) == 6  # what the graph does not show
+    assert page.locator("#inactive h3", has_text="Inhibits").count() >= 1
+    assert "real " in page.inner_text("#inactive table")  # the first were checked on the real model
     report = parts["graph"].meta["qk"]
     assert page.locator("#qk .qk-head").count() == len(report["heads"]) == 2
     page.locator("#qk .qk-head").first.click()

@@ -9,7 +9,7 @@ import torch
 
 import glasswork as gw
 from glasswork.circuits import ReplacementModel, attribute
-from glasswork.circuits.attribution import _skip, logit_targets
+from glasswork.circuits.attribution import logit_targets
 from glasswork.circuits.qk import QKSplit, add_qk, qk_attribution
 
 from conftest import make_tiny
@@ -37,8 +37,8 @@ def _close(got, want, rel=1e-4):
 
 def _removed(split, r, c, ids, layer, head, p, where, vector):
     """The head's query at p in the frozen model with `vector` taken out of `where` ('embed' or a layer)."""
-    L, seq = r.model.n_layers, ids.numel()
-    constants = [c.mlp_out[j] - _skip(r, j, c.mlp_in[j]) for j in range(L)]
+    seq = ids.numel()
+    constants = r.constants(c)
     probe = torch.zeros(1, seq, r.model.d_model)
     pos, vec = vector
     probe[0, pos] = -vec
@@ -118,7 +118,7 @@ def test_head_effects_are_ablation_effects_and_the_report_reads_them():
     p = ids.numel() - 1
     effects = split.head_effects(target.vector, p)
     layer, head = divmod(int(effects.abs().flatten().argmax()), effects.shape[1])
-    constants = [c.mlp_out[j] - _skip(r, j, c.mlp_in[j]) for j in range(m.n_layers)]
+    constants = r.constants(c)
     z = split.taps[layer]["z"].detach()
     probe = torch.zeros_like(z)
     probe[0, p, head] = -z[0, p, head]  # the head's output at p removed in the frozen model

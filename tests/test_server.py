@@ -200,11 +200,11 @@ def test_viewer_json_from_other_tools(env, tmp_path):
     assert c.post("/api/graphs/open", json={"path": "/etc/passwd"}).status_code == 400
 
 
-def test_qk_report_and_faithfulness_served(env):
+def test_qk_inactive_inhibitory_and_faithfulness_served(env):
     """The graph's QK split comes back as saved, every node it names labelled (features from their layer's index,
     errors and tokens by what they are); a graph without one answers null. Its faithfulness summary is in the view."""
     c, root, parts = env
-    d = c.get("/api/graphs/france/qk").json()
+    d = c.get("/api/graphs/france/extras").json()
     assert d["qk"] == json.loads(json.dumps(parts["graph"].meta["qk"]))
     named = {x[s] for h in d["qk"]["heads"] for k in h["keys"] for x in k["pairs"] for s in ("query", "key")}
     assert named <= set(d["labels"])
@@ -222,8 +222,12 @@ def test_qk_report_and_faithfulness_served(env):
     assert info["faithfulness"] == want and want["n_features"] == 8
     viewer = parts["graph"].view(0.9, 0.99)
     assert c.post("/api/graphs/upload", json={"name": "no-qk", "graph": viewer}).status_code == 200
-    assert c.get("/api/graphs/no-qk/qk").json()["qk"] is None
-    assert c.get("/api/graphs/nope/qk").status_code == 404
+    assert c.get("/api/graphs/no-qk/extras").json()["qk"] is None
+    assert c.get("/api/graphs/nope/extras").status_code == 404
+    assert d["inactive"] == json.loads(json.dumps(parts["graph"].meta["inactive"]))
+    assert d["inhibitory"] == json.loads(json.dumps(parts["graph"].meta["inhibitory"]))
+    listed = {x["node"] for x in d["inactive"]["features"]} | {x["node"] for t in d["inhibitory"] for x in t["nodes"]}
+    assert listed <= set(d["labels"])
 
 
 def test_features_search_and_page(env):

@@ -243,10 +243,11 @@ def graphs_stage(run: DemoRun) -> dict:
     from .circuits import attribute
     from .circuits.faithfulness import add_faithfulness
     from .circuits.graph import view_features
+    from .circuits.inactive import add_inactive
     from .circuits.qk import add_qk
     from .dictionaries import load_transcoders
     from .features import FeatureIndex, ensure_labels
-    from .features.index import layer_index_path
+    from .features.index import layer_index_path, typical_activations
     model, cfg, tc_dir, graph_dir = run.model, run.cfg, run.out / TRANSCODERS, run.out / GRAPHS
     tcs = load_transcoders(tc_dir)
     graph_dir.mkdir(parents=True, exist_ok=True)
@@ -257,6 +258,7 @@ def graphs_stage(run: DemoRun) -> dict:
                       dictionary=relative_path(tc_dir, graph_dir))  # relative: the folder can move
         faithful = add_faithfulness(g, model, tcs, n_features=20)  # the top features checked on the real model
         add_qk(g, model, tcs, n_heads=4)  # the viewer's attention (QK) panel
+        add_inactive(g, model, tcs, typical_activations(tc_dir, sorted(tcs)) or None)  # what the graph does not show
         g.save(graph_dir / f"{name}.safetensors")
         full, view = g.view(0.8, 0.98), g.view(0.8, 0.98, max_nodes=VIEW_BUDGET)
         scores = g.meta.get("scores", {})

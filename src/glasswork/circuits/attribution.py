@@ -94,9 +94,7 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     if use_sweep:
         runner = sweep.SweepEngine(r, c, feats, errors, ids, batch_size, sink_bos=skip_bos)
     else:
-        # the frozen pass's MLP outputs: the true ones minus the skip, which it applies live
-        constants = [c.mlp_out[layer] - _skip(r, layer, c.mlp_in[layer]) for layer in range(L)]
-        runner = _Engine(r, c, feats, constants, errors, ids, batch_size, vmap)
+        runner = _Engine(r, c, feats, r.constants(c), errors, ids, batch_size, vmap)
 
     # Rows: features (in the order computed) then logits; columns: all nodes (logit columns stay zero).
     adjacency = torch.zeros(budget + n_logit, n_nodes)
@@ -301,13 +299,6 @@ def contract(g_embed: torch.Tensor | None, g_mlp: dict, embed: torch.Tensor, err
 def _no_bar():
     from ..progress import Bar
     yield Bar(None, None)
-
-
-def _skip(r: ReplacementModel, layer: int, x: torch.Tensor) -> torch.Tensor:
-    tc = r.transcoders.get(layer)
-    if tc is None or tc.W_skip is None:
-        return torch.zeros_like(x)
-    return x @ tc.W_skip.detach()
 
 
 def _assemble(model, r, ids, prompt: str, feats, targets, adjacency, row_node, order, L, dictionary) -> Graph:

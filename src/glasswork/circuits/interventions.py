@@ -18,7 +18,7 @@ import torch
 from ..hooks import mlp_hooks
 from ..io import GlassworkError
 from ..steering import Intervention, edit_features, position_mask, steer
-from .attribution import _skip, prompt_ids
+from .attribution import prompt_ids
 from .replacement import ReplacementModel
 
 
@@ -146,7 +146,7 @@ def _frozen_logits(model, transcoders, ids, edits: list[Edit]) -> torch.Tensor:
         mask = position_mask(iv.positions, seq, add.device)
         add = add if mask is None else torch.where(mask[None, :, None], add, 0.0)
         probes[target] = probes[target] + add if target in probes else add
-    constants = [c.mlp_out[layer] - _skip(r, layer, c.mlp_in[layer]) for layer in range(model.n_layers)]
+    constants = r.constants(c)
     _, final = r.frozen(c, constants, ids.view(1, -1), probes)
     logits = model.hf.get_output_embeddings()(final[0, -1]).float()
     cap = getattr(model.hf.config, "final_logit_softcapping", None)  # Gemma 2

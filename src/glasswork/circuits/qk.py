@@ -127,7 +127,6 @@ class QKSplit:
     the heads' outputs z with probes on them, and probes at the embedding and each MLP output."""
 
     def __init__(self, r: ReplacementModel, c: Clean, ids: torch.Tensor):
-        from .attribution import _skip
         self.r, self.c, self.model = r, c, r.model
         model, L, seq = r.model, r.model.n_layers, ids.numel()
         feats, recon = r.features(c)  # every active feature, BOS included
@@ -135,16 +134,8 @@ class QKSplit:
         self.errors = torch.stack([c.mlp_out[layer] - recon[layer] for layer in range(L)])  # [L, seq, d]
         self.writers = r.writers_by_position(feats, seq)
         self.ids = node_ids(model, feats, ids)
-        constants = [c.mlp_out[layer] - _skip(r, layer, c.mlp_in[layer]) for layer in range(L)]
-        dev, d = model.device, model.d_model
-        self.probes = {"embed": torch.zeros(1, seq, d, device=dev, requires_grad=True)}
-        for layer in range(L):
-            self.probes[layer] = torch.zeros(1, seq, d, device=dev, requires_grad=True)
-            q = c.qk[r.attns[layer]][0]
-            self.probes[("z", layer)] = torch.zeros(1, seq, q.shape[1], q.shape[-1], device=dev, requires_grad=True)
         self.taps: dict = {}
-        with torch.enable_grad():
-            _, self.final = r.frozen(c, constants, ids.view(1, -1), self.probes, self.taps)
+        self.probes, self.final = r.probed(c, ids, heads=True, taps=self.taps)
         # the constant part: the same pass with every node removed (no embeddings, MLP outputs = b_dec only)
         self.bias_taps: dict = {}
         with torch.no_grad():

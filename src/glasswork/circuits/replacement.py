@@ -250,6 +250,31 @@ class ReplacementModel:
         return out
 
     # --- the frozen pass --------------------------------------------------------------------------------------
+    def constants(self, c: Clean) -> list[torch.Tensor]:
+        """Per layer [seq, d]: what the frozen pass adds as the MLP output (features + b_dec + error: the true output
+        minus the skip, which the pass applies live)."""
+        out = []
+        for layer in range(self.model.n_layers):
+            tc = self.transcoders.get(layer)
+            skip = tc is not None and tc.W_skip is not None
+            out.append(c.mlp_out[layer] - (c.mlp_in[layer] @ tc.W_skip.detach() if skip else 0.0))
+        return out
+
+    def probed(self, c: Clean, input_ids: torch.Tensor, heads: bool = False, taps: dict | None = None):
+        """The frozen pass over the whole prompt with zero probes that require grad at the embedding and every MLP
+        output (and on every head's output z when `heads`): gradients of anything read from it land on the probes.
+        Returns (probes, final norm output [1, seq, d])."""
+        seq, d, dev = input_ids.numel(), self.model.d_model, self.model.device
+        probes = {"embed": torch.zeros(1, seq, d, device=dev, requires_grad=True)}
+        for layer in range(self.model.n_layers):
+            probes[layer] = torch.zeros(1, seq, d, device=dev, requires_grad=True)
+            if heads:
+                q = c.qk[self.attns[layer]][0]
+                probes[("z", layer)] = torch.zeros(1, seq, q.shape[1], q.shape[-1], device=dev, requires_grad=True)
+        with torch.enable_grad():
+            _, final = self.frozen(c, self.constants(c), input_ids.view(1, -1), probes, taps)
+        return probes, final
+
     def frozen(self, c: Clean, constants: list[torch.Tensor], input_ids: torch.Tensor,
                probes: dict | None = None, taps: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Forward the frozen replacement model on input_ids [batch, p] (a prefix of the prompt, repeated).

@@ -55,6 +55,9 @@ def attribute_cmd(
         faithfulness: int = typer.Option(20, min=0, max=1000, help="Check this many of the most influential features on "
                                          "the real model: each one ablated there vs. its total effect in the graph "
                                          "(rank correlation, mean ratio; kept in the graph). 0: off."),
+        inactive: int = typer.Option(10, min=0, max=1000, help="List this many features that did not fire but would "
+                                     "move the top target most at their typical activation (the 5 first checked on the "
+                                     "real model), and what inhibits each target; kept in the graph. 0: off."),
         out: Path = typer.Option(Path("graph.safetensors"), help="Native graph file (the whole graph, once)."),
         viewer_json: Optional[Path] = typer.Option(None, "--viewer-json", help="Also write the pruned graph as the "
                                                    "attribution-graph viewer's JSON."),
@@ -87,10 +90,19 @@ def attribute_cmd(
         if faithfulness and graph.logit_token(0) >= 0:
             from ..circuits.faithfulness import add_faithfulness
             add_faithfulness(graph, m, coders, faithfulness)
+        if inactive and graph.logit_token(0) >= 0:
+            from ..circuits.inactive import add_inactive
+            from ..features.index import typical_activations
+            layers = sorted(coders) if isinstance(coders, dict) else range(m.n_layers)
+            add_inactive(graph, m, coders, typical_activations(dictionary, layers) or None, top=inactive)
         graph.save(out)
         summary = summarize(graph, node_threshold, edge_threshold)
         if qk:
             summary["qk"] = qk_brief(graph.meta["qk"])
+        if "inactive" in graph.meta:
+            summary["inactive"] = graph.meta["inactive"]["features"][:5]
+            summary["inhibitory"] = [{k: x[k] for k in ("target", "negative_total", "shares")} | {"nodes": x["nodes"][:3]}
+                                     for x in graph.meta["inhibitory"][:3]]
         if "faithfulness" in graph.meta:
             summary["faithfulness"] = {k: v for k, v in graph.meta["faithfulness"].items() if k != "features"}
         summary.update(path=str(out), node_threshold=node_threshold, edge_threshold=edge_threshold,
@@ -126,6 +138,14 @@ def _human(s: dict) -> str:
         lines.append(f"faithfulness: the top {f['n_features']} features ablated in the real model vs. their total effect "
                      f"in the graph: rank correlation {f['spearman']}, same sign {f['same_sign']}, mean ratio real / "
                      f"graph {f['mean_ratio']}, slope {f['slope']}")
+    if s.get("inactive"):
+        lines.append("inactive features that would move the top target most at their typical activation "
+                     "(predicted; checked on the real model):")
+        lines += [f"  {x['node']:>16}  at {x['typical_activation']:.2f}: {x['predicted']:+.3f}"
+                  + (f" (real model {x['real']:+.3f})" if "real" in x else "") for x in s["inactive"]]
+    if s.get("inhibitory"):
+        lines += [f"inhibits {x['target']!r} most: " + ", ".join(f"{n['node']} {n['effect']:+.3f}" for n in x["nodes"])
+                  + f" (features carry {x['shares']['features']:.0%} of the negative effect)" for x in s["inhibitory"]]
     if s.get("qk"):
         lines.append("attention (QK): the heads with the largest effect on the top target, at the last position:")
         lines += [f"  layer {h['layer']:>2} head {h['head']:>2}: effect {h['effect']}; attends most to position "

@@ -462,6 +462,13 @@ class FeatureIndex:
                                f"({','.join('?' * len(features))})", [int(f) for f in features])
         return {f: (freq, top) for f, freq, top in rows}
 
+    def mean_activations(self) -> torch.Tensor:
+        """[d_sae] each feature's mean activation when it fires (0 for a feature that never fired)."""
+        out = torch.zeros(self.d_sae)
+        for f, a in self.db.execute("SELECT feature, mean_act FROM features WHERE n_fired > 0"):
+            out[f] = float(a or 0.0)
+        return out
+
     def live_by_frequency(self) -> list[tuple[int, float]]:
         """[(feature, firing frequency)] of every feature that fired, most frequent first."""
         return self.db.execute("SELECT feature, freq FROM features WHERE n_fired > 0 ORDER BY freq DESC").fetchall()
@@ -515,3 +522,18 @@ class FeatureIndex:
         rows = self.db.execute(f"SELECT feature, token_id, count, mean_act FROM feature_tokens WHERE token_id IN "
                                f"({','.join('?' * len(ids))}) ORDER BY count DESC LIMIT ?", (*ids, limit))
         return [{"feature": f, "token_id": t, "count": c, "mean_act": m} for f, t, c, m in rows]
+
+
+def typical_activations(folder, layers) -> dict:
+    """{layer: [d_sae] mean activations when firing} from the feature index of each layer of a dictionary folder (a
+    set or a CLT) that has one: what an inactive feature would typically write."""
+    out = {}
+    for layer in layers:
+        path = layer_index_path(folder, layer)
+        if path.exists():
+            index = FeatureIndex(path)
+            try:
+                out[layer] = index.mean_activations()
+            finally:
+                index.close()
+    return out

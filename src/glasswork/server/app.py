@@ -5,7 +5,8 @@ JSON routes (graph_routes.py, feature_routes.py, model_routes.py; what they shar
   GET  /api/graphs/{name}/view?node_threshold=&edge_threshold=&budget=   a pruned view (viewer JSON): at most
                                                 `budget` features and errors (default 100, 0: all), capped in size
   GET  /api/graphs/{name}/node/{node_id}        a node, its strongest inputs and outputs, its feature page if indexed
-  GET  /api/graphs/{name}/qk                    its attention (QK) split, if any (`attribute --qk N`), nodes labelled
+  GET  /api/graphs/{name}/extras                what was measured beside it (QK split, inactive and inhibitory
+                                                features, from `glasswork attribute`), every node named labelled
   PUT  /api/graphs/{name}/state                 pinned nodes, supernodes and names, saved beside the graph
   POST /api/graphs/{name}/subgraph {nodes, supernodes}   those nodes and their direct edges (supernodes summed)
   GET  /api/graphs/{name}/suggestions?...&min_similarity=   supernodes suggested from the view's features

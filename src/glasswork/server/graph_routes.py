@@ -81,17 +81,21 @@ def node(name: str, node_id: str, top: int = Query(12, ge=1, le=100), site: Site
     return out
 
 
-@router.get("/{name}/qk")
-def qk(name: str, site: Site = Depends(site_of)):
-    """The graph's QK attribution (`glasswork attribute --qk N`), if it has one, with a label for every node named."""
+@router.get("/{name}/extras")
+def extras(name: str, site: Site = Depends(site_of)):
+    """What `glasswork attribute` measured beside the graph, where it did: the attention (QK) split, the inactive
+    features that would move the target, what inhibits each target; with a label for every node they name."""
     meta = site.store.metadata_of(site.graph_or_404(name))
-    report = meta.get("qk")
-    if not report:
-        return {"qk": None, "labels": {}}
+    qk, inactive, inhibitory = meta.get("qk"), meta.get("inactive"), meta.get("inhibitory")
     tokens = meta.get("str_tokens") or meta.get("prompt_tokens") or []
-    ids = {x[side] for h in report["heads"] for k in h["keys"] for x in k["pairs"] for side in ("query", "key")}
-    ids |= {x["node"] for h in report["heads"] for k in h["keys"] for x in k["query_nodes"] + k["key_nodes"]}
-    nodes = [{"node_id": i, "feature_type": _qk_kind(i)} for i in sorted(ids)]
+    ids = set()
+    for h in (qk or {}).get("heads", []):
+        for k in h["keys"]:
+            ids |= {x[side] for x in k["pairs"] for side in ("query", "key")}
+            ids |= {x["node"] for x in k["query_nodes"] + k["key_nodes"]}
+    ids |= {x["node"] for x in (inactive or {}).get("features", [])}
+    ids |= {x["node"] for t in inhibitory or [] for x in t["nodes"]}
+    nodes = [{"node_id": i, "feature_type": _node_kind(i)} for i in sorted(ids)]
     site.name_features(site.store.dictionary_of(name), [n for n in nodes if n["feature_type"] != "embedding"])
     for n in nodes:
         if n["feature_type"] == "embedding":  # E_{token}_{pos}: the token itself
@@ -99,11 +103,11 @@ def qk(name: str, site: Site = Depends(site_of)):
             n["clerp"] = f"token {tokens[pos]!r}" if pos < len(tokens) else n["node_id"]
         elif n["node_id"] == "bias":
             n["clerp"] = "constant (biases, b_dec, position embeddings)"
-    return {"qk": report, "labels": {n["node_id"]: n.get("clerp", n["node_id"]) for n in nodes},
-            "tokens": tokens}
+    return {"qk": qk, "inactive": inactive, "inhibitory": inhibitory, "tokens": tokens,
+            "labels": {n["node_id"]: n.get("clerp", n["node_id"]) for n in nodes}}
 
 
-def _qk_kind(node_id: str) -> str:
+def _node_kind(node_id: str) -> str:
     if node_id.startswith("err_"):
         return "mlp reconstruction error"
     if node_id.startswith("E_"):

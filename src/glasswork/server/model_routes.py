@@ -86,14 +86,18 @@ def start_attribution(body: Attribute, site: Site = Depends(site_of)):
     def work():
         from ..circuits import attribute
         from ..circuits.faithfulness import add_faithfulness
+        from ..circuits.inactive import add_inactive
+        from ..features.index import typical_activations
         coders = res.coders(folder)
         some = coders if not isinstance(coders, dict) else next(iter(coders.values()))
         with res.compute:  # a background job waits its turn for the model
             model = res.model(some.cfg.model or None)
             graph = attribute(model, coders, body.prompt, max_features=body.max_features,
                               batch_size=body.batch_size, dictionary=relative_path(folder, store.folder))
-            if graph.logit_token(0) >= 0:  # the top features checked on the real model, as the CLI does
-                add_faithfulness(graph, model, coders)
+            if graph.logit_token(0) >= 0:  # as the CLI does: the top features checked on the real model, and
+                add_faithfulness(graph, model, coders)  # what the graph does not show
+                layers = sorted(coders) if isinstance(coders, dict) else range(model.n_layers)
+                add_inactive(graph, model, coders, typical_activations(folder, layers) or None)
         graph.save(store.folder / f"{name}.safetensors")
         store.forget(name)
         return {"graph": name, "nodes": graph.n_nodes, "features": graph.n_features,

@@ -30,7 +30,7 @@ async function loadView(name) {
     const v = await api(`/api/graphs/${encodeURIComponent(name)}/view?node_threshold=${nt}&edge_threshold=${et}&budget=${budget}`);
     if (ticket !== S.ticket) return;  // a later slider position already asked: drop this answer
     if (name !== S.name) { S.clicked = null; S.tx = S.ty = 0; S.k = 1; S.suggestions = []; }
-    if (name !== S.name || !S.qk) S.qk = await api(`/api/graphs/${encodeURIComponent(name)}/qk`).catch(() => null);
+    if (name !== S.name || !S.qk) S.qk = await api(`/api/graphs/${encodeURIComponent(name)}/extras`).catch(() => null);
     if (ticket !== S.ticket) return;
     S.name = name; S.view = v;
     S.pinned = new Set(v.qParams.pinnedIds || []);
@@ -280,14 +280,38 @@ function sideSummary() {
   $("side").replaceChildren(el("h2", {}, m.prompt ? `“${m.prompt}”` : S.name),
     el("div", { class: "muted small" }, `${m.scan || ""}` + (sc.replacement != null ? ` · replacement ${fmt(sc.replacement)} · completeness ${fmt(sc.completeness)}` : "")),
     faithfulnessLine((m.info || {}).faithfulness),
-    el("div", { id: "intervention" }), qkPanel(), supernodePanel());
+    el("div", { id: "intervention" }), qkPanel(), inactivePanel(), supernodePanel());
+}
+
+// ---------------------------------------------------------------- what the graph does not show
+function inactivePanel() {
+  const x = S.qk || {};
+  if (!x.inactive && !x.inhibitory) return "";
+  const name = (id) => x.labels[id] || id;
+  const chip = (id) => el("span", { class: "chip", title: `${id}: ${name(id)}`, onclick: () => S.pos.has(id) ? select(id) : flash("not in this pruned view") },
+    shortLabel(name(id)), /^\d+_\d+_\d+$/.test(id) ? el("span", { class: "muted small" }, ` ${id}`) : "");
+  const box = el("div", { id: "inactive" });
+  if (x.inactive) {
+    box.append(el("h3", {}, "Off, but would move the target"),
+      el("div", { class: "muted small" }, `features that did not fire, set to their typical activation (${x.inactive.typical}): predicted change of “${visible(x.inactive.target)}”` +
+        (x.inactive.features.some((f) => f.real != null) ? "; the first checked on the real model" : "")),
+      el("table", { class: "list" }, x.inactive.features.map((f) => el("tr", {}, el("td", {}, chip(f.node)),
+        el("td", { class: f.predicted >= 0 ? "w-pos" : "w-neg", style: "text-align:right" }, fmt(f.predicted)),
+        el("td", { class: "muted small", style: "text-align:right" }, f.real != null ? `real ${fmt(f.real)}` : "")))));
+  }
+  for (const t of (x.inhibitory || []).slice(0, 3)) {
+    box.append(el("h3", {}, `Inhibits “${visible(t.target)}”`),
+      el("div", { class: "muted small" }, `negative total effect ${fmt(t.negative_total)} (positive ${fmt(t.positive_total)}); features ${Math.round(100 * t.shares.features)}%, errors ${Math.round(100 * t.shares.errors)}%, tokens ${Math.round(100 * t.shares.tokens)}%`),
+      el("div", {}, t.nodes.slice(0, 6).flatMap((n) => [chip(n.node), el("span", { class: "w-neg small" }, ` ${fmt(n.effect, 2)} `)])));
+  }
+  return box;
 }
 
 // Does the graph predict the real model? Its top features ablated there vs. their total effect in the graph.
 function faithfulnessLine(f) {
   if (!f || f.spearman == null) return "";
   return el("div", { id: "faithfulness", class: "small", title: "each of the most influential features set to 0 in the real model (everything downstream free) vs. minus its total effect in the graph" },
-    `faithfulness (${f.n_features} features ablated in the real model): rank correlation ${fmt(f.spearman, 2)} · same sign ${fmt(100 * f.same_sign, 2)}% · real / graph: mean ratio ${fmt(f.mean_ratio, 2)}, slope ${fmt(f.slope, 2)}`);
+    `faithfulness (${f.n_features} features ablated in the real model): rank correlation ${fmt(f.spearman, 2)} · same sign ${Math.round(100 * f.same_sign)}% · real / graph: mean ratio ${fmt(f.mean_ratio, 2)}, slope ${fmt(f.slope, 2)}`);
 }
 
 // ---------------------------------------------------------------- attention (QK): which nodes made a head look where
@@ -296,7 +320,7 @@ function qkPanel() {
   if (!q) return el("div", { id: "qk", class: "muted small" }, "No attention (QK) split in this graph (glasswork attribute --qk 4).");
   const tok = (p) => `“${visible((S.qk.tokens || [])[p] ?? p)}”`;
   const box = el("div", { id: "qk" }, el("h3", {}, "Attention (QK)"),
-    el("div", { class: "muted small" }, `heads by effect on ${q.target} at ${tok(q.query_pos)}; click one to see which query × key nodes made its scores`));
+    el("div", { class: "muted small" }, `heads by effect on “${visible(q.target)}” at ${tok(q.query_pos)}; click one to see which query × key nodes made its scores`));
   box.append(...q.heads.map((h, i) => el("div", { class: "qk-head link", "data-i": i, onclick: () => qkHead(h) },
     el("b", {}, `L${h.layer} H${h.head}`), ` effect ${fmt(h.effect)} · attends to `,
     h.keys.map((k) => `${tok(k.key_pos)} ${fmt(k.pattern, 2)}`).join(", "))));
