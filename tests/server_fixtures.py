@@ -65,6 +65,8 @@ def build_workdir(root: Path) -> dict:
     from glasswork.features.index import typical_activations
     add_inactive(graph, m, tcs, typical_activations(root / "tc", sorted(tcs)), top=6, verify=2)
     graph.save(root / "graphs" / "france.safetensors")
+    from glasswork.circuits.global_circuits import aggregate, write_global
+    write_global(root / "tc", aggregate(m, tcs, [PROMPT, *TEXTS[:3]], max_features=None), 4)  # glasswork global
     vec = gw.Direction(torch.randn(m.d_model, generator=torch.Generator().manual_seed(3)), "blocks.0.hook_resid_post",
                        model=m.name)
     vec.save(root / "directions" / "up")

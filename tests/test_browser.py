@@ -194,6 +194,20 @@ def test_feature_browser(server, page):
     page.wait_for_selector("#hits li[data-feature]")
 
 
+def test_feature_page_across_the_dataset(server, page):
+    """A transcoder feature's page lists its strongest inputs and outputs across the prompt set (glasswork global)."""
+    from glasswork.circuits.global_circuits import global_neighbors
+    url, root, parts, shots = server
+    g = parts["graph"]
+    feature = next(int(g.node_index[i]) for i in range(g.n_features) if int(g.node_layer[i]) == 1)
+    page.goto(f"{url}/features?index=tc/layer_01&feature={feature}")
+    page.wait_for_selector("#global table tr")
+    want = global_neighbors(root / "tc", 1, feature)
+    assert "across 4 prompts" in page.inner_text("#global")
+    assert page.locator("#global table").first.locator("tr").count() == len(want["upstream"])
+    shot(page, shots, "feature-global")
+
+
 def test_steering_playground(server, page):
     url, root, parts, shots = server
     page.goto(f"{url}/steer")

@@ -230,6 +230,23 @@ def test_qk_inactive_inhibitory_and_faithfulness_served(env):
     assert listed <= set(d["labels"])
 
 
+def test_feature_page_shows_global_neighbours(env):
+    """A transcoder feature's page carries its top upstream / downstream features across the prompt set (from the
+    set's global.sqlite), labelled from their own layers' indexes."""
+    from glasswork.circuits.global_circuits import global_neighbors
+    c, root, parts = env
+    g = parts["graph"]
+    i = next(i for i in range(g.n_features) if int(g.node_layer[i]) == 1)
+    feature = int(g.node_index[i])
+    d = c.get(f"/api/features/{feature}", params={"index": "tc/layer_01"}).json()
+    want = global_neighbors(root / "tc", 1, feature)
+    assert d["global"]["n_prompts"] == 4 and want["upstream"]
+    assert [(x["layer"], x["feature"], x["n"]) for x in d["global"]["upstream"]] == \
+        [(x["layer"], x["feature"], x["n"]) for x in want["upstream"]]
+    assert all(x["label"] for x in d["global"]["upstream"])
+    assert c.get("/api/features/0", params={"index": "sae"}).json()["global"] is None  # an SAE has none
+
+
 def test_features_search_and_page(env):
     c, root, parts = env
     index = gw.FeatureIndex(root / "sae")

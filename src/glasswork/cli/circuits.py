@@ -200,3 +200,50 @@ def intervene_cmd(
             rows += [f"plain:  {res['plain']!r}", f"edited: {res['generated']!r}"]
         emit(res, as_json, "\n".join(rows))
     run_verb(go)
+
+
+def global_cmd(
+        dictionary: Path = typer.Option(..., help="Folder of per-layer transcoders (a set) or a cross-layer transcoder; "
+                                        "global.sqlite is written there."),
+        prompts: Optional[Path] = typer.Option(None, help="A text file, one prompt per line (default: --n contexts of "
+                                               "--ctx tokens from the default corpus' held-out split)."),
+        n: int = typer.Option(16, min=1, help="Corpus contexts when no --prompts file is given."),
+        ctx: int = typer.Option(12, min=2, max=512, help="Tokens per corpus context (BOS included)."),
+        max_features: Optional[int] = typer.Option(512, min=1, help="Feature budget of each prompt's graph."),
+        model: Optional[str] = typer.Option(None, help="Model name or folder (default: smollm2-135m)."),
+        as_json: bool = typer.Option(False, "--json", help="Print one machine-readable JSON object summarizing the result.")):
+    """Global circuits: attribute a prompt set and keep each feature-to-feature edge's mean over the prompts where both
+    fired (and how often) in DICTIONARY/global.sqlite; feature pages then show their top upstream and downstream
+    features across the dataset. Under `torchrun --nproc-per-node N` the prompts are split over the ranks."""
+    from .common import emit, run_verb
+
+    def go():
+        from ..circuits.global_circuits import aggregate, write_global
+        from ..dictionaries.saving import load_coders
+        from ..data import corpus
+        from ..io import check_out
+        from ..models import load_model
+        from ..training import distributed as dist
+        check_out(Path(dictionary) / "global.sqlite", "file")
+        todo = corpus.prompt_lines(prompts) if prompts is not None else None  # bad input before any loading
+        t0 = time.time()
+        dist.init()
+        m = load_model(model)
+        coders = load_coders(dictionary)
+        if todo is None:
+            todo = list(corpus.contexts(m, split="heldout", ctx_len=ctx, n_contexts=n, seed=2))
+        edges = aggregate(m, coders, todo, max_features=max_features)
+        summary = {"dictionary": str(dictionary), "prompts": len(todo), "edges": len(edges), "ranks": dist.world()}
+        if dist.is_main():
+            summary["path"] = str(write_global(dictionary, edges, len(todo)))
+        top = sorted(edges.items(), key=lambda kv: -abs(kv[1][0]))[:5]
+        summary["strongest"] = [{"source": f"{sl}/{si}", "target": f"{tl}/{ti}", "mean": round(t / k, 4), "n": k}
+                                for (sl, si, tl, ti), (t, k) in top]
+        summary["seconds"] = round(time.time() - t0, 2)
+        if dist.is_main():
+            emit(summary, as_json, "\n".join(
+                [f"{summary['edges']:,} feature-to-feature edges from {summary['prompts']} prompts "
+                 f"({summary['ranks']} rank(s), {summary['seconds']} s) -> {summary.get('path')}", "strongest in sum:"] +
+                [f"  {e['source']:>10} -> {e['target']:<10} mean {e['mean']:+.4f} over {e['n']} prompt positions"
+                 for e in summary["strongest"]]))
+    run_verb(go)

@@ -136,6 +136,17 @@ def _read_text_file(path: Path) -> str:
         raise GlassworkError(f"{path}: corpus file is not UTF-8 text ({e})") from None
 
 
+def prompt_lines(path: str | Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file: one prompt each (a clear error for a missing, empty or binary file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GlassworkError(f"{path}: no such prompt file (expected a text file, one prompt per line)")
+    lines = [ln.strip() for ln in _read_text_file(path).splitlines() if ln.strip()]
+    if not lines:
+        raise GlassworkError(f"{path}: no prompts in it (expected one prompt per line)")
+    return lines
+
+
 def _file_documents(path: Path, field: str) -> list[str]:
     if not path.exists():
         raise GlassworkError(f"{path}: corpus file not found")

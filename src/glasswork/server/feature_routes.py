@@ -68,4 +68,23 @@ def feature_page(feature: int, index: str = Query(..., max_length=1000),
     with site.res.lock:
         rec = fi.feature(fi.check_id(feature))
         meta = {k: fi.meta.get(k) for k in ("model", "hook", "kind", "d_sae", "n_tokens", "hist_edges")}
-    return {**rec, "meta": meta}
+    return {**rec, "meta": meta, "global": _global(site, site.folder_or_404(index), layer, feature)}
+
+
+def _global(site: Site, folder, layer: int | None, feature: int) -> dict | None:
+    """The feature's top upstream and downstream features across a prompt set (`glasswork global`), labelled: from
+    global.sqlite beside a CLT, or in the set a per-layer transcoder belongs to."""
+    from ..circuits.global_circuits import GLOBAL_DB, global_neighbors
+    if layer is None:  # a set member: its layer from its config, the database in the set's folder
+        cfg = folder / "config.json"
+        layer = read_json(cfg, "dictionary config").get("layer") if cfg.is_file() else None
+        folder = folder.parent
+    if layer is None or not (folder / GLOBAL_DB).exists():
+        return None
+    out = global_neighbors(folder, layer, feature)
+    nodes = [{"node_id": f"{x['layer']}_{x['feature']}_0", "feature_type": "transcoder"}
+             for x in out["upstream"] + out["downstream"]]
+    site.name_features(str(folder.resolve()), nodes)
+    for x, n in zip(out["upstream"] + out["downstream"], nodes):
+        x["label"] = n["clerp"]
+    return out

@@ -38,12 +38,25 @@ export function renderFeature(rec, { onFeature, compact = false } = {}) {
   const top = (rec.top || []).slice(0, 12);
   const contexts = el("div", {}, el("h3", {}, "Top activating contexts"),
     top.length ? top.map((ex) => context(ex, peak)) : el("div", { class: "muted" }, "never fired on the indexed text"));
-  const parts = [head, side, contexts];
+  const parts = [head, side, globalNeighbours(rec.global), contexts];
   const quant = rec.quantile || [];
   if (!compact && quant.length) {
     parts.push(el("h3", {}, "Samples across activation levels"), quant.slice(0, 8).map((ex) => context(ex, peak)));
   }
   return el("div", { class: "feature-page" }, ...parts);
+}
+
+// Its top upstream and downstream features over a whole prompt set (`glasswork global`).
+function globalNeighbours(g) {
+  if (!g) return "";
+  const rows = (xs) => el("table", { class: "list" }, xs.map((x) => el("tr", {},
+    el("td", {}, `L${x.layer} #${x.feature}`, el("div", { class: "muted small" }, x.label || "")),
+    el("td", { class: x.mean >= 0 ? "w-pos" : "w-neg", style: "text-align:right" }, fmt(x.mean)),
+    el("td", { class: "muted small", style: "text-align:right" }, `×${x.n}`))));
+  return el("div", { id: "global", class: "grid3" },
+    el("div", {}, el("h3", {}, `Strongest inputs across ${g.n_prompts} prompts`), g.upstream.length ? rows(g.upstream) : el("div", { class: "muted small" }, "none")),
+    el("div", {}, el("h3", {}, `Strongest outputs across ${g.n_prompts} prompts`), g.downstream.length ? rows(g.downstream) : el("div", { class: "muted small" }, "none")),
+    el("div", { class: "muted small" }, "mean edge when both fire on a prompt (×: how often), from glasswork global"));
 }
 
 export function context(ex, peak, left = 24, right = 8) {
