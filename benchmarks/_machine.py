@@ -11,3 +11,12 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "CPU"
+
+
+def record(table: str, no_record: bool = False) -> None:
+    """Print a benchmark's table and, unless `no_record`, append it to benchmarks/RESULTS.md."""
+    from pathlib import Path
+    print(table)
+    if not no_record:
+        path = Path(__file__).resolve().parent / "RESULTS.md"
+        path.write_text(path.read_text().rstrip("\n") + "\n\n" + table)

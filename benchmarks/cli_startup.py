@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from _machine import cpu_name
+from _machine import cpu_name, record
 
-ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "glasswork")
 CASES = [("glasswork --help", [CLI, "--help"]), ("glasswork train --help", [CLI, "train", "--help"]),
          ("glasswork attribute --help", [CLI, "attribute", "--help"]),
@@ -47,11 +46,7 @@ def main():
              f"{args.repeat} fresh processes each (target: under 0.5 s for every `--help`).", "",
              "| command | seconds |", "|---|---|"]
     lines += [f"| `{name}` | {s:.2f} |" for name, s in rows]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if not args.no_record:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        path.write_text(path.read_text().rstrip("\n") + "\n\n" + table)
+    record("\n".join(lines) + "\n", args.no_record)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from _machine import cpu_name
+from _machine import cpu_name, record
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["The opposite of hot is", "Fact: the currency of Japan is the",
            "She poured the coffee into her favourite", "One, two, three, four,",
            "The doctor said that the patient should"]
@@ -59,11 +58,7 @@ def main():
               f"{f['slope']:.2f} | {s:.1f} |" for t, tok, rep, f, s in rows]
     lines.append(f"| median | | | {med['spearman']:.2f} | {med['same_sign']:.2f} | {med['mean_ratio']:.2f} | "
                  f"{med['slope']:.2f} | |")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if not args.no_record:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        path.write_text(path.read_text().rstrip("\n") + "\n\n" + table)
+    record("\n".join(lines) + "\n", args.no_record)
 
 
 if __name__ == "__main__":

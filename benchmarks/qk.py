@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from _machine import cpu_name
+from _machine import cpu_name, record
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["The opposite of hot is", "Fact: the currency of Japan is the",
            "She poured the coffee into her favourite", "One, two, three, four,",
            "The doctor said that the patient should"]
@@ -85,11 +84,7 @@ def main():
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {t!r} | {n} | {f:,} | {s:.1f} | {e:.1e} | {fmt(sq)} | {fmt(sk)} | {p} |"
               for t, n, f, s, e, sq, sk, p in rows]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if not args.no_record:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        path.write_text(path.read_text().rstrip("\n") + "\n\n" + table)
+    record("\n".join(lines) + "\n", args.no_record)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,9 @@ CASES += [
     ("attribute --viewer-json a folder", ["attribute", "--prompt", "hi", "--dictionary", "{t}/sae", "--out",
                                           "{t}/g.safetensors", "--viewer-json", "{t}/sl-ok"]),
     ("direction --out under a file", ["direction", "--out", "{t}/a-file/d", "--feature", "0/1", "--dictionary", "{t}/sae"]),
+    ("global empty prompt file", ["global", "--dictionary", "{t}/sae", "--prompts", "{t}/empty.txt"]),
+    ("global missing prompt file", ["global", "--dictionary", "{t}/sae", "--prompts", "{t}/nope.txt"]),
+    ("global --n 0", ["global", "--dictionary", "{t}/sae", "--n", "0"]),
     ("toy --out a file", ["toy", "--quick", "--out", "{t}/a-file"]),
     ("demo --out a file", ["demo", "--quick", "--no-serve", "--out", "{t}/a-file"]),
 ]

@@ -10,8 +10,7 @@ from glasswork.circuits import attribute
 from glasswork.circuits.faithfulness import add_faithfulness, agreement
 from glasswork.circuits.graph import FEATURE
 
-from conftest import make_tiny
-from test_circuits import prompt, random_clt, random_transcoders
+from test_circuits import _tiny_llama_graph, random_clt, random_transcoders
 
 
 def _by_hand(m, tcs, ids, layer, feature, pos, token):
@@ -37,10 +36,7 @@ def _by_hand(m, tcs, ids, layer, feature, pos, token):
 
 
 def test_real_effects_are_hand_made_ablations_and_replacement_effects_are_the_graph():
-    m = make_tiny("llama")
-    tcs = random_transcoders(m)
-    ids = prompt(m, 8)
-    g = attribute(m, tcs, ids, show_progress=False)
+    m, tcs, ids, g, _, _ = _tiny_llama_graph(random_transcoders, 8, 16)
     rep = add_faithfulness(g, m, tcs, n_features=6)
     assert g.meta["faithfulness"] is rep and rep["n_features"] == 6
     effects = g.total_effects(0)
@@ -76,10 +72,7 @@ def test_agreement_statistics_are_their_definitions():
 
 
 def test_clt_graph_faithfulness_runs_and_custom_targets_are_refused():
-    m = make_tiny("llama")
-    clt = random_clt(m)
-    ids = prompt(m, 6)
-    g = attribute(m, clt, ids, show_progress=False)
+    m, clt, ids, g, _, _ = _tiny_llama_graph(random_clt, 6, 16)
     rep = add_faithfulness(g, m, clt, n_features=4)
     assert rep["n_features"] == 4 and all(isinstance(r["real"], float) for r in rep["features"])
     import glasswork as gw

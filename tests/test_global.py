@@ -14,13 +14,13 @@ import torch
 
 import glasswork as gw
 from glasswork.circuits import attribute
-from glasswork.circuits.global_circuits import (_accumulate, aggregate, average_attention, global_neighbors,
+from glasswork.circuits.global_circuits import (aggregate, average_attention, global_neighbors,
                                                  virtual_weights, write_global)
 from glasswork.circuits.graph import FEATURE
 from glasswork.circuits.qk import qk_attribution
 
 from conftest import make_tiny
-from test_circuits import prompt, random_clt, random_transcoders
+from test_circuits import random_clt, random_transcoders
 
 PROMPTS = [[0, 5, 17, 33, 2, 9], [0, 44, 3, 8, 61, 12, 7], [0, 9, 9, 1], [0, 70, 21, 40, 5]]
 

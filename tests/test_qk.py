@@ -29,6 +29,16 @@ def _real_pattern(m, ids, layer):
     return out.attentions[layer][0].float()
 
 
+def _tiny_split(coders_of, seq: int):
+    """A tiny Llama, its coders, a prompt, the replacement model, its clean pass and the QK split over it."""
+    m = make_tiny("llama")
+    coders = coders_of(m)
+    ids = prompt(m, seq)
+    r = ReplacementModel(m, coders)
+    c = r.clean(ids.view(1, -1))
+    return m, coders, ids, r, c, QKSplit(r, c, ids)
+
+
 def _close(got, want, rel=1e-4):
     """Equal to fp32 precision relative to the vector's size (a component near 0 is not held to its own scale)."""
     err, size = float((got.double() - want.double()).norm()), float(want.double().norm())
@@ -94,12 +104,7 @@ def test_qk_terms_sum_to_the_real_score(kind):
 
 
 def test_qk_with_a_cross_layer_transcoder():
-    m = make_tiny("llama")
-    clt = random_clt(m)
-    ids = prompt(m, 6)
-    r = ReplacementModel(m, clt)
-    c = r.clean(ids.view(1, -1))
-    split = QKSplit(r, c, ids)
+    m, clt, ids, r, c, split = _tiny_split(random_clt, 6)
     layer, p = m.n_layers - 1, ids.numel() - 1
     real = _real_pattern(m, ids, layer)
     parts = split.split(layer, 1, p, list(range(p + 1)))
@@ -108,13 +113,8 @@ def test_qk_with_a_cross_layer_transcoder():
 
 
 def test_head_effects_are_ablation_effects_and_the_report_reads_them():
-    m = make_tiny("llama")
-    tcs = random_transcoders(m)
-    ids = prompt(m, 8)
-    r = ReplacementModel(m, tcs)
-    c = r.clean(ids.view(1, -1))
+    m, tcs, ids, r, c, split = _tiny_split(random_transcoders, 8)
     target = logit_targets(m, c.logits[-1])[0]
-    split = QKSplit(r, c, ids)
     p = ids.numel() - 1
     effects = split.head_effects(target.vector, p)
     layer, head = divmod(int(effects.abs().flatten().argmax()), effects.shape[1])
