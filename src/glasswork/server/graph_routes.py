@@ -102,7 +102,7 @@ def extras(name: str, site: Site = Depends(site_of)):
             pos = int(n["node_id"].rsplit("_", 1)[1])
             n["clerp"] = f"token {tokens[pos]!r}" if pos < len(tokens) else n["node_id"]
         elif n["node_id"] == "bias":
-            n["clerp"] = "constant (biases, b_dec, position embeddings)"
+            n["clerp"] = "constant"  # biases, b_dec, position embeddings: what no node carries
     return {"qk": qk, "inactive": inactive, "inhibitory": inhibitory, "tokens": tokens,
             "labels": {n["node_id"]: n.get("clerp", n["node_id"]) for n in nodes}}
 
