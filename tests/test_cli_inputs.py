@@ -100,6 +100,9 @@ CASES += [
     ("global empty prompt file", ["global", "--dictionary", "{t}/sae", "--prompts", "{t}/empty.txt"]),
     ("global missing prompt file", ["global", "--dictionary", "{t}/sae", "--prompts", "{t}/nope.txt"]),
     ("global --n 0", ["global", "--dictionary", "{t}/sae", "--n", "0"]),
+    ("features concepts unknown concept", ["features", "concepts", "{t}/sae", "--concept", "nope"]),
+    ("features concepts --contrast --words without sentences", ["features", "concepts", "{t}/sae", "--contrast",
+                                                               "--words", "a,b"]),
     ("toy --out a file", ["toy", "--quick", "--out", "{t}/a-file"]),
     ("demo --out a file", ["demo", "--quick", "--no-serve", "--out", "{t}/a-file"]),
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -110,6 +110,83 @@ def search(where: Path = WHERE, query: str = typer.Argument(..., help="Words (la
                  f"{(h.get('label') or h.get('text') or '')[:100]!r}" for h in hits]
         emit({"query": query, "hits": hits}, as_json, "\n".join(lines) or "no match")
     run_verb(go)
+
+
+@features_app.command("concepts")
+def concepts(where: Path = typer.Argument(..., help="Dictionary folder (one dictionary, a transcoder set, a CLT) or "
+                                          "an index .sqlite file."),
+             concept: Optional[List[str]] = typer.Option(None, help="A built-in concept (violence, weapons, danger, "
+                                                         "deception, crime, spam, hacking); repeatable. Default: all."),
+             words: Optional[str] = typer.Option(None, help="Your own concept instead: words, comma-separated."),
+             sentences: Optional[Path] = typer.Option(None, help="With --words and --contrast: a text file of "
+                                                      "sentences using them, one per line."),
+             contrast: bool = typer.Option(False, "--contrast", help="Run the model on sentences using the words and "
+                                           "rank features by firing on them vs elsewhere (else: search the index)."),
+             layer: Optional[int] = typer.Option(None, min=0, help="With --contrast on a transcoder set: its layer."),
+             top: int = typer.Option(3, min=1, help="Features per concept."),
+             min_precision: float = typer.Option(0.5, min=0, max=1, help="Index search: keep features whose top "
+                                                 "examples fire on the concept's words at least this often."),
+             as_json: bool = JSON_OPT):
+    """Find features about a concept (safety-relevant ones built in): by the model on sentences that use its words
+    (--contrast), or from the feature index by the tokens features fire on."""
+    def go():
+        from ..errors import GlassworkError
+        from ..features import concepts as cf
+        if words is not None:
+            chosen = {"words": [w for w in words.split(",") if w.strip()]}
+            probe = {"words": cf_sentences(sentences) if sentences is not None else None}
+        else:
+            unknown = [c for c in concept or [] if c not in cf.SAFETY_CONCEPTS]
+            if unknown:
+                raise GlassworkError(f"--concept '{unknown[0]}': expected one of {', '.join(cf.SAFETY_CONCEPTS)} "
+                                     f"(or give --words)")
+            chosen = {c: cf.SAFETY_CONCEPTS[c] for c in (concept or cf.SAFETY_CONCEPTS)}
+            probe = {c: cf.SAFETY_SENTENCES[c] for c in chosen}
+        if contrast:
+            found = _contrast(where, layer, chosen, probe, top)
+        else:
+            found = cf.safety_features(cf.indexes_of(where), chosen, top, min_precision)
+        lines = []
+        for c, rows in found.items():
+            lines.append(f"{c}: " + ("none" if not rows else ""))
+            lines += [f"  #{r['feature']:<6} " + (f"on {r['on']:.2f} vs {r['off']:.2f} elsewhere" if contrast else
+                                                  f"{r['index']}: precision {r['precision']:.2f}, fires on "
+                                                  f"{', '.join(r['words'][:5])} ({r['count']}x)")
+                      + f": {r['label'][:80]!r}" for r in rows]
+        emit({"where": str(where), "mode": "contrast" if contrast else "index", "concepts": found}, as_json,
+             "\n".join(lines))
+    run_verb(go)
+
+
+def cf_sentences(path: Path) -> list[str]:
+    from ..data.corpus import prompt_lines
+    return prompt_lines(path)
+
+
+def _contrast(where: Path, layer: Optional[int], chosen: dict, probe: dict, top: int) -> dict:
+    """The --contrast search on one dictionary (a set's member for `layer`), labelled from its index where there is
+    one (built-in labels made for the features found)."""
+    from ..dictionaries import load
+    from ..dictionaries.saving import is_set, layer_folder
+    from ..errors import GlassworkError
+    from ..features.concepts import contrast
+    from ..features.index import FeatureIndex, index_path
+    from ..features.scoring import ensure_labels
+    from ..models import load_model
+    if is_set(where) and layer is None:
+        raise GlassworkError(f"{where} is a set of dictionaries: say which one with --layer")
+    folder = layer_folder(where, layer) if layer is not None else where
+    if any(v is None for v in probe.values()):
+        raise GlassworkError("--contrast with --words needs --sentences (a file of sentences that use the words)")
+    d = load(folder).requires_grad_(False)
+    model = load_model(d.cfg.model or None)
+    index = FeatureIndex(folder) if index_path(folder).exists() else None
+    out = {}
+    for c, words in chosen.items():
+        rows = contrast(model, d, probe[c], words, top=top)
+        labels = ensure_labels(index, [r["feature"] for r in rows]) if index is not None else {}
+        out[c] = [{**r, "label": labels.get(r["feature"]) or ""} for r in rows]
+    return out
 
 
 @features_app.command("label")
