@@ -33,7 +33,8 @@ def sweep(model, store_dir: str | Path, hook: str, runs: list[tuple[int, int]], 
           lr: float = 2e-3) -> list[dict]:
     """Train a TopK SAE for each (width, tokens) in `runs` on the store at `hook` (each into OUT/d{width}-t{tokens},
     skipped when already there), evaluate it on `eval_contexts` (default: held-out contexts of the default corpus).
-    Returns [{width, tokens, fvu, ce_loss_score, kl, dead, seconds}]."""
+    Each width has its own seed (the width): with one seed a wider SAE's first latents would start where a narrower
+    one's did, and "splitting" would find the shared start rather than the split. Returns [{width, tokens, fvu, ce_loss_score, kl, dead, seconds}]."""
     import time
 
     from . import evals
@@ -54,7 +55,7 @@ def sweep(model, store_dir: str | Path, hook: str, runs: list[tuple[int, int]], 
         t0 = time.time()
         if not (folder / "config.json").exists():
             cfg = TrainConfig(kind="sae", arch="topk", hooks=[hook], d_sae=width, k=min(k, width), tokens=tokens,
-                              batch_size=batch_size, lr=lr, warmup_steps=20, model=model.name)
+                              batch_size=batch_size, lr=lr, warmup_steps=20, model=model.name, seed=width)
             train(cfg, StoreSource(store, [hook], cfg.batch_size, seed=0), folder)
         sae = load(folder)
         ev = evals.evaluate(sae, model, eval_contexts, tokens=eval_tokens)
