@@ -109,6 +109,7 @@ m = make_tiny("llama")
 got = aggregate(m, random_transcoders(m), PROMPTS, max_features=None)
 if dist.rank() == 0:
     json.dump([[list(k), list(v)] for k, v in got.items()], open({out!r}, "w"))
+dist.finish()
 """
 
 

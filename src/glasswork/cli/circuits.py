@@ -246,4 +246,5 @@ def global_cmd(
                  f"({summary['ranks']} rank(s), {summary['seconds']} s) -> {summary.get('path')}", "strongest in sum:"] +
                 [f"  {e['source']:>10} -> {e['target']:<10} mean {e['mean']:+.4f} over {e['n']} prompt positions"
                  for e in summary["strongest"]]))
+        dist.finish()
     run_verb(go)

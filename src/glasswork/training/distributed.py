@@ -54,6 +54,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def finish() -> None:
+    """Wait for every rank, then tear the process group down: a gloo rank that exits with it alive can abort
+    ("terminate called without an active exception") and fail the launch."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 # --- latents sharded over ranks (a dictionary too wide for one device) ------------------------------------------
 class _SumShards(torch.autograd.Function):
     """Sum the ranks' partial reconstructions. The loss after it is the same on every rank, so the gradient each
