@@ -322,7 +322,7 @@ def train_organism(model, folder: str | os.PathLike, harmful: Sequence[str], har
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.advance()
     hf.eval()
     folder.parent.mkdir(parents=True, exist_ok=True)
