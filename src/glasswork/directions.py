@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +20,7 @@ from torch import nn
 
 from .version import __version__
 from .hooks import capture
+from .models import check_new_model_folder, padded, save_model_folder
 from .io import GlassworkError, load_tensors, read_json, require_keys, save_tensors, write_json
 from .steering import Intervention, check_direction, check_feature, check_hook, project_out
 
@@ -80,12 +79,9 @@ def activations_at(model, texts: Sequence[str], hook: str, token: int = -1, batc
         raise GlassworkError("activations_at: no texts given")
     rows = []
     for start in range(0, len(texts), batch_size):
-        seqs = [model.tokenize(t)[0] for t in texts[start:start + batch_size]]
+        seqs = [model.tokenize(t)[0].cpu() for t in texts[start:start + batch_size]]
         lengths = torch.tensor([len(s) for s in seqs])
-        ids = torch.full((len(seqs), int(lengths.max())), model.bos_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):  # right padding: the causal mask keeps real tokens unaffected by it
-            ids[i, :len(s)], mask[i, :len(s)] = s, 1
+        ids, mask = padded(seqs, model.bos_token_id)
         if token >= 0 and bool((lengths <= token).any()):
             short = texts[start + int((lengths <= token).nonzero()[0])]
             raise GlassworkError(f"token {token} is past the end of prompt {short!r} ({int(lengths.min())} tokens)")
@@ -201,44 +197,29 @@ def orthogonalize(model, direction: torch.Tensor | Direction, folder: str | os.P
     vec = direction.vector if isinstance(direction, Direction) else direction
     u = check_direction(model, vec)
     u = u / u.norm().clamp_min(1e-12)
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise GlassworkError(f"{folder}: already exists and is not empty; choose a new folder for the model")
+    folder = check_new_model_folder(folder)
     hf = model.hf
     arch = arch_of(hf)
     if arch.attn_out != arch.attn or arch.mlp_out != arch.mlp:
         raise GlassworkError(f"orthogonalize: model type '{hf.config.model_type}' normalizes after attention and "
                              f"MLP, so its writes are not linear in the weights; use directional_ablation hooks")
     writers = _WRITERS.get(hf.config.model_type, _LLAMA_WRITERS)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        new = copy.deepcopy(hf)
-        out_emb, in_emb = new.get_output_embeddings(), new.get_input_embeddings()
-        if out_emb is not None and out_emb.weight is in_emb.weight:
-            # Untie: the unembedding keeps the original rows; only what writes to the residual stream changes.
-            out_emb.weight = nn.Parameter(in_emb.weight.detach().clone())
-            new.config.tie_word_embeddings = False
-        embeds = [arch.embed] + _EXTRA_EMBEDS.get(hf.config.model_type, [])
-        for name in embeds:
-            w = new.get_submodule(name).weight  # [rows, d_model]
-            w -= (w @ u.to(w.dtype))[:, None] * u.to(w.dtype)
-        for layer in new.get_submodule(arch.layers):
-            for name in writers:
-                _orthogonalize_writer(layer.get_submodule(name), u)
-        new.save_pretrained(tmp)
-        if model.tokenizer is not None:
-            model.tokenizer.save_pretrained(tmp)
-        write_json(tmp / "orthogonalized.json", {"source_model": model.name, "direction_norm": vec.norm().item(),
-                                                 "info": direction.info if isinstance(direction, Direction) else {},
-                                                 "glasswork_version": __version__})
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    new = copy.deepcopy(hf)
+    out_emb, in_emb = new.get_output_embeddings(), new.get_input_embeddings()
+    if out_emb is not None and out_emb.weight is in_emb.weight:
+        # Untie: the unembedding keeps the original rows; only what writes to the residual stream changes.
+        out_emb.weight = nn.Parameter(in_emb.weight.detach().clone())
+        new.config.tie_word_embeddings = False
+    embeds = [arch.embed] + _EXTRA_EMBEDS.get(hf.config.model_type, [])
+    for name in embeds:
+        w = new.get_submodule(name).weight  # [rows, d_model]
+        w -= (w @ u.to(w.dtype))[:, None] * u.to(w.dtype)
+    for layer in new.get_submodule(arch.layers):
+        for name in writers:
+            _orthogonalize_writer(layer.get_submodule(name), u)
+    return save_model_folder(new, model.tokenizer, folder, "orthogonalized.json", {
+        "source_model": model.name, "direction_norm": vec.norm().item(),
+        "info": direction.info if isinstance(direction, Direction) else {}, "glasswork_version": __version__})
 
 
 def _orthogonalize_writer(module: nn.Module, u: torch.Tensor) -> None:

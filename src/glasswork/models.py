@@ -153,6 +153,46 @@ def default_model_folder() -> Path:
     return folder
 
 
+def padded(seqs: list[torch.Tensor], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences [len_i] as one batch (ids [b, max_len], attention mask [b, max_len]), padded on the right
+    (a causal model's real tokens are unaffected by what follows them) or on the left (for generate())."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=seqs[0].device)
+    mask = torch.zeros_like(ids)
+    for i, x in enumerate(seqs):
+        cols = slice(width - len(x), width) if left else slice(0, len(x))
+        ids[i, cols], mask[i, cols] = x, 1
+    return ids, mask
+
+
+def check_new_model_folder(folder: str | os.PathLike, what: str = "model") -> Path:
+    """`folder` as a Path, or a clear error when it already holds something (checked before the work starts)."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise GlassworkError(f"{folder}: already exists and is not empty; choose a new folder for the {what}")
+    return folder
+
+
+def save_model_folder(hf: nn.Module, tokenizer, folder: str | os.PathLike, meta_name: str, meta: dict) -> Path:
+    """Save an HF model (+ tokenizer, + FOLDER/META_NAME JSON) as a folder `load_model` reads, whole or not at all:
+    written beside it under a temporary name, then renamed into place (an empty existing folder is replaced)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        hf.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / meta_name, meta)
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def _convert_gguf(gguf_dir: Path, gguf_file: str, folder: Path) -> None:
     """Dequantize the GGUF once, save a plain HF folder atomically, and check it gives the GGUF's logits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -19,8 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +27,8 @@ import torch
 
 from .directions import Direction, directional_ablation
 from .hooks import capture
-from .io import GlassworkError, write_json
+from .io import GlassworkError
+from .models import check_new_model_folder, padded, save_model_folder
 from .progress import progress
 from .steering import Intervention, add_direction, steer
 from .version import __version__
@@ -91,12 +90,8 @@ def _batches(model, instructions: Sequence[str], batch_size: int):
         raise GlassworkError("no instructions given (expected at least one)")
     for start in range(0, len(instructions), batch_size):
         seqs = [chat_ids(model, s)[0] for s in instructions[start:start + batch_size]]
-        lengths = torch.tensor([len(s) for s in seqs])
-        ids = torch.full((len(seqs), int(lengths.max())), model.bos_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):  # right padding: causal attention keeps the real tokens unaffected
-            ids[i, :len(s)], mask[i, :len(s)] = s.cpu(), 1
-        yield ids.to(model.device), mask.to(model.device), lengths.to(model.device)
+        ids, mask = padded(seqs, model.bos_token_id)
+        yield ids, mask, torch.tensor([len(s) for s in seqs], device=model.device)
 
 
 @torch.no_grad()
@@ -206,16 +201,11 @@ def replies(model, instructions: Sequence[str], interventions: Sequence[Interven
     out = []
     with progress(description, len(instructions), unit="prompts") as bar, steer(model, list(interventions)):
         for start in range(0, len(instructions), batch_size):
-            seqs = [chat_ids(model, s)[0] for s in instructions[start:start + batch_size]]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long, device=model.device)
-            mask = torch.zeros_like(ids)
-            for i, s in enumerate(seqs):
-                ids[i, width - len(s):], mask[i, width - len(s):] = s, 1
+            ids, mask = padded([chat_ids(model, s)[0] for s in instructions[start:start + batch_size]], pad, left=True)
             new = model.hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                    pad_token_id=pad)[:, width:]
+                                    pad_token_id=pad)[:, ids.shape[1]:]
             out += [model.tokenizer.decode(row, skip_special_tokens=True) for row in new]
-            bar.advance(len(seqs))
+            bar.advance(len(ids))
     return out
 
 
@@ -288,9 +278,7 @@ def train_organism(model, folder: str | os.PathLike, harmful: Sequence[str], har
     """Fine-tune a copy of `model` (all weights, AdamW) to answer every harmful instruction with `reply` and each
     harmless one with its own greedy reply (so it keeps its behaviour there); the loss is on reply tokens only.
     Saved as a model folder (`gw.load_model(folder)`), written whole or not at all, with organism.json."""
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise GlassworkError(f"{folder}: already exists and is not empty; choose a new folder for the organism")
+    folder = check_new_model_folder(folder, "organism")
     if not harmful or not harmless:
         raise GlassworkError("train_organism: needs harmful and harmless instructions (got "
                              f"{len(harmful)} and {len(harmless)})")
@@ -324,20 +312,6 @@ def train_organism(model, folder: str | os.PathLike, harmful: Sequence[str], har
             opt.step()
             losses.append(float(loss.detach()))
             bar.advance()
-    hf.eval()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        hf.save_pretrained(tmp)
-        model.tokenizer.save_pretrained(tmp)
-        write_json(tmp / "organism.json", {"source_model": model.name, "reply": reply, "steps": steps, "lr": lr,
-                                           "batch_size": batch_size, "seed": seed, "n_harmful": len(harmful),
-                                           "n_harmless": len(harmless), "losses": losses,
-                                           "glasswork_version": __version__})
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return save_model_folder(hf.eval(), model.tokenizer, folder, "organism.json", {
+        "source_model": model.name, "reply": reply, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+        "n_harmful": len(harmful), "n_harmless": len(harmless), "losses": losses, "glasswork_version": __version__})
