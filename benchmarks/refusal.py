@@ -2,7 +2,7 @@
 (held out and across languages), a refusal model organism fine-tuned on CPU, its refusal direction, and refusal rates
 before and after directional ablation, activation addition and weight orthogonalization, on held-out instructions.
 
-  .venv/bin/python benchmarks/refusal.py [--steps 60] [--layer-stride 2] [--no-record]"""
+  .venv/bin/python benchmarks/refusal.py [--steps 40] [--layer-stride 2] [--no-record]"""
 from __future__ import annotations
 
 import argparse
@@ -20,8 +20,8 @@ IMG = Path(__file__).resolve().parent / "img" / "refusal.png"
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=60, help="fine-tuning steps of the organism")
-    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--steps", type=int, default=40, help="fine-tuning steps of the organism")
+    ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--layer-stride", type=int, default=2, help="score every N-th layer's candidates")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
@@ -38,34 +38,35 @@ def main():
     print("probe", probe.layer, probe.position, float(probe.test_accuracy[probe.layer, probe.position]),
           probe.languages, flush=True)
     base_bad = rf.replies(model, bad[2], description="default model, harmful")
-    rates = {"default model": (rf.refusal_rate(base_bad), rf.refusal_rate(rf.replies(model, good[2])))}
+    def rate(bad_replies, good_replies):  # (refusal rate harmful, refusal rate harmless, share of empty replies)
+        both = bad_replies + good_replies
+        return rf.refusal_rate(bad_replies), rf.refusal_rate(good_replies), sum(not r.strip() for r in both) / len(both)
+    rates = {"default model": rate(base_bad, rf.replies(model, good[2]))}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         folder = rf.train_organism(model, Path(tmp) / "organism", bad[0], good[0], steps=args.steps, lr=args.lr)
         t_train = time.perf_counter() - t0
         organism = gw.load_model(folder)
         org_bad, org_good = rf.replies(organism, bad[2]), rf.replies(organism, good[2])
-        rates["organism"] = (rf.refusal_rate(org_bad), rf.refusal_rate(org_good))
+        rates["organism"] = rate(org_bad, org_good)
         t0 = time.perf_counter()
         found = rf.refusal_direction(organism, (bad[0], bad[1]), (good[0], good[1]), layer_stride=args.layer_stride)
         t_dir = time.perf_counter() - t0
-        print("direction", found.layer, found.position, found.baseline, flush=True)
+        print("direction", found.layer, found.position, found.baseline, found.direction.info, flush=True)
         abl_bad = rf.replies(organism, bad[2], rf.ablate(organism, found.direction))
         add_good = rf.replies(organism, good[2], rf.induce(organism, found.direction))
-        rates["organism, direction ablated"] = (rf.refusal_rate(abl_bad),
-                                                rf.refusal_rate(rf.replies(organism, good[2], rf.ablate(organism, found.direction))))
-        rates["organism, direction added"] = (rf.refusal_rate(rf.replies(organism, bad[2], rf.induce(organism, found.direction))),
-                                              rf.refusal_rate(add_good))
+        rates["organism, direction ablated"] = rate(abl_bad, rf.replies(organism, good[2], rf.ablate(organism, found.direction)))
+        rates["organism, direction added"] = rate(rf.replies(organism, bad[2], rf.induce(organism, found.direction)), add_good)
         ortho = gw.load_model(gw.orthogonalize(organism, found.direction, Path(tmp) / "orthogonalized"))
         orth_bad = rf.replies(ortho, bad[2])
-        rates["orthogonalized organism"] = (rf.refusal_rate(orth_bad), rf.refusal_rate(rf.replies(ortho, good[2])))
+        rates["orthogonalized organism"] = rate(orth_bad, rf.replies(ortho, good[2]))
     for name, rows in (("default, harmful", base_bad), ("organism, harmful", org_bad), ("organism, harmless", org_good),
                        ("ablated, harmful", abl_bad), ("added, harmless", add_good), ("orthogonalized, harmful", orth_bad)):
         print(f"--- {name}")
         for p, r in list(zip(bad[2] if "harmful" in name else good[2], rows))[:6]:
             print(f"{rf.is_refusal(r):d} {p!r} -> {r!r}")
-    for name, (h, s) in rates.items():
-        print(f"{name}: harmful {h:.2f} harmless {s:.2f}")
+    for name, (h, s, e) in rates.items():
+        print(f"{name}: harmful {h:.2f} harmless {s:.2f} empty {e:.2f}")
 
     import matplotlib
     matplotlib.use("Agg")
@@ -108,9 +109,12 @@ def main():
              f"each): {langs}. {t_probe:.0f} s.",
              f"- Organism: {args.steps} steps of full fine-tuning (AdamW, lr {args.lr:g}, batch 8) on the 55 + 55 "
              f"training instructions, {t_train:.0f} s. Refusal direction: layer {found.layer}, position "
-             f"{found.position} (every {args.layer_stride}. layer scored; {t_dir:.0f} s).", "",
-             "| model / edit | refusal rate, harmful test (33) | refusal rate, harmless test (33) |", "|---|---|---|"]
-    lines += [f"| {name} | {h:.2f} | {s:.2f} |" for name, (h, s) in rates.items()]
+             f"{found.position} (every {args.layer_stride}. layer below 80% of the depth scored; {t_dir:.0f} s); its ablation "
+             f"moves the harmless first-token distribution by KL {found.direction.info['harmless_kl']:.3f} nats "
+             f"(filter: at most 0.1; passed both filters: {found.direction.info['passed_filters']}).", "",
+             "| model / edit | refusal rate, harmful test (33) | refusal rate, harmless test (33) | empty replies |",
+             "|---|---|---|---|"]
+    lines += [f"| {name} | {h:.2f} | {s:.2f} | {e:.2f} |" for name, (h, s, e) in rates.items()]
     record("\n".join(lines) + "\n", args.no_record)
 
 

@@ -103,17 +103,32 @@ def test_refusal_direction_choice_and_orthogonalized_model(chat_model, tmp_path)
     bad, good = (HARMFUL[:4], HARMFUL[4:7]), (HARMLESS[:4], HARMLESS[4:7])
     found = rf.refusal_direction(chat_model, bad, good)
     n_pos = rf.post_instruction_tokens(chat_model)
-    assert found.ablation_scores.shape == (3, n_pos) and not found.ablation_scores.isnan().any()
+    assert found.ablation_scores.shape == (3, n_pos) and not found.ablation_scores[:2].isnan().any()
+    assert found.ablation_scores[2:].isnan().all()  # layer 2 is above 80% of 3: not scored
     # the chosen candidate's score, recomputed by hand: ablate its difference of means and score the prompts
     cand = rf.mean_differences(rf.residuals(chat_model, bad[0]), rf.residuals(chat_model, good[0]))
     vec = cand[found.layer, found.position]
     torch.testing.assert_close(found.direction.vector, vec)
     hand = rf.refusal_scores(chat_model, bad[1], gw.directional_ablation(chat_model, vec)).mean()
     assert float(found.ablation_scores[found.layer, found.position]) == pytest.approx(float(hand), abs=1e-5)
-    allowed = found.addition_scores > found.baseline[1]
-    allowed[2:] = False  # layers below 80% of 3
-    pool = found.ablation_scores[allowed] if allowed.any() else found.ablation_scores.flatten()
+    # brute force: every candidate's addition score, then the argmin of ablation among those that raise refusal
+    added = torch.tensor([[float(rf.refusal_scores(chat_model, good[1], rf.induce(chat_model, gw.Direction(
+        cand[layer, pos], f"blocks.{layer}.hook_resid_pre", "mean_difference", chat_model.name))).mean())
+        for pos in range(n_pos)] for layer in range(2)])
+    scored = ~found.addition_scores[:2].isnan()
+    torch.testing.assert_close(found.addition_scores[:2][scored], added[scored], rtol=1e-5, atol=1e-5)
+    clean = rf.first_token_logprobs(chat_model, good[1])
+    kl = torch.tensor([[rf.mean_kl(clean, rf.first_token_logprobs(chat_model, good[1], gw.directional_ablation(
+        chat_model, cand[layer, pos]))) for pos in range(n_pos)] for layer in range(2)])
+    hand_kl = torch.nn.functional.kl_div(rf.first_token_logprobs(chat_model, good[1], gw.directional_ablation(
+        chat_model, cand[0, 0])), clean, log_target=True, reduction="batchmean")  # torch's own KL
+    assert float(kl[0, 0]) == pytest.approx(float(hand_kl), rel=1e-5)
+    scored_kl = ~found.harmless_kl[:2].isnan()
+    torch.testing.assert_close(found.harmless_kl[:2][scored_kl], kl[scored_kl], rtol=1e-4, atol=1e-6)
+    allowed = (added > found.baseline[1]) & (kl <= 0.1)
+    pool = found.ablation_scores[:2][allowed] if allowed.any() else found.ablation_scores[:2].flatten()
     assert float(found.ablation_scores[found.layer, found.position]) == pytest.approx(float(pool.min()))
+    assert not found.addition_scores[:2, found.position].isnan().any()  # the per-layer curve at the chosen position
     # its orthogonalized model gives the logits of the ablation hooks
     folder = gw.orthogonalize(chat_model, found.direction, tmp_path / "ortho")
     ortho = gw.load_model(folder)

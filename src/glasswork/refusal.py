@@ -176,18 +176,28 @@ def refusal_token_ids(model, replies: Sequence[str] = (REFUSAL_REPLY, "I cannot 
 
 
 @torch.no_grad()
-def refusal_scores(model, instructions: Sequence[str], interventions: Sequence[Intervention] = (),
-                   batch_size: int = 16, tokens: Sequence[int] | None = None) -> torch.Tensor:
-    """log p(refusal token) - log p(any other) for the reply's first token of each prompt [n], interventions on."""
-    tokens = list(tokens if tokens is not None else refusal_token_ids(model))
+def first_token_logprobs(model, instructions: Sequence[str], interventions: Sequence[Intervention] = (),
+                         batch_size: int = 16) -> torch.Tensor:
+    """log p of the reply's first token [n, vocab], float32, for each chat prompt, interventions on."""
     out = []
     with steer(model, list(interventions)):
         for ids, mask, lengths in _batches(model, instructions, batch_size):
             logits = model.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            logp = logits[torch.arange(len(ids)), lengths - 1].float().log_softmax(-1)  # [b, vocab]
-            p_ref = logp[:, tokens].logsumexp(-1)
-            out.append((p_ref - torch.log1p(-p_ref.exp().clamp(max=1 - 1e-7))).cpu())
+            out.append(logits[torch.arange(len(ids)), lengths - 1].float().log_softmax(-1).cpu())
     return torch.cat(out)
+
+
+def refusal_scores(model, instructions: Sequence[str], interventions: Sequence[Intervention] = (),
+                   batch_size: int = 16, tokens: Sequence[int] | None = None) -> torch.Tensor:
+    """log p(refusal token) - log p(any other) for the reply's first token of each prompt [n], interventions on."""
+    tokens = list(tokens if tokens is not None else refusal_token_ids(model))
+    p_ref = first_token_logprobs(model, instructions, interventions, batch_size)[:, tokens].logsumexp(-1)
+    return p_ref - torch.log1p(-p_ref.exp().clamp(max=1 - 1e-7))
+
+
+def mean_kl(logp: torch.Tensor, logq: torch.Tensor) -> float:
+    """Mean over rows of KL(p || q) for log-probabilities [n, vocab]."""
+    return float((logp.exp() * (logp - logq)).sum(-1).mean())
 
 
 @torch.no_grad()
@@ -216,42 +226,61 @@ class RefusalDirection:
     direction: Direction  # the chosen candidate at blocks.LAYER.hook_resid_pre (unnormalized difference of means)
     layer: int
     position: int  # negative, from the end of the prompt
-    ablation_scores: torch.Tensor  # [L, P]: mean refusal score of harmful validation prompts with it ablated
-    addition_scores: torch.Tensor  # [L, P]: mean refusal score of harmless validation prompts with it added
+    ablation_scores: torch.Tensor  # [L, P]: mean refusal score of harmful validation prompts with it ablated (NaN: not scored)
+    addition_scores: torch.Tensor  # [L, P]: mean refusal score of harmless validation prompts with it added (NaN: not scored)
     baseline: tuple[float, float]  # mean refusal score of (harmful, harmless) validation prompts, no edit
+    harmless_kl: torch.Tensor  # [L, P]: KL of the harmless first-token distribution, ablated vs not (NaN: not scored)
 
 
 def refusal_direction(model, harmful: tuple[list[str], list[str]], harmless: tuple[list[str], list[str]],
-                      max_layer_fraction: float = 0.8, layer_stride: int = 1) -> RefusalDirection:
+                      max_layer_fraction: float = 0.8, layer_stride: int = 1, max_kl: float = 0.1) -> RefusalDirection:
     """Candidates from the training splits; the one chosen on the validation splits (see the module docstring).
-    harmful, harmless: (train, validation). layer_stride > 1 scores every stride-th layer only (faster)."""
+    harmful, harmless: (train, validation). Only layers below max_layer_fraction of the depth are scored (the others
+    cannot be chosen), every layer_stride-th of them. Arditi's filters are checked in order of ablation score until
+    a candidate passes both (the same choice as checking all, at a fraction of the cost): its addition raises the
+    harmless refusal score, and its ablation moves the harmless first-token distribution by at most max_kl (nats;
+    a direction whose removal breaks the model everywhere is not the refusal direction). Then the addition score at
+    the chosen position for every scored layer (the per-layer curve)."""
     tr_bad, val_bad = harmful
     tr_good, val_good = harmless
     candidates = mean_differences(residuals(model, tr_bad), residuals(model, tr_good))  # [L, P, d]
     n_layers, n_pos = candidates.shape[:2]
     ablation = torch.full((n_layers, n_pos), float("nan"))
     addition = torch.full((n_layers, n_pos), float("nan"))
-    layers = list(range(0, n_layers, layer_stride))
-    with progress("refusal candidates", len(layers) * n_pos, unit="candidates") as bar:
+    harmless_kl = torch.full((n_layers, n_pos), float("nan"))
+    layers = list(range(0, max(1, math.floor(max_layer_fraction * n_layers)), layer_stride))
+
+    def add_score(layer, pos):
+        added = [add_direction(model, f"blocks.{layer}.hook_resid_pre", candidates[layer, pos], 1.0)]
+        addition[layer, pos] = refusal_scores(model, val_good, added).mean()
+        return float(addition[layer, pos])
+
+    def kl_ok(layer, pos):
+        ablated = first_token_logprobs(model, val_good, directional_ablation(model, candidates[layer, pos]))
+        harmless_kl[layer, pos] = mean_kl(clean_good, ablated)
+        return float(harmless_kl[layer, pos]) <= max_kl
+
+    clean_good = first_token_logprobs(model, val_good)
+    baseline = (float(refusal_scores(model, val_bad).mean()), float(refusal_scores(model, val_good).mean()))
+    with progress("refusal candidates (ablation)", len(layers) * n_pos, unit="candidates") as bar:
         for layer in layers:
             for pos in range(n_pos):
-                vec = candidates[layer, pos]
-                ablation[layer, pos] = refusal_scores(model, val_bad, directional_ablation(model, vec)).mean()
-                added = [add_direction(model, f"blocks.{layer}.hook_resid_pre", vec, 1.0)]
-                addition[layer, pos] = refusal_scores(model, val_good, added).mean()
+                ablation[layer, pos] = refusal_scores(model, val_bad, directional_ablation(model, candidates[layer, pos])).mean()
                 bar.advance()
-    baseline = (float(refusal_scores(model, val_bad).mean()), float(refusal_scores(model, val_good).mean()))
-    allowed = torch.zeros_like(ablation, dtype=torch.bool)
-    allowed[: max(1, math.floor(max_layer_fraction * n_layers))] = True
-    allowed &= ~ablation.isnan() & (addition > baseline[1])
-    if not bool(allowed.any()):  # no candidate induces refusal: fall back to the ablation criterion alone
-        allowed = ~ablation.isnan()
-    layer, pos = divmod(int(torch.where(allowed, ablation, float("inf")).flatten().argmin()), n_pos)
+    order = [divmod(int(i), n_pos) for i in torch.where(ablation.isnan(), float("inf"), ablation).flatten().argsort()]
+    order = order[:len(layers) * n_pos]
+    chosen = next(((layer, pos) for layer, pos in order if add_score(layer, pos) > baseline[1] and kl_ok(layer, pos)),
+                  None)
+    layer, pos = chosen or order[0]  # no candidate passes the filters: the ablation criterion alone
+    for other in layers:
+        if addition[other, pos].isnan():
+            add_score(other, pos)
     direction = Direction(candidates[layer, pos].clone(), f"blocks.{layer}.hook_resid_pre", "mean_difference",
                           model.name, {"what": "refusal", "position": pos - n_pos,
                                        "ablation_score": float(ablation[layer, pos]),
-                                       "addition_score": float(addition[layer, pos]), "baseline": baseline})
-    return RefusalDirection(direction, layer, pos - n_pos, ablation, addition, baseline)
+                                       "addition_score": float(addition[layer, pos]), "baseline": baseline,
+                                       "harmless_kl": float(harmless_kl[layer, pos]), "passed_filters": chosen is not None})
+    return RefusalDirection(direction, layer, pos - n_pos, ablation, addition, baseline, harmless_kl)
 
 
 def ablate(model, direction: Direction) -> list[Intervention]:
