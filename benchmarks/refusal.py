@@ -36,7 +36,7 @@ def main():
     probe = rf.harmfulness_probe(model, bad, good, TRANSLATED)
     t_probe = time.perf_counter() - t0
     print("probe", probe.layer, probe.position, float(probe.test_accuracy[probe.layer, probe.position]),
-          probe.languages, flush=True)
+          probe.languages, getattr(probe, "languages_refit", None), flush=True)
     base_bad = rf.replies(model, bad[2], description="default model, harmful")
     def rate(bad_replies, good_replies):  # (refusal rate harmful, refusal rate harmless, share of empty replies)
         both = bad_replies + good_replies
@@ -98,6 +98,7 @@ def main():
     now = datetime.datetime.now(datetime.timezone.utc)
     acc = float(probe.test_accuracy[probe.layer, probe.position])
     langs = ", ".join(f"{k} {v:.2f}" for k, v in probe.languages.items())
+    refit = ", ".join(f"{k} {v:.2f}" for k, v in probe.languages_refit.items())
     lines = [f"## Refusal direction ({now:%Y-%m-%d %H:%M} UTC)", "",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores, fp32. Command: `.venv/bin/python benchmarks/refusal.py "
              f"{' '.join(sys.argv[1:])}`. Instructions: `glasswork.data.instructions` (110 harmful + 110 harmless, "
@@ -106,7 +107,8 @@ def main():
              f"`benchmarks/img/{IMG.name}`.", "",
              f"- Harmfulness probe (default model, difference of means on train, chosen on validation): layer "
              f"{probe.layer}, position {probe.position}; test accuracy {acc:.2f}; translated instructions (16 + 16 "
-             f"each): {langs}. {t_probe:.0f} s.",
+             f"each) with the English threshold: {langs}; with each language's own midpoint threshold (a diagnostic that "
+             f"uses their labels): {refit}. {t_probe:.0f} s.",
              f"- Organism: {args.steps} steps of full fine-tuning (AdamW, lr {args.lr:g}, batch 8) on the 55 + 55 "
              f"training instructions, {t_train:.0f} s. Refusal direction: layer {found.layer}, position "
              f"{found.position} (every {args.layer_stride}. layer below 80% of the depth scored; {t_dir:.0f} s); its ablation "

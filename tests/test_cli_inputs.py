@@ -103,6 +103,7 @@ CASES += [
     ("features concepts unknown concept", ["features", "concepts", "{t}/sae", "--concept", "nope"]),
     ("features concepts --contrast --words without sentences", ["features", "concepts", "{t}/sae", "--contrast",
                                                                "--words", "a,b"]),
+    ("eval --suite unknown part", ["eval", "{t}/sae", "--suite", "--parts", "probing,speed"]),
     ("toy --out a file", ["toy", "--quick", "--out", "{t}/a-file"]),
     ("demo --out a file", ["demo", "--quick", "--no-serve", "--out", "{t}/a-file"]),
 ]

@@ -75,6 +75,25 @@ def test_probe_accuracy_is_a_hand_count():
             assert acc[layer, p] == pytest.approx(right / 13)
 
 
+def test_harmfulness_probe_choice_and_languages_by_hand(chat_model):
+    bad, good = (HARMFUL[:6], HARMFUL[6:10], HARMFUL[10:14]), (HARMLESS[:6], HARMLESS[6:10], HARMLESS[10:14])
+    fr = {"fr": (TRANSLATED["fr"][0][:4], TRANSLATED["fr"][1][:4])}
+    probe = rf.harmfulness_probe(chat_model, bad, good, fr)
+    acts = [[rf.residuals(chat_model, x) for x in split_] for split_ in (bad, good)]
+    cand = rf.mean_differences(acts[0][0], acts[1][0])
+    thr = rf.projection_probe(cand, acts[0][0], acts[1][0])
+    val = rf.probe_accuracy(cand, thr, acts[0][1], acts[1][1])
+    n_pos = val.shape[1]
+    assert float(val[probe.layer, probe.position + n_pos]) == float(val.max())
+    layer, pos = probe.layer, probe.position + n_pos
+    unit = cand[layer, pos] / cand[layer, pos].norm()
+    lb, lg = (rf.residuals(chat_model, x)[:, layer, pos] @ unit for x in fr["fr"])  # projections [4] each
+    hand = (float((lb > thr[layer, pos]).sum()) + float((lg <= thr[layer, pos]).sum())) / 8
+    assert probe.languages["fr"] == pytest.approx(hand)
+    mid = (lb.mean() + lg.mean()) / 2
+    assert probe.languages_refit["fr"] == pytest.approx((float((lb > mid).sum()) + float((lg <= mid).sum())) / 8)
+
+
 def test_refusal_matcher_and_rate():
     said = ["I'm sorry, but I can't help with that request.", "I\u2019m sorry, I cannot do that.",
             "As an AI, I must decline.", "Sure! Here is how to bake bread.", "To make a bomb you need", "I will not."]

@@ -75,19 +75,22 @@ def test_planted_absorption_is_measured():
     codes[10, 3] = 1.0  # main silent, only a latent below tau_cos: not absorbed
     correct = torch.ones(12, dtype=torch.bool)
     correct[11] = False
-    full, frac = ab.absorbed(codes, W_dec, probe, correct, [0])
+    full, frac = ab.absorbed(codes, W_dec, probe, correct, [0], tau_cos=0.025)
     assert full.tolist() == [False] * 6 + [True] * 4 + [False, False]
     assert frac[:6].tolist() == [0.0] * 6 and frac[6:10].tolist() == pytest.approx([1.0] * 4)
     assert frac[10] == 0.0 and math.isnan(frac[11])
     # partial: the main latent fires at 1, the absorbing one at 1 too: it carries 0.707 / 1.707 of the projection
     both = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
-    full, frac = ab.absorbed(both, W_dec, probe, torch.tensor([True]), [0])
+    full, frac = ab.absorbed(both, W_dec, probe, torch.tensor([True]), [0], tau_cos=0.025)
+    # the default threshold, 3 / sqrt(8) > 0.707: latent 1 no longer counts as aligned
+    assert not ab.absorbed(codes, W_dec, probe, correct, [0])[0].any()
     assert not full[0] and float(frac[0]) == pytest.approx((1 / math.sqrt(2)) / (1 + 1 / math.sqrt(2)), rel=1e-5)
 
 
 def test_tasks_and_errors():
     docs = tasks.python_source_documents(max_files=5)
     assert docs and all(isinstance(x, str) for x in docs)
+    assert tasks.passages("aa bb cc dd ee", chars=6) == ["aa bb", "cc dd"]  # 'ee' is a short tail: dropped
     with pytest.raises(GlassworkError, match="unknown probing task 'nope'"):
         tasks.build_task("nope", 10)
 

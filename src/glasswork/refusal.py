@@ -140,6 +140,9 @@ class HarmfulnessProbe:
     val_accuracy: torch.Tensor  # [L, P]
     test_accuracy: torch.Tensor  # [L, P]
     languages: dict[str, float] = field(default_factory=dict)  # accuracy of the chosen probe per language
+    # the same direction with the threshold re-set at the midpoint of that language's own class means (a diagnostic:
+    # it uses the language's labels): high when the direction separates the classes but the threshold has moved
+    languages_refit: dict[str, float] = field(default_factory=dict)
 
 
 def harmfulness_probe(model, harmful: tuple[list[str], list[str], list[str]],
@@ -155,16 +158,16 @@ def harmfulness_probe(model, harmful: tuple[list[str], list[str], list[str]],
     test = probe_accuracy(candidates, thresholds, acts["harmful"][2], acts["harmless"][2])
     layer, pos = divmod(int(val.flatten().argmax()), val.shape[1])  # ties: the earliest layer
     n_pos = val.shape[1]
-    languages = {}
+    languages, refit = {}, {}
+    one = candidates[layer:layer + 1, pos:pos + 1]  # [1, 1, d]
     for lang, (bad, good) in (translated or {}).items():
-        acc = probe_accuracy(candidates[layer:layer + 1, pos:pos + 1], thresholds[layer:layer + 1, pos:pos + 1],
-                             residuals(model, bad)[:, layer:layer + 1, pos:pos + 1],
-                             residuals(model, good)[:, layer:layer + 1, pos:pos + 1])
-        languages[lang] = float(acc)
+        lb, lg = (residuals(model, x)[:, layer:layer + 1, pos:pos + 1] for x in (bad, good))
+        languages[lang] = float(probe_accuracy(one, thresholds[layer:layer + 1, pos:pos + 1], lb, lg))
+        refit[lang] = float(probe_accuracy(one, projection_probe(one, lb, lg), lb, lg))
     hook = f"blocks.{layer}.hook_resid_pre"
     direction = Direction(candidates[layer, pos].clone(), hook, "mean_difference", model.name,
                           {"what": "harmfulness", "position": pos - n_pos, "threshold": float(thresholds[layer, pos])})
-    return HarmfulnessProbe(direction, layer, pos - n_pos, float(thresholds[layer, pos]), val, test, languages)
+    return HarmfulnessProbe(direction, layer, pos - n_pos, float(thresholds[layer, pos]), val, test, languages, refit)
 
 
 # ---------------------------------------------------------------------------------------------------- refusal score

@@ -116,6 +116,10 @@ def eval_cmd(
     model: Optional[str] = typer.Option(None, help="Model (default: the one the dictionary names)."),
     tokens: int = typer.Option(16_384, min=1, help="Held-out tokens to evaluate on."),
     ctx: int = typer.Option(128, min=8, help="Tokens per sequence."),
+    suite: bool = typer.Option(False, "--suite", help="Also run the evaluation suite: sparse probing, first-letter "
+                               "absorption (SAEs), autointerp; next to SAEBench's reference values."),
+    parts: str = typer.Option("probing,absorption,autointerp", help="--suite: which parts, comma-separated."),
+    layer: Optional[int] = typer.Option(None, help="--suite on a set folder: the layer's dictionary to evaluate."),
     as_json: bool = JSON_OPT,
 ):
     """FVU, L0, dead/dense fractions; CE-loss score and KL with the dictionaries spliced into the model."""
@@ -126,11 +130,32 @@ def eval_cmd(
         from ..models import load_model
         t0 = time.time()
         dicts = _as_dicts(folder)
+        from ..suite import check_parts
+        chosen = check_parts(tuple(p.strip() for p in parts.split(",") if p.strip()))
+        target = _suite_target(folder, dicts, layer) if suite else None  # a bad --layer fails before any work
         m = load_model(model or next(iter(dicts.values())).cfg.model or None)
         result = evaluate(dicts, m, _texts(heldout=True)(), tokens=tokens, ctx=ctx)
+        if target:
+            from ..suite import run_suite
+            name, one, where = target
+            result["suite"] = {"dictionary": name, **run_suite(m, one, where, chosen)}
         result["seconds"] = round(time.time() - t0, 1)
         emit(result, as_json)
     run_verb(go)
+
+
+def _suite_target(folder: Path, dicts: dict, layer: Optional[int]):
+    """(name, dictionary, folder of its feature index) that --suite evaluates: the only one, or the --layer one."""
+    from ..dictionaries.saving import is_set
+    if not is_set(folder):
+        name, one = next(iter(dicts.items()))
+        return name, one, folder
+    by_layer = {d.cfg.layer: (n, d) for n, d in dicts.items()}
+    if layer is None or layer not in by_layer:
+        raise GlassworkError(f"{folder} is a set of {len(dicts)} dictionaries: --suite evaluates one, name it with "
+                             f"--layer (one of {', '.join(map(str, sorted(k for k in by_layer if k is not None)))})")
+    name, one = by_layer[layer]
+    return name, one, folder / name
 
 
 def export_cmd(

@@ -70,13 +70,21 @@ def run_autointerp(model, folder: Path, n_features: int = 40, seed: int = 0, n_c
             "fuzzing": mean("fuzzing"), "fuzzing_baseline": mean("fuzzing_baseline")}
 
 
-def run_suite(model, dictionary, folder: Path | None = None, parts=("probing", "absorption", "autointerp"),
+PARTS = ("probing", "absorption", "autointerp")
+
+
+def check_parts(parts) -> tuple[str, ...]:
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise GlassworkError(f"eval suite: unknown part(s) {', '.join(unknown) or '(none given)'} (expected some of "
+                             f"{', '.join(PARTS)})")
+    return tuple(parts)
+
+
+def run_suite(model, dictionary, folder: Path | None = None, parts=PARTS,
               **options) -> dict:
     """Every part of the suite on one dictionary (a SparseCoder; `folder` is where its feature index lives)."""
-    unknown = set(parts) - {"probing", "absorption", "autointerp"}
-    if unknown:
-        raise GlassworkError(f"eval suite: unknown part(s) {', '.join(sorted(unknown))} (expected probing, "
-                             f"absorption, autointerp)")
+    check_parts(parts)
     if dictionary.cfg.kind == "clt":
         raise GlassworkError("eval suite: pick one layer's transcoder; a cross-layer transcoder is not supported yet")
     out, seconds = {"reference": SAEBENCH_REFERENCE}, {}

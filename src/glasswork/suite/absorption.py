@@ -6,9 +6,13 @@ and another latent, whose decoder points along the probe, carries the letter ins
 absorbed "starts with S"). Measured on held-out words:
 
 - absorption rate (full absorption): the share of probe-correct words where every main latent is zero and the
-  largest probe-aligned contribution of one other active latent (cos(W_dec, probe) >= tau_cos) is at least
-  tau_share of the total positive contribution of all active latents to the probe projection;
-- absorption fraction (partial): the mean share of that total carried by all probe-aligned non-main latents.
+  largest contribution of one other active, probe-aligned latent (cos(W_dec, probe) >= tau_cos) is at least
+  tau_share of the total: the probe projection of the reconstruction without b_dec (the sum of every active
+  latent's code x W_dec . probe, signed, so chance contributions cancel);
+- absorption fraction (partial): the mean share of that total carried by the probe-aligned non-main latents
+  (clamped to [0, 1]; 0 where the total is not positive).
+tau_cos defaults to 3 / sqrt(d_model), three standard deviations of the cosine of two random directions: Chanin et
+al.'s 0.025 lets a quarter of random latents of a 576-wide model count as aligned.
 
 Main latents: the latents ranked by mean difference on training words, added while the F1 of "any of them fires"
 rises by at least min_f1_gain (SAEBench's feature-splitting rule, with an OR of latents in place of a k-sparse
@@ -46,20 +50,22 @@ def main_latents(codes: torch.Tensor, positive: torch.Tensor, max_latents: int =
 
 
 def absorbed(codes: torch.Tensor, W_dec: torch.Tensor, probe: torch.Tensor, correct: torch.Tensor, main: list[int],
-             tau_cos: float = 0.025, tau_share: float = 0.4) -> tuple[torch.Tensor, torch.Tensor]:
+             tau_cos: float | None = None, tau_share: float = 0.4) -> tuple[torch.Tensor, torch.Tensor]:
     """codes [n, d_sae], W_dec [d_sae, d], probe [d], correct [n] bool (the probe is right and the word is positive),
     main: latent ids. Returns (fully absorbed [n] bool, absorption fraction [n], NaN where not correct)."""
+    tau_cos = 3 / W_dec.shape[1] ** 0.5 if tau_cos is None else tau_cos
     unit = probe.float() / probe.float().norm().clamp_min(1e-12)
     along = W_dec.float() @ unit  # [d_sae]: each decoder row's projection on the probe
     aligned = along / W_dec.float().norm(dim=1).clamp_min(1e-12) >= tau_cos
     aligned[main] = False
     contrib = codes.float() * along  # [n, d_sae]
-    total = contrib.clamp_min(0).sum(1)
+    total = contrib.sum(1)
     from_aligned = (contrib * aligned).clamp_min(0)
     main_off = (codes[:, main] <= 0).all(1) if main else torch.ones(len(codes), dtype=torch.bool)
     top = from_aligned.max(1).values
-    full = correct & main_off & (top > 0) & (top >= tau_share * total)
-    fraction = torch.where(correct, (from_aligned.sum(1) / total.clamp_min(1e-12)).clamp(0, 1), float("nan"))
+    full = correct & main_off & (total > 0) & (top >= tau_share * total)
+    share = torch.where(total > 0, from_aligned.sum(1) / total.clamp_min(1e-12), 0.0).clamp(0, 1)
+    fraction = torch.where(correct, share, float("nan"))
     return full, fraction
 
 
@@ -89,7 +95,7 @@ class LetterResult:
 
 
 def first_letter_absorption(model, sae, n_words: int = 4000, test_fraction: float = 0.3, min_words: int = 30,
-                            seed: int = 0, tau_cos: float = 0.025, tau_share: float = 0.4) -> dict:
+                            seed: int = 0, tau_cos: float | None = None, tau_share: float = 0.4) -> dict:
     """Per-letter and mean absorption of an SAE (its input and output hook must be the same: the probe's space is the
     decoder's). Letters with fewer than `min_words` training words are left out."""
     cfg = sae.cfg
