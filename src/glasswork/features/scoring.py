@@ -6,13 +6,16 @@ fuzzing:   given the label, say whether the highlighted tokens of an activating 
            fires on, or random ones (score: accuracy, 0.5 = chance).
 
 Scorers: `KeywordScorer` (deterministic: the label's quoted tokens or words must appear in the context or the
-highlight) and `LMScorer` (asks a chat client)."""
+highlight), `SurprisalScorer` (a local language model: does the label make the context, or its highlighted tokens,
+less surprising? as delphi's surprisal scorer) and `LMScorer` (asks a chat client)."""
 from __future__ import annotations
 
 import random
 import re
 from dataclasses import dataclass
 from typing import Protocol
+
+import torch
 
 from ..io import GlassworkError
 from .explain import ChatClient, Explainer, label_keywords, marked_text, window
@@ -37,6 +40,69 @@ class KeywordScorer:
     def fuzz(self, label: str, examples: list[dict]) -> list[bool]:
         keys = set(label_keywords(label))
         return [any(ex["tokens"][i].strip().casefold() in keys for i in ex["marks"]) for ex in examples]
+
+
+@dataclass
+class SurprisalScorer:
+    """A label is good when, read first, it makes the feature's contexts less surprising to a language model. Per
+    example, drop = the largest fall in one token's loss (after `neutral` minus after `template` with the label),
+    over every token (detection) or the highlighted ones (fuzzing): a label helps where the feature fires, not the
+    whole text; the examples whose drop is above the set's median are
+    called positive (detection and fuzzing sets are about half positive). `model`: a glasswork Model (the default
+    model works)."""
+    model: object
+    name: str = "surprisal"
+    template: str = "A text about {label}:\n"
+    neutral: str = "A text about something:\n"  # the same form: only the label differs
+    batch_size: int = 32
+
+    @torch.no_grad()
+    def token_losses(self, prefix: str, examples: list[dict]) -> list[torch.Tensor]:
+        """Per example, the loss [len(tokens)] of each of its tokens (re-encoded one by one) after BOS + prefix."""
+        m = self.model
+        head = [m.bos_token_id] + m.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        rows = []
+        for ex in examples:
+            pieces = [m.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ex["tokens"]]
+            rows.append((head + [i for p in pieces for i in p], [len(p) for p in pieces]))
+        out = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.full((len(chunk), width), m.bos_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, (seq, _) in enumerate(chunk):
+                ids[r, :len(seq)], mask[r, :len(seq)] = torch.tensor(seq), 1
+            logp = m.hf(input_ids=ids.to(m.device), attention_mask=mask.to(m.device),
+                        use_cache=False).logits.float().log_softmax(-1).cpu()
+            for r, (seq, sizes) in enumerate(chunk):
+                nll = -logp[r, torch.arange(len(head) - 1, len(seq) - 1), ids[r, len(head):len(seq)]]  # [text ids]
+                per_token, at = [], 0
+                for size in sizes:  # a displayed token that re-encodes to several ids: their summed loss
+                    per_token.append(nll[at:at + size].sum() if size else torch.tensor(0.0))
+                    at += size
+                out.append(torch.stack(per_token) if per_token else torch.zeros(0))
+        return out
+
+    def _drops(self, label: str, examples: list[dict], marked: bool) -> torch.Tensor:
+        """Per example, the largest drop in one token's loss [n] (over its marked tokens when `marked`)."""
+        plain = self.token_losses(self.neutral, examples)
+        told = self.token_losses(self.template.format(label=label), examples)
+        drops = []
+        for a, b, ex in zip(plain, told, examples):
+            d = (a - b)[ex["marks"]] if marked else a - b
+            drops.append(d.max() if len(d) else torch.tensor(float("-inf")))
+        return torch.stack(drops) if drops else torch.zeros(0)
+
+    @staticmethod
+    def _above_median(drops: torch.Tensor) -> list[bool]:
+        return (drops > drops.median()).tolist() if len(drops) else []
+
+    def detect(self, label: str, examples: list[dict]) -> list[bool]:
+        return self._above_median(self._drops(label, examples, marked=False))
+
+    def fuzz(self, label: str, examples: list[dict]) -> list[bool]:
+        return self._above_median(self._drops(label, examples, marked=True))
 
 
 @dataclass
