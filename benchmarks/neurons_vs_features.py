@@ -6,7 +6,7 @@ random among those that fired), labelled by the built-in explainer and scored by
 default model reads the label first; does it make the unit's firing tokens less surprising?). A higher detection
 score: the label predicts where the unit fires. The transcoder is left out when the demo has not trained it yet.
 
-  .venv/bin/python benchmarks/neurons_vs_features.py [--demo ~/.cache/glasswork/demo] [--layer 15] [--n 60] [--no-record]"""
+  .venv/bin/python benchmarks/neurons_vs_features.py [--demo ~/.cache/glasswork/demo] [--layer 15] [--n 60] [--surprisal-n 15] [--no-record]"""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--n", type=int, default=60, help="units labelled and scored per kind")
     ap.add_argument("--contexts", type=int, default=256)
+    ap.add_argument("--surprisal-n", type=int, default=15,
+                    help="of those, units also scored by the surprisal scorer (~25 s each on 2 cores)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     import glasswork as gw
@@ -59,7 +61,7 @@ def main():
             base = [r["detection_baseline"] for r in res.values() if r.get("detection_baseline") is not None]
             beats = sum(r.get("detection", 0) > r.get("detection_baseline", 1) for r in res.values())
             scores[name] = det
-            sres = label_features(index, BuiltinExplainer(), scorer=surprisal, features=sample)["results"]
+            sres = label_features(index, BuiltinExplainer(), scorer=surprisal, features=sample[:args.surprisal_n])["results"]
             sdet = [r["detection"] for r in sres.values() if r.get("detection") is not None]
             sbase = [r["detection_baseline"] for r in sres.values() if r.get("detection_baseline") is not None]
             sbeats = sum(r.get("detection", 0) > r.get("detection_baseline", 1) for r in sres.values())
@@ -90,7 +92,7 @@ def main():
              f"{' '.join(sys.argv[1:])}`. Each kind indexed over the same {args.contexts} contexts of 64 tokens, then "
              f"{args.n} live units (seeded random sample) labelled by the built-in explainer and scored by keyword "
              f"detection against 3 other units' labels (the scorer every table in this file uses), then by the surprisal "
-             f"scorer (the default model; the same labels and baselines). Plot: "
+             f"scorer (the default model; the same labels and baselines) on the first {args.surprisal_n} of them. Plot: "
              f"`benchmarks/img/{IMG.name}`.", "",
              "| units | count | live | scored | keyword detection: mean | median | baseline | beat baseline | "
              "surprisal detection: mean | baseline | beat baseline | seconds |",
