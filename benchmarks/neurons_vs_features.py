@@ -81,7 +81,8 @@ def main():
             ax.hist(det, bins=bins, histtype="step", linewidth=2, label=f"{name} (median {statistics.median(det):.2f})")
         ax.set_xlabel(f"{scorer} detection score of the built-in label (0.5: chance)")
         ax.set_ylabel("units")
-        ax.set_title(f"Neurons vs features, layer {args.layer} ({args.n} units each), {scorer} scorer", fontsize=9)
+        ax.set_title(f"Neurons vs features, layer {args.layer} ({len(next(iter(by_kind.values())))} units each), "
+                     f"{scorer} scorer", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     IMG.parent.mkdir(exist_ok=True)
