@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from ..io import GlassworkError
+from ..models import padded
 from .explain import ChatClient, Explainer, label_keywords, marked_text, window
 
 
@@ -68,11 +69,7 @@ class SurprisalScorer:
         out = []
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), m.bos_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, (seq, _) in enumerate(chunk):
-                ids[r, :len(seq)], mask[r, :len(seq)] = torch.tensor(seq), 1
+            ids, mask = padded([torch.tensor(seq) for seq, _ in chunk], m.bos_token_id)
             logp = m.hf(input_ids=ids.to(m.device), attention_mask=mask.to(m.device),
                         use_cache=False).logits.float().log_softmax(-1).cpu()
             for r, (seq, sizes) in enumerate(chunk):

@@ -94,6 +94,7 @@ class LetterResult:
     absorption_fraction: float
 
 
+@torch.no_grad()
 def first_letter_absorption(model, sae, n_words: int = 4000, test_fraction: float = 0.3, min_words: int = 30,
                             seed: int = 0, tau_cos: float | None = None, tau_share: float = 0.4) -> dict:
     """Per-letter and mean absorption of an SAE (its input and output hook must be the same: the probe's space is the
