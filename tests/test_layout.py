@@ -18,7 +18,7 @@ LAYERS = {
     "data": 2,
     "dictionaries": 3,
     "training": 4,
-    "evals": 5, "features": 5, "steering": 5, "directions": 5, "circuits": 5, "toy": 5, "scaling": 5, "refusal": 5, "suite": 5,
+    "evals": 5, "features": 5, "steering": 5, "directions": 5, "circuits": 5, "toy": 5, "scaling": 5, "refusal": 5, "suite": 5, "vision": 5,
     "cli": 6, "server": 6, "demo": 6,
     "__init__": 7,
 }
