@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import circuits, data, features, model, toy, training
+from . import circuits, data, features, model, toy, training, vision
 from .common import JSON_OPT, emit, err, finite, run_verb
 
 __all__ = ["app", "emit", "err", "finite", "run_verb", "JSON_OPT"]
@@ -39,5 +39,6 @@ app.command("harvest")(data.harvest_cmd)
 app.add_typer(data.store_app, name="store")
 app.add_typer(data.corpus_app, name="corpus")
 app.command("toy")(toy.toy_cmd)
+app.command("vision")(vision.vision_cmd)
 app.command("demo")(model.demo)
 app.command("serve")(model.serve)

@@ -19,6 +19,10 @@ JSON routes (graph_routes.py, feature_routes.py, model_routes.py; what they shar
   GET  /api/features/{feature}?index=[&layer=]  a feature page's data
   POST /api/steer           {prompt, edits, ...}   baseline and steered generations, same seed
   POST /api/attribute       {prompt, dictionary}   starts a job; GET /api/jobs/{id} polls it; the graph lands in graphs/
+  GET  /api/vision                              the vision feature indexes in DIR/vision (`glasswork vision`)
+  GET  /api/vision/{name}/units?kind=unit|feature&order=entropy|weighted|frequency|id   units or features, listed
+  GET  /api/vision/{name}/units/{kind}/{id}     one's page: statistics, histogram, top patches with boxes
+  GET  /api/vision/{name}/image/{patch|source|vis}/{key}   a stored PNG
 Bad input answers 4xx with {"detail": "..."}: names with slashes or '..', bodies over the cap, wrong JSON types.
 """
 from __future__ import annotations
@@ -31,7 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..io import GlassworkError
-from . import feature_routes, graph_routes, model_routes
+from . import feature_routes, graph_routes, model_routes, vision_routes
 from .graphs import GraphStore
 from .jobs import Jobs
 from .resources import Resources
@@ -39,7 +43,8 @@ from .security import Guard
 from .site import Site
 
 STATIC = Path(__file__).parent / "static"
-PAGES = {"/": "index.html", "/graph": "graph.html", "/features": "features.html", "/steer": "steer.html"}
+PAGES = {"/": "index.html", "/graph": "graph.html", "/features": "features.html", "/steer": "steer.html",
+         "/vision": "vision.html"}
 
 
 def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] = (), hosts: set[str] | None = None,
@@ -70,7 +75,7 @@ def create_app(workdir: str | Path, model=None, dictionaries: list[str | Path] =
     for route, page in PAGES.items():
         app.add_api_route(route, _page(page), methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for routes in (graph_routes, feature_routes, model_routes):
+    for routes in (graph_routes, feature_routes, model_routes, vision_routes):
         app.include_router(routes.router)
     app.add_middleware(Guard, max_body=max_body, upload_body=upload_body, hosts=hosts or set())
     return app

@@ -162,12 +162,17 @@ def from_module(module: nn.Module, points: dict[str, str], image_size: tuple[int
     return ImageModel(module, dict(points), tuple(image_size), channels, **kwargs)
 
 
-# model_type -> (dotted path of the layer list, "tokens" | "stages")
-_HF_LAYERS = {
-    "vit": "vit.encoder.layer", "deit": "deit.encoder.layer", "dinov2": "dinov2.encoder.layer",
-    "clip_vision_model": "vision_model.encoder.layers", "siglip_vision_model": "vision_model.encoder.layers",
-    "convnext": "convnext.encoder.stages", "resnet": "resnet.encoder.stages",
-}
+VISION_TYPES = {"vit", "deit", "dinov2", "clip_vision_model", "siglip_vision_model", "convnext", "resnet"}
+
+
+def _layer_list(hf: nn.Module) -> str:
+    """The dotted name of the model's list of layers (ViT blocks, ConvNeXt / ResNet stages): the outermost
+    ModuleList named layer, layers or stages (names differ across transformers versions)."""
+    names = [n for n, m in hf.named_modules() if isinstance(m, nn.ModuleList) and n.split(".")[-1] in
+             ("layer", "layers", "stages")]
+    if not names:
+        raise GlassworkError(f"{type(hf).__name__}: found no list of layers (layer / layers / stages) to hook")
+    return min(names, key=lambda n: n.count("."))
 
 
 def load_hf_vision(folder: str | Path) -> ImageModel:
@@ -181,20 +186,15 @@ def load_hf_vision(folder: str | Path) -> ImageModel:
     if not (folder / "config.json").exists():
         raise GlassworkError(f"{folder}: not a Hugging Face model folder (no config.json)")
     cfg = transformers.AutoConfig.from_pretrained(folder)
-    if cfg.model_type not in _HF_LAYERS:
+    if cfg.model_type not in VISION_TYPES:
         raise GlassworkError(f"{folder}: model_type '{cfg.model_type}' is not a vision architecture glasswork maps "
-                             f"(known: {sorted(_HF_LAYERS)})")
+                             f"(known: {sorted(VISION_TYPES)})")
     try:
         hf = transformers.AutoModelForImageClassification.from_pretrained(folder)
     except (ValueError, KeyError):  # a bare encoder (CLIP's vision tower, DINOv2 without a head)
         hf = transformers.AutoModel.from_pretrained(folder)
-    path = _HF_LAYERS[cfg.model_type]
-    prefix = path.split(".")[0]
-    if not hasattr(hf, prefix):  # AutoModel returned the base model itself: paths start one level lower
-        path = path.split(".", 1)[1]
-    layers = hf
-    for part in path.split("."):
-        layers = getattr(layers, part)
+    path = _layer_list(hf)
+    layers = hf.get_submodule(path)
     pre = json.loads((folder / "preprocessor_config.json").read_text()) if (
         folder / "preprocessor_config.json").exists() else {}
     size = getattr(cfg, "image_size", None) or pre.get("crop_size", pre.get("size", 224))

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..io import home, read_json, write_json
+from ..io import GlassworkError, home, read_json, write_json
 from . import classic, figures
 from .dictionary import clamped_probs, load_image_sae, position_rows, train_image_sae
 from ..io import load_tensors, save_tensors
@@ -62,9 +62,17 @@ def run_vision(out: str | Path | None = None, cfg: VisionConfig | None = None,
     """Run (or resume) every stage into `out` (default $GLASSWORK_HOME/vision-demo); returns {stage: record}."""
     cfg = cfg or VisionConfig()
     out = vision_folder(out)
+    if (out / "config.json").exists() and read_json(out / "config.json", "vision run config") != asdict(cfg):
+        raise GlassworkError(f"{out}: holds a vision run with other settings ({out / 'config.json'}); rerun with "
+                             "--fresh to start over, or choose another --out")
     (out / "img").mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", asdict(cfg))
     t0 = time.time()
     model = load_cifar_cnn()
+    for hook in (cfg.hook, cfg.early_hook):
+        if hook not in model.points or "conv" not in hook:
+            raise GlassworkError(f"vision: hook '{hook}' is not a conv layer of {model.name} (conv layers: "
+                                 f"{', '.join(p for p in model.points if p.startswith('conv') and '.pre' not in p)})")
     log(f"image model {model.name}: {len(model.classes)} classes, {model.image_size[0]}x{model.image_size[1]} "
         f"input, hook points {', '.join(p for p in model.hook_points() if '.pre' not in p)} "
         f"(loaded in {time.time() - t0:.1f} s)")
@@ -86,7 +94,6 @@ def run_vision(out: str | Path | None = None, cfg: VisionConfig | None = None,
         write_json(path, rec)
         results[name] = rec
         log(f"[{name}] done in {rec['seconds']} s: {summary(name, rec)}")
-    write_json(out / "config.json", asdict(cfg))
     return results
 
 
@@ -147,7 +154,7 @@ def _maxima(s: dict, encode=None) -> tuple[torch.Tensor, torch.Tensor]:
     return classic.unit_maxima(s["model"], s["cfg"].hook, s["held"].pixels, encode=encode)
 
 
-def _rows_of(s: dict, kind: str, ids: list[int], maxima: torch.Tensor, where: torch.Tensor, caption) -> list:
+def _rows_of(s: dict, ids: list[int], maxima: torch.Tensor, where: torch.Tensor, caption) -> list:
     """Figure rows: each unit's top patches with the receptive field of its best position outlined."""
     held, model, hook = s["held"], s["model"], s["cfg"].hook
     width = _map_width(s)
@@ -171,7 +178,7 @@ def _units(s: dict) -> dict:
     ent = classic.source_entropy(classic.top_patches(mx, cfg.top_k), held.source, len(held.sources))
     order = ent.argsort(descending=True).tolist()
     poly, mono = order[:3], order[-3:]
-    figures.patch_grid(_rows_of(s, "unit", poly + mono, mx, where, lambda u: f"unit {u}\n{float(ent[u]):.2f} bits"),
+    figures.patch_grid(_rows_of(s, poly + mono, mx, where, lambda u: f"unit {u}\n{float(ent[u]):.2f} bits"),
                        s["out"] / "img" / "units.png",
                        f"{cfg.hook}: the 3 most and 3 least polysemantic units (top patches, source under each)")
     return {"entropy_mean": float(ent.mean()), "entropy": [round(float(x), 3) for x in ent],
@@ -224,7 +231,7 @@ def _monosemanticity(s: dict) -> dict:
                                f"features on {len(held)} held-out patches", s["out"] / "img" / "monosemanticity.png")
     hf = classic.source_entropy(classic.top_patches(fx[:, live], cfg.top_k), held.source, len(held.sources))
     best = live[hf.argsort()[:6]].tolist()
-    figures.patch_grid(_rows_of(s, "feature", best, fx, fwhere,
+    figures.patch_grid(_rows_of(s, best, fx, fwhere,
                                 lambda f: f"feature {f}\n{float(hf[(live == f).nonzero()[0, 0]]):.2f} bits"),
                        s["out"] / "img" / "features.png", f"{cfg.hook} SAE: the 6 most monosemantic live features")
     return {"entropy": res, "live_features": len(live), "units": mx.shape[1],
@@ -232,7 +239,7 @@ def _monosemanticity(s: dict) -> dict:
 
 
 def _visualize(s: dict) -> dict:
-    cfg, model, held = s["cfg"], s["model"], s["held"]
+    cfg, model = s["cfg"], s["model"]
     sae = load_image_sae(s["out"] / "sae", model)
     mx, _ = _maxima(s)
     fx, _ = _maxima(s, encode=sae.encode)
@@ -263,6 +270,9 @@ def _visualize(s: dict) -> dict:
 
 def _steer(s: dict) -> dict:
     cfg, model, held = s["cfg"], s["model"], s["held"]
+    if cfg.steer_class not in model.classes:
+        raise GlassworkError(f"vision: steer_class '{cfg.steer_class}' is not one of {model.name}'s classes "
+                             f"({', '.join(model.classes)})")
     sae = load_image_sae(s["out"] / "sae", model)
     target = model.classes.index(cfg.steer_class)
     with torch.no_grad():

@@ -15,9 +15,9 @@ from .models import ImageModel, capture
 
 @dataclass
 class Visualization:
-    image: torch.Tensor  # [h, w, c] in 0..1
-    activation: float  # the target's activation on the final image (max over positions, no jitter)
-    history: list[float]  # the objective every 16 steps
+    image: torch.Tensor  # [h, w, c] in 0..1: the best image of those checked every 16 steps
+    activation: float  # the target's activation on it (max over positions, no jitter)
+    history: list[float]  # the (jittered) objective every 16 steps
 
 
 def _frequencies(h: int, w: int) -> torch.Tensor:
@@ -56,6 +56,8 @@ def visualize(model: ImageModel, hook: str, unit: int, steps: int = 256, lr: flo
     spectrum_scale = spectrum_scale / spectrum_scale.max()
     param = (torch.randn(1, c, h, w // 2 + 1, 2, generator=g) * 0.5).requires_grad_(True)
     opt = torch.optim.Adam([param], lr=lr)
+    # constant, then linear decay to 0 over the second half: late steps settle instead of jumping between optima
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, 2.0 * (1 - i / steps)))
 
     def image() -> torch.Tensor:
         spec = torch.view_as_complex(param) * spectrum_scale
@@ -75,7 +77,12 @@ def visualize(model: ImageModel, hook: str, unit: int, steps: int = 256, lr: flo
             return v[:, v.shape[1] // 2]
         return v.max(1).values if objective == "max" else v.mean(1)
 
-    history = []
+    history: list[float] = []
+    best: tuple[torch.Tensor, float] | None = None
+
+    def reported(img: torch.Tensor) -> float:
+        _, acts = capture(model, img, [hook])
+        return float(_target_values(acts[hook], unit, encode).max())
     for step in range(steps):
         img = image()
         # random rescale then a random shift, both back to the model's size
@@ -94,13 +101,15 @@ def visualize(model: ImageModel, hook: str, unit: int, steps: int = 256, lr: flo
             opt.zero_grad()
             loss.backward()
         opt.step()
-        if step % 16 == 0 or step == steps - 1:
+        sched.step()
+        if step % 16 == 15 or step == steps - 1:  # the image as it stands, unjittered: keep the best one seen
             history.append(float(obj.detach()))
-    with torch.no_grad():
-        final = image()
-        _, acts = capture(model, final, [hook])
-        act = float(_target_values(acts[hook], unit, encode).max())
-    return Visualization(final[0].detach(), act, history)
+            with torch.no_grad():
+                now = image()
+                act = reported(now)
+            if best is None or act > best[1]:
+                best = (now[0].detach(), act)
+    return Visualization(best[0], best[1], history)
 
 
 def _fit(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ export function el(tag, attrs = {}, ...children) {
 }
 
 export function nav(here) {
-  const pages = [["/graph", "Graphs"], ["/features", "Features"], ["/steer", "Steering"]];
+  const pages = [["/graph", "Graphs"], ["/features", "Features"], ["/steer", "Steering"], ["/vision", "Vision"]];
   const h = el("header", {}, el("span", { class: "brand" }, "Glasswork"),
     ...pages.map(([href, name]) => el("a", { href, class: href === here ? "here" : "" }, name)));
   document.body.prepend(h);
