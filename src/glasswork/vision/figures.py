@@ -142,3 +142,18 @@ def steering_bars(classes: list[str], before: torch.Tensor, after: torch.Tensor,
     axes[0, 1].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def dose_response(doses: list[float], p: list[float], p_before: float, control: list[float], cls: str, feature: int,
+                  path: Path) -> Path:
+    """p(class) against the clamp value (multiples of the feature's held-out max), beside random features at 2x."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([0] + doses, [p_before] + p, "o-", label=f"feature {feature} (at 0: not clamped)")
+    ax.scatter([2.0] * len(control), control, marker="x", color="0.4", label="8 random live features at 2x")
+    ax.set_xlabel("clamped value / the feature's held-out max")
+    ax.set_ylabel(f"mean p({cls})")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title(f"clamping one SAE feature at every position: p({cls})", fontsize=9)
+    return _save(fig, path)

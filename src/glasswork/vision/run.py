@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..io import GlassworkError, home, read_json, write_json
+from ..io import GlassworkError, home, new_output, read_json, write_json
 from . import classic, figures
 from .dictionary import clamped_probs, load_image_sae, position_rows, train_image_sae
 from ..io import load_tensors, save_tensors
@@ -65,14 +65,22 @@ def run_vision(out: str | Path | None = None, cfg: VisionConfig | None = None,
     if (out / "config.json").exists() and read_json(out / "config.json", "vision run config") != asdict(cfg):
         raise GlassworkError(f"{out}: holds a vision run with other settings ({out / 'config.json'}); rerun with "
                              "--fresh to start over, or choose another --out")
-    (out / "img").mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", asdict(cfg))
     t0 = time.time()
     model = load_cifar_cnn()
-    for hook in (cfg.hook, cfg.early_hook):
+    for hook in (cfg.hook, cfg.early_hook):  # checked before anything is written
         if hook not in model.points or "conv" not in hook:
             raise GlassworkError(f"vision: hook '{hook}' is not a conv layer of {model.name} (conv layers: "
                                  f"{', '.join(p for p in model.points if p.startswith('conv') and '.pre' not in p)})")
+    if cfg.steer_class not in model.classes:
+        raise GlassworkError(f"vision: steer_class '{cfg.steer_class}' is not one of {model.name}'s classes "
+                             f"({', '.join(model.classes)})")
+    with new_output(out, keep=lambda f: (f / "stages").is_dir()):
+        (out / "img").mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", asdict(cfg))
+        return _run_stages(model, cfg, out, log, t0)
+
+
+def _run_stages(model, cfg: VisionConfig, out: Path, log: Callable[[str], None], t0: float) -> dict:
     log(f"image model {model.name}: {len(model.classes)} classes, {model.image_size[0]}x{model.image_size[1]} "
         f"input, hook points {', '.join(p for p in model.hook_points() if '.pre' not in p)} "
         f"(loaded in {time.time() - t0:.1f} s)")
@@ -114,7 +122,7 @@ def summary(name: str, rec: dict) -> str:
         return f"{rec['beats_corpus']} of {rec['n']} visualizations beat every held-out patch"
     if name == "steer":
         return (f"feature {rec['feature']} clamped: p({rec['class']}) {rec['p_before']:.3f} -> {rec['p_after']:.3f} "
-                f"on {rec['n_images']} held-out images")
+                f"on {rec['n_images']} held-out images (8 random features clamped alike: {rec['control_p_mean']:.3f})")
     return rec.get("path", "")
 
 
@@ -258,7 +266,7 @@ def _visualize(s: dict) -> dict:
             corpus = float((mx if kind == "unit" else fx)[:, u].max())
             beats += v.activation > corpus
             imgs.append(v.image)
-            caps.append(f"{v.activation:.0f} vs {corpus:.0f}")
+            caps.append(f"{v.activation:.3g} vs {corpus:.3g}")
             records.append({"kind": kind, "id": u, "activation": v.activation, "corpus_max": corpus})
             vis[f"{kind}.{u}"] = v.image
         rows.append((f"{kind}s", imgs, caps))
@@ -270,9 +278,6 @@ def _visualize(s: dict) -> dict:
 
 def _steer(s: dict) -> dict:
     cfg, model, held = s["cfg"], s["model"], s["held"]
-    if cfg.steer_class not in model.classes:
-        raise GlassworkError(f"vision: steer_class '{cfg.steer_class}' is not one of {model.name}'s classes "
-                             f"({', '.join(model.classes)})")
     sae = load_image_sae(s["out"] / "sae", model)
     target = model.classes.index(cfg.steer_class)
     with torch.no_grad():
@@ -301,7 +306,17 @@ def _steer(s: dict) -> dict:
                           f"feature {best} of the {cfg.hook} SAE clamped to {value:.0f} (2x its held-out max) at every "
                           f"position", s["out"] / "img" / "steering.png")
     zb, za = clamped_probs(model, sae, best, 0.0, held.pixels[is_class.nonzero().flatten()[:128]])
-    return {"class": cfg.steer_class, "feature": best, "value": value, "candidates": effect,
+    # dose-response, and a control: random live features clamped the same way (2x their own max)
+    doses = [0.25, 0.5, 1.0, 2.0]
+    dose_p = [float(clamped_probs(model, sae, best, m * float(fx[:, best].max()), held.pixels[test])[1][:, target].mean())
+              for m in doses]
+    controls = [f for f in live[torch.randperm(len(live), generator=g)].tolist() if f not in candidates][:8]
+    control_p = [float(clamped_probs(model, sae, f, 2 * float(fx[:, f].max()), held.pixels[test])[1][:, target].mean())
+                 for f in controls]
+    figures.dose_response(doses, dose_p, float(before[:, target].mean()), control_p, cfg.steer_class, best,
+                          s["out"] / "img" / "steering-dose.png")
+    return {"doses": doses, "dose_p": dose_p, "controls": controls, "control_p": control_p,
+            "control_p_mean": sum(control_p) / len(control_p),"class": cfg.steer_class, "feature": best, "value": value, "candidates": effect,
             "n_images": len(test), "p_before": float(before[:, target].mean()), "p_after": float(after[:, target].mean()),
             "top1_before": float((before.argmax(1) == target).float().mean()),
             "top1_after": float((after.argmax(1) == target).float().mean()),

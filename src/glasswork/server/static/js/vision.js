@@ -12,13 +12,13 @@ async function init() {
     : [el("option", { value: "" }, "no vision index here: run glasswork vision")]));
   if (param("index")) $("index-select").value = param("index");
   if (param("kind")) $("kind").value = param("kind");
-  for (const id of ["index-select", "kind", "order"]) $(id).addEventListener("change", list);
-  await list();
+  for (const id of ["index-select", "kind", "order"]) $(id).addEventListener("change", () => list(true));
+  await list(!param("id"));
   if (param("id")) await show($("kind").value, Number(param("id")));
 }
 
 
-async function list() {
+async function list(showFirst) {
   const name = $("index-select").value;
   if (!name) return;
   try {
@@ -27,7 +27,7 @@ async function list() {
       el("b", {}, `${$("kind").value} ${u.id}`), " ", u.top_source,
       el("div", { class: "muted small" }, `${u.entropy.toFixed(2)} bits (top patches), ${u.weighted_entropy.toFixed(2)} weighted; fires on ${(100 * u.frequency).toFixed(1)}% of patches`))));
     $("meta").textContent = `${units.length} listed`;
-    if (units.length && !param("id")) await show($("kind").value, units[0].id);
+    if (units.length && showFirst) await show($("kind").value, units[0].id);
   } catch (e) { showError($("message"), e); }
 }
 
