@@ -229,7 +229,7 @@ def test_patches_are_labelled_and_seeded(corpus):
 
 @pytest.mark.model
 def test_visualization_beats_every_corpus_patch(cnn, corpus):
-    from glasswork.vision.visualize import visualize
+    from glasswork.vision.featurevis import visualize
     maxima, _ = classic.unit_maxima(cnn, "conv2d_3", corpus.pixels)
     unit = 3
     v = visualize(cnn, "conv2d_3", unit, steps=256, seed=0, objective="max", optimize_at="conv2d_3.pre")

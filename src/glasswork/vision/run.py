@@ -23,7 +23,7 @@ from .images import patches, small_images, source_images
 from .index import outline, png, shrink, write_index
 from .keras_h5 import load_cifar_cnn
 from .models import capture
-from .visualize import visualize
+from .featurevis import visualize
 
 
 @dataclass
