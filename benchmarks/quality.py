@@ -86,6 +86,10 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "before": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=1),
     "skip": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16, skip=True,
                  skip_fit=True, init="data"),  # the demo's
+    "skip-repeat2": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
+                         skip=True, skip_fit=True, init="data", repeat=2),  # each model forward trained on twice
+    "skip-repeat4": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
+                         skip=True, skip_fit=True, init="data", repeat=4),
     "skip-scaled": dict(kind="transcoder", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16,
                         skip=True, skip_fit=True, init="data", init_scale="on"),
     "clt": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
@@ -181,7 +185,7 @@ def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: flo
     from dataclasses import replace
     probe = replace(tc, tokens=tc.batch_size * 40, checkpoint_every=10 ** 9)
     src = LoadAwareSource(model, lambda: iter(train_docs * 100), probe.input_hooks(), probe.batch_size, ctx=probe.ctx,
-                          mix=probe.mix, seed=probe.seed, threads=threads)
+                          mix=probe.mix, seed=probe.seed, repeat=probe.repeat, threads=threads)
     from tempfile import mkdtemp
     t = Trainer(probe, src, Path(mkdtemp()) / "probe")
     batches = src.batches(0)
@@ -190,7 +194,7 @@ def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: flo
     for b in batches:  # the init batches are part of a real run too
         t.train_step(b)
         n += 1
-        if n == 2 * probe.mix:
+        if n == 2 * probe.mix * probe.repeat:  # whole blocks: a repeated block's later passes need no forward
             break
     per_step = (time.time() - t0) / n
     return max(probe.batch_size, int(seconds / per_step) * probe.batch_size)
@@ -251,7 +255,7 @@ def run_sparsify(a, folder: Path, seconds: float) -> None:
 
 def run_train(kind: str, tc: TrainConfig, model, train_docs, folder: Path, threads: int) -> dict:
     src = LoadAwareSource(model, lambda: iter(train_docs * 100), tc.input_hooks(), tc.batch_size, ctx=tc.ctx,
-                          mix=tc.mix, seed=tc.seed, threads=threads)
+                          mix=tc.mix, seed=tc.seed, repeat=tc.repeat, threads=threads)
     tc.batch_size = src.batch_size
     if (folder / "set.json").exists() or (folder / "config.json").exists():  # trained before: reuse
         from glasswork.dictionaries.saving import load, load_set

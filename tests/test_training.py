@@ -325,7 +325,8 @@ from glasswork.data.store import ActivationStore
 from glasswork.training import ModelSource, StoreSource, TrainConfig, train
 
 pause, kind, out, store = {pause!r}, {kind!r}, {out!r}, {store!r}
-base = ModelSource if kind == "model" else StoreSource
+base = ModelSource if kind.startswith("model") else StoreSource
+repeat = 2 if kind == "model-repeat" else 1
 
 class Slow(base):  # the same batches, with a pause so that the kill lands mid-run
     def batches(self, start=0, rank=0, world=1):
@@ -335,9 +336,9 @@ class Slow(base):  # the same batches, with a pause so that the kill lands mid-r
 
 hook = "blocks.1.hook_resid_post"
 cfg = TrainConfig(kind="sae", arch="topk", hooks=[hook], k=4, d_sae=64, tokens=60 * 24, batch_size=60, lr=3e-3,
-                  warmup_steps=3, checkpoint_every=3, seed=3)
-if kind == "model":  # the model read while reading the corpus, as `glasswork train` does
-    source = Slow(gw.load_model(), corpus.default_texts, [hook], 60, ctx=16, mix=2)
+                  warmup_steps=3, checkpoint_every=3, seed=3, repeat=repeat)
+if kind.startswith("model"):  # the model read while reading the corpus, as `glasswork train` does
+    source = Slow(gw.load_model(), corpus.default_texts, [hook], 60, ctx=16, mix=2, repeat=repeat)
 else:
     source = Slow(ActivationStore(store), [hook], 60)
 train(cfg, source, out, resume=True)
@@ -345,7 +346,7 @@ train(cfg, source, out, resume=True)
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("kind", ["store", "model"])
+@pytest.mark.parametrize("kind", ["store", "model", "model-repeat"])
 def test_resume_after_kill_equals_uninterrupted_from_a_store_and_from_the_model(tmp_path, default_model, kind):
     """kill -9 mid-run, then resume: bit for bit the uninterrupted run, reading an activation store on disk or the
     default model itself (each run in a fresh single-threaded process)."""
@@ -622,6 +623,21 @@ def test_model_source_mix_shuffles_within_blocks_and_resumes_exactly(default_mod
     assert torch.equal(resumed[0], b[6]) and torch.equal(resumed[1], b[7])
     with pytest.raises(GlassworkError, match="mix must be at least 1"):
         ModelSource(m, texts, hooks, batch_size=15, ctx=16, mix=0)
+    # repeat: each block's tokens come back reshuffled; repeat=1 is the stream above, batch for batch
+    again = ModelSource(m, texts, hooks, batch_size=15, ctx=16, mix=4, seed=1, repeat=1)
+    assert all(torch.equal(x[hooks[0]], y) for x, y in zip(again.batches(), b))
+    twice = ModelSource(m, texts, hooks, batch_size=15, ctx=16, mix=4, seed=1, repeat=2)
+    r = [x[hooks[0]] for _, x in zip(range(12), twice.batches())]
+    assert all(torch.equal(x, y) for x, y in zip(r[:4], b[:4]))  # the first pass is the plain mixed block
+    p0, p1 = torch.cat(r[:4]), torch.cat(r[4:8])
+    assert not torch.equal(p0, p1)
+    assert torch.equal(p0[p0[:, 0].argsort()], p1[p1[:, 0].argsort()])  # the same tokens, another order
+    assert all(torch.equal(x, y) for x, y in zip(r[8:12], b[4:8]))  # then the next block
+    for start in (3, 5, 9):  # resumed mid-block, mid-pass: exactly the unbroken stream
+        resumed = [x[hooks[0]] for _, x in zip(range(3), twice.batches(start=start))]
+        assert all(torch.equal(x, y) for x, y in zip(resumed, r[start:start + 3]))
+    with pytest.raises(GlassworkError, match="repeat must be at least 1"):
+        ModelSource(m, texts, hooks, batch_size=15, ctx=16, repeat=0)
 
 
 LOAD_SCRIPT = """

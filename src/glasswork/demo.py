@@ -194,8 +194,7 @@ def transcoders_stage(run: DemoRun) -> dict:
                      tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=3e-3, warmup_steps=10,
                      b_dec_init="mean", skip=cfg.tc_skip, skip_fit=cfg.tc_skip, init="data", mix=cfg.tc_mix,
                      model=model.name)
-    source = ModelSource(model, corpus.default_texts, tc.input_hooks(), tc.batch_size, ctx=tc.ctx, mix=tc.mix,
-                         seed=tc.seed)
+    source = ModelSource.from_config(model, corpus.default_texts, tc)
     res = _train(tc, source, tc_dir)
     tcs = load_transcoders(tc_dir)
     ev = evals.evaluate({f"layer{l}": d for l, d in tcs.items()}, model, run.heldout(),

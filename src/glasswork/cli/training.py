@@ -79,8 +79,7 @@ def train_cmd(**options):
             from ..models import load_model
             m = load_model(model)
             m.hf.to(tc.device)
-            source = ModelSource(m, _texts(), tc.input_hooks(), tc.batch_size, ctx=tc.ctx, device=tc.device,
-                                 mix=tc.mix, seed=tc.seed)
+            source = ModelSource.from_config(m, _texts(), tc)
         result = train(tc, source, out, resume=resume)  # the trainer takes the model's name and whole-sequence batch
         result.pop("dicts")
         result["seconds_total"] = round(time.time() - t0, 1)

@@ -90,6 +90,9 @@ class TrainConfig:
     """Tokens per sequence when reading from the model."""
     mix: int = 1
     """Reading from the model: shuffle the tokens of this many batches together."""
+    repeat: int = 1
+    """Reading from the model: train on each block of --mix batches this many times (reshuffled): more steps per
+    model forward, on the same tokens."""
 
     def __post_init__(self):
         import torch
@@ -106,7 +109,7 @@ class TrainConfig:
             raise GlassworkError(f"train config: tokens and batch_size must be at least 1 (got {self.tokens}, "
                                  f"{self.batch_size})")
         for name, low in (("k", 1), ("expansion", 1), ("d_sae", 0), ("window", 0), ("warmup_steps", 0), ("aux_k", 0),
-                          ("dead_tokens", 0), ("checkpoint_every", 0), ("ctx", 8), ("mix", 1)):
+                          ("dead_tokens", 0), ("checkpoint_every", 0), ("ctx", 8), ("mix", 1), ("repeat", 1)):
             if getattr(self, name) < low:
                 raise GlassworkError(f"train config: {name} must be at least {low} (got {getattr(self, name)})")
         if not 0 <= self.seed < 2**32:

@@ -45,7 +45,7 @@ def cached(name: str, tc: TrainConfig, texts=None, model=None) -> Path:
     model = model or load_model()
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    source = ModelSource(model, texts or fixture_texts(), tc.input_hooks(), tc.batch_size, ctx=tc.ctx, mix=tc.mix, seed=tc.seed)
+    source = ModelSource.from_config(model, texts or fixture_texts(), tc)
     train(tc, source, tmp)
     try:
         os.rename(tmp, folder)

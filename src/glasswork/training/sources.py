@@ -46,17 +46,30 @@ class ModelSource:
     mix > 1: the sequences of `mix` batches run through the model as one block and the block's tokens are shuffled
     (seeded by the block's index) across those batches, so a batch holds tokens of many documents instead of a few
     consecutive runs of one (the same tokens in all; a resumed run recomputes its block and gets the same batches).
-    With several ranks each rank runs and shuffles its own share of every block's sequences."""
+    With several ranks each rank runs and shuffles its own share of every block's sequences.
+
+    repeat > 1: each block is trained on `repeat` times, reshuffled each time (seeded by block and pass): repeat times
+    the optimizer steps per model forward, on the same tokens. On a CPU budget the forward is ~45% of a transcoder
+    step and more steps lower FVU more than more distinct tokens do (benchmarks/RESULTS.md, "The limit is steps per
+    forward"). repeat = 1 gives exactly the batches it gave before the option existed."""
 
     def __init__(self, model, texts, hooks: list[str], batch_size: int, ctx: int = 128, device: str = "cpu",
-                 mix: int = 1, seed: int = 0):
+                 mix: int = 1, seed: int = 0, repeat: int = 1):
         if mix < 1:
             raise GlassworkError(f"model source: mix must be at least 1 batch per block (got {mix})")
+        if repeat < 1:
+            raise GlassworkError(f"model source: repeat must be at least 1 pass per block (got {repeat})")
         self.model, self.texts, self.hooks, self.ctx, self.device = model, texts, list(hooks), ctx, device
-        self.mix, self.seed = mix, seed
+        self.mix, self.seed, self.repeat = mix, seed, repeat
         self.seqs = max(1, round(batch_size / (ctx - 1)))
         self.batch_size = self.seqs * (ctx - 1)
         self.dims = {h: self.model.d_model for h in self.hooks}  # every hook point is in the residual's width
+
+    @classmethod
+    def from_config(cls, model, texts, tc, device: str | None = None) -> "ModelSource":
+        """The source a TrainConfig describes (its hooks, batch, ctx, mix, repeat and seed)."""
+        return cls(model, texts, tc.input_hooks(), tc.batch_size, ctx=tc.ctx, device=device or tc.device, mix=tc.mix,
+                   seed=tc.seed, repeat=tc.repeat)
 
     def _texts(self):
         return self.texts() if callable(self.texts) else iter(self.texts)
@@ -74,7 +87,7 @@ class ModelSource:
     @torch.no_grad()
     def batches(self, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         chunks = token_rows(self.model, self._texts(), self.ctx)
-        block, offset = divmod(start, self.mix)
+        block, offset = divmod(start, self.mix * self.repeat)  # offset: batches already trained on in this block
         for _ in range(block * self.mix * self.seqs):  # skip by tokenizing only: no forward for blocks already trained on
             if next(chunks, None) is None:
                 raise GlassworkError(f"corpus ran out while skipping to batch {start} (resume)")
@@ -84,18 +97,22 @@ class ModelSource:
             if rows[-1] is None:
                 raise GlassworkError(f"corpus ran out of text: it holds fewer tokens than asked for "
                                      f"(needed {self.mix * self.seqs} more sequences of {self.ctx} tokens)")
-            if self.mix == 1:
-                yield self._block(torch.stack(rows)[rank::world])
-                continue
             acts = self._block(torch.stack(rows)[rank::world])
+            if self.mix == 1:
+                for _ in range(offset, self.repeat):
+                    yield acts
+                block, offset = block + 1, 0
+                continue
             n = next(iter(acts.values())).shape[0]
             if n < self.mix * per_rank:
                 raise GlassworkError(f"model source: {self.mix} x {self.seqs} sequences per block do not split evenly "
                                      f"over {world} ranks; choose mix so that mix * {self.seqs} divides by {world}")
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + block))
-            for j in range(offset, self.mix):
-                pick = order[j * per_rank:(j + 1) * per_rank]
-                yield {h: a[pick] for h, a in acts.items()}
+            for rep in range(offset // self.mix, self.repeat):
+                seed = self.seed * 1_000_003 + block if rep == 0 else (self.seed * 1_000_003 + block) * 7_919 + rep
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+                for j in range(offset % self.mix if rep == offset // self.mix else 0, self.mix):
+                    pick = order[j * per_rank:(j + 1) * per_rank]
+                    yield {h: a[pick] for h, a in acts.items()}
             block, offset = block + 1, 0
 
 

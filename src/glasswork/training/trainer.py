@@ -205,9 +205,9 @@ class Trainer:
         tensors, meta = load_checkpoint(path)
         # checkpoints from before these options trained without them
         saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_tokens": 0, "mix": 1,
-                 **meta["train_config"]}
+                 "repeat": 1, **meta["train_config"]}
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
-                    "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix"):
+                    "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix", "repeat"):
             mine = asdict(self.tc)[key]
             if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
                 raise GlassworkError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run asks for "
