@@ -281,7 +281,7 @@ def test_identity_clamp_is_exact_on_a_tiny_conv_net():
 
 # ---- Hugging Face vision folders built from configs ----------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["vit", "convnext"])
+@pytest.mark.parametrize("kind", ["vit", "convnext", "clip"])
 def test_hf_vision_folder_loads_and_hooks_match_hidden_states(kind, tmp_path):
     import transformers
     from glasswork.vision.models import load_hf_vision
@@ -290,18 +290,26 @@ def test_hf_vision_folder_loads_and_hooks_match_hidden_states(kind, tmp_path):
         cfg = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=2, intermediate_size=64, num_labels=3)
         hf = transformers.ViTForImageClassification(cfg)
-    else:
+    elif kind == "convnext":
         cfg = transformers.ConvNextConfig(image_size=16, num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
                                           num_labels=3)
         hf = transformers.ConvNextForImageClassification(cfg)
-    hf.save_pretrained(tmp_path / kind)
+    else:  # a whole CLIP (text and image towers): the image tower is loaded
+        text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50)
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16,
+                      patch_size=8)
+        transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision)).save_pretrained(
+            tmp_path / kind)
+        hf = transformers.CLIPVisionModel.from_pretrained(tmp_path / kind)
+    if kind != "clip":
+        hf.save_pretrained(tmp_path / kind)
     model = load_hf_vision(tmp_path / kind)
-    assert model.image_size == (16, 16) and len(model.classes) == 3
+    assert model.image_size == (16, 16) and len(model.classes) == (0 if kind == "clip" else 3)
     x = torch.rand(2, 16, 16, 3)
     out, acts = capture(model, x, model.hook_points())
     with torch.no_grad():
         ref = hf.eval()(pixel_values=model.prepare(x), output_hidden_states=True)
-    torch.testing.assert_close(out, ref.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, ref.logits if kind != "clip" else ref.pooler_output, rtol=1e-5, atol=1e-6)
     for i, name in enumerate(model.hook_points()):
         hidden = ref.hidden_states[i + 1]
         expect = hidden.permute(0, 2, 3, 1) if hidden.dim() == 4 else hidden

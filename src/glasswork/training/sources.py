@@ -48,10 +48,10 @@ class ModelSource:
     consecutive runs of one (the same tokens in all; a resumed run recomputes its block and gets the same batches).
     With several ranks each rank runs and shuffles its own share of every block's sequences.
 
-    repeat > 1: each block is trained on `repeat` times, reshuffled each time (seeded by block and pass): repeat times
-    the optimizer steps per model forward, on the same tokens. On a CPU budget the forward is ~45% of a transcoder
-    step and more steps lower FVU more than more distinct tokens do (benchmarks/RESULTS.md, "The limit is steps per
-    forward"). repeat = 1 gives exactly the batches it gave before the option existed."""
+    repeat > 1: each block is trained on `repeat` times, reshuffled each time (seeded by block and pass): more optimizer
+    steps per model forward, on fewer distinct tokens. It helps a single layer at a fixed step count, but for the
+    demo's 30 transcoders at a fixed wall-clock budget it did not (benchmarks/RESULTS.md, "Steps per forward at the
+    30-layer level"): off by default. repeat = 1 gives exactly the batches it gave before the option existed."""
 
     def __init__(self, model, texts, hooks: list[str], batch_size: int, ctx: int = 128, device: str = "cpu",
                  mix: int = 1, seed: int = 0, repeat: int = 1):

@@ -186,13 +186,18 @@ def load_hf_vision(folder: str | Path) -> ImageModel:
     if not (folder / "config.json").exists():
         raise GlassworkError(f"{folder}: not a Hugging Face model folder (no config.json)")
     cfg = transformers.AutoConfig.from_pretrained(folder)
-    if cfg.model_type not in VISION_TYPES:
+    towers = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel"}  # a whole CLIP / SigLIP: its image tower
+    if cfg.model_type not in VISION_TYPES | set(towers):
         raise GlassworkError(f"{folder}: model_type '{cfg.model_type}' is not a vision architecture glasswork maps "
-                             f"(known: {sorted(VISION_TYPES)})")
-    try:
-        hf = transformers.AutoModelForImageClassification.from_pretrained(folder)
-    except (ValueError, KeyError):  # a bare encoder (CLIP's vision tower, DINOv2 without a head)
-        hf = transformers.AutoModel.from_pretrained(folder)
+                             f"(known: {sorted(VISION_TYPES | set(towers))})")
+    if cfg.model_type in towers:
+        hf = getattr(transformers, towers[cfg.model_type]).from_pretrained(folder)
+        cfg = hf.config
+    else:
+        try:
+            hf = transformers.AutoModelForImageClassification.from_pretrained(folder)
+        except (ValueError, KeyError):  # a bare encoder (CLIP's vision tower, DINOv2 without a head)
+            hf = transformers.AutoModel.from_pretrained(folder)
     path = _layer_list(hf)
     layers = hf.get_submodule(path)
     pre = json.loads((folder / "preprocessor_config.json").read_text()) if (
