@@ -2,7 +2,9 @@
 text), random transcoders saved as a set, a graph traced through them, an SAE and feature indexes, a direction."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -15,6 +17,31 @@ TEXTS = ["The weather today is sunny and warm, with a light breeze from the sea.
          "The cat sat on the mat while the dog slept by the fire all evening long.",
          "Rain is expected tomorrow in London, so take an umbrella to work."] * 6
 PROMPT = "The capital of France is"
+
+
+@contextmanager
+def served(app) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port in a thread, for the block: yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(5)
 
 
 def tiny_text_model(n_layers: int = 2, seed: int = 0):

@@ -3,10 +3,6 @@ supernode, search a feature, run a steer. Screenshots go to $GLASSWORK_HOME/scre
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -21,30 +17,16 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 @pytest.fixture(scope="module")
 def server():
-    import uvicorn
-
     from glasswork.io import home
     from glasswork.server import create_app
-    from server_fixtures import shared_workdir
+    from server_fixtures import served, shared_workdir
     root, parts = shared_workdir()
     for p in (root / "graphs").glob("france.state.json"):
         p.unlink()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(root, model=parts["model"], hosts={"127.0.0.1", "localhost"})
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
     shots = home() / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    yield f"http://127.0.0.1:{port}", root, parts, shots
-    srv.should_exit = True
-    thread.join(5)
+    with served(create_app(root, model=parts["model"], hosts={"127.0.0.1", "localhost"})) as url:
+        yield url, root, parts, shots
 
 
 @pytest.fixture(scope="module")

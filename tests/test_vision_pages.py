@@ -3,9 +3,6 @@ the /api/vision routes and the /vision page in headless Chromium."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -93,43 +90,28 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt install chromium)")
 def test_vision_page_in_a_browser(vision_run):
-    import uvicorn
     from playwright.sync_api import sync_playwright
     from glasswork.io import home
     from glasswork.server import create_app
+    from server_fixtures import served
     from test_browser import ARGS, shot
     out, res, _ = vision_run
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(out, hosts={"127.0.0.1"}), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"http://127.0.0.1:{port}/vision")
-            page.wait_for_selector("#patches .tile img")
-            page.wait_for_function("[...document.querySelectorAll('#patches img')].every(i => i.naturalWidth == 32)")
-            assert page.locator("#patches .tile").count() == 8 and page.locator("#patches .rf").count() == 8
-            first = page.inner_text("#unit-title")
-            page.select_option("#kind", "unit")
-            page.wait_for_function(f"document.querySelector('#unit-title').textContent != '{first}'")
-            page.locator("#hits li").nth(1).click()
-            page.wait_for_function("document.querySelector('#hits li.selected') !== null")
-            assert page.inner_text("#unit-title").startswith("unit ")
-            page.wait_for_function("[...document.querySelectorAll('#contexts img')].every(i => i.naturalWidth > 0)")
-            shot(page, home() / "screenshots", "vision-page")
-            browser.close()
-            assert not errors, errors
-    finally:
-        srv.should_exit = True
-        thread.join(5)
+    with served(create_app(out, hosts={"127.0.0.1"})) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/vision")
+        page.wait_for_selector("#patches .tile img")
+        page.wait_for_function("[...document.querySelectorAll('#patches img')].every(i => i.naturalWidth == 32)")
+        assert page.locator("#patches .tile").count() == 8 and page.locator("#patches .rf").count() == 8
+        first = page.inner_text("#unit-title")
+        page.select_option("#kind", "unit")
+        page.wait_for_function(f"document.querySelector('#unit-title').textContent != '{first}'")
+        page.locator("#hits li").nth(1).click()
+        page.wait_for_function("document.querySelector('#hits li.selected') !== null")
+        assert page.inner_text("#unit-title").startswith("unit ")
+        page.wait_for_function("[...document.querySelectorAll('#contexts img')].every(i => i.naturalWidth > 0)")
+        shot(page, home() / "screenshots", "vision-page")
+        browser.close()
+        assert not errors, errors
