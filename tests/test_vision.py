@@ -252,10 +252,10 @@ def test_image_sae_trains_and_steers(cnn, corpus, tmp_path):
     # clamping a feature to its current value changes nothing; to a large one, the class probabilities move
     feature = int(sae.encode(rows).sum(0).argmax())
     images = pixels[:4]
-    codes = sae.encode(position_rows(cnn, "conv2d_3", images[:1]))[:, feature]
-    if bool((codes == codes[0]).all()):
-        before, after = clamped_probs(cnn, sae, feature, float(codes[0]), images[:1])
-        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+    silent = (sae.encode(rows) == 0).all(0).nonzero().flatten()  # features at 0 at every position of these images
+    assert len(silent) > 0
+    before, same = clamped_probs(cnn, sae, int(silent[0]), 0.0, images)
+    torch.testing.assert_close(same, before, rtol=0, atol=1e-6)
     before, after = clamped_probs(cnn, sae, feature, 50.0, images)
     assert (after - before).abs().max() > 1e-3
     with pytest.raises(GlassworkError, match="out of range"):
@@ -270,11 +270,13 @@ def test_identity_clamp_is_exact_on_a_tiny_conv_net():
     net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
     model = from_module(net, {"c": "1"}, (8, 8), classes=["a", "b", "c", "d"])
     sae = SparseCoder(DictionaryConfig(kind="sae", activation="relu", d_in=6, d_sae=12, hook_in="c", hook_out="c"))
+    with torch.no_grad():
+        sae.b_enc[0] = -1e4  # feature 0 never fires: clamping it to 0 is clamping it to its current value
     images = torch.rand(2, 8, 8, 3)
-    before, zero = clamped_probs(model, sae, 0, 0.0, images)
     _, acts = capture(model, images, ["c"])
-    if bool((sae.encode(acts["c"])[..., 0] == 0).all()):
-        torch.testing.assert_close(zero, before, rtol=0, atol=1e-7)
+    assert bool((sae.encode(acts["c"])[..., 0] == 0).all())
+    before, zero = clamped_probs(model, sae, 0, 0.0, images)
+    torch.testing.assert_close(zero, before, rtol=0, atol=1e-7)
     _, big = clamped_probs(model, sae, 0, 100.0, images)
     assert (big - before).abs().max() > 1e-4
 

@@ -51,7 +51,8 @@ class ModelSource:
     repeat > 1: each block is trained on `repeat` times, reshuffled each time (seeded by block and pass): more optimizer
     steps per model forward, on fewer distinct tokens. It helps a single layer at a fixed step count, but for the
     demo's 30 transcoders at a fixed wall-clock budget it did not (benchmarks/RESULTS.md, "The replacement model at
-    fixed CPU budgets", 2026-12-03): off by default. repeat = 1 gives exactly the batches it gave before the option existed."""
+    fixed CPU budgets", 2026-12-03): off by default. repeat = 1 gives exactly the batches it gave before the option
+    existed."""
 
     def __init__(self, model, texts, hooks: list[str], batch_size: int, ctx: int = 128, device: str = "cpu",
                  mix: int = 1, seed: int = 0, repeat: int = 1):

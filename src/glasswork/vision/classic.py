@@ -98,7 +98,7 @@ def bars(size: tuple[int, int], angles: torch.Tensor, width: float = 2.0, channe
 def curves(size: tuple[int, int], angles: torch.Tensor, radius: float, width: float = 2.0, span: float = 2 * math.pi / 3,
            channels: int = 3) -> torch.Tensor:
     """A light arc on dark (radius in pixels, `span` radians of circle), its midpoint at the centre and bulging
-    towards each angle: [n, h, w, c]. A straight segment of the same length when radius is inf."""
+    towards each angle: [n, h, w, c]. radius inf: a straight segment as long as the arc of radius 8."""
     xs, ys = _grid(size)
     out = []
     for a in angles.double().tolist():
@@ -106,7 +106,7 @@ def curves(size: tuple[int, int], angles: torch.Tensor, radius: float, width: fl
         if math.isinf(radius):
             along = -xs * dy + ys * dx
             dist = (xs * dx + ys * dy).abs()
-            inside = along.abs() <= radius_len(span, 8.0) / 2
+            inside = along.abs() <= span * 8.0 / 2  # as long as the arc of radius 8
             img = ((width / 2 + 0.5 - dist).clamp(0, 1)) * inside
         else:
             cx, cy = -dx * radius, -dy * radius  # the circle's centre lies behind the bulge
@@ -116,10 +116,6 @@ def curves(size: tuple[int, int], angles: torch.Tensor, radius: float, width: fl
             img = (width / 2 + 0.5 - (r - radius).abs()).clamp(0, 1) * (theta.abs() <= span / 2)
         out.append(img)
     return torch.stack(out)[..., None].repeat(1, 1, 1, channels).float()
-
-
-def radius_len(span: float, radius: float) -> float:
-    return span * radius
 
 
 @torch.no_grad()

@@ -104,12 +104,3 @@ def patches(n_per_source: int, size: tuple[int, int] = (32, 32), seed: int = 0,
             labels.append(si)
             boxes.append((top, left, side, int(flip)))
     return Patches(torch.stack(pixels), torch.tensor(labels), names, torch.tensor(boxes))
-
-
-def source_crop(name: str, box: tuple[int, int, int, int]) -> np.ndarray:
-    """The pixels a patch was cut from, at the source's own resolution (for drawing it in its image)."""
-    photos = source_images()
-    if name in photos:
-        top, left, side, _ = box
-        return photos[name][top:top + side, left:left + side]
-    return small_images()[name][box[0]]

@@ -15,10 +15,10 @@ from typing import Callable
 
 import torch
 
-from ..io import GlassworkError, home, new_output, read_json, write_json
+from ..evals import fvu
+from ..io import GlassworkError, home, load_tensors, new_output, read_json, save_tensors, write_json
 from . import classic, figures
 from .dictionary import clamped_probs, load_image_sae, position_rows, train_image_sae
-from ..io import load_tensors, save_tensors
 from .images import patches, small_images, source_images
 from .index import outline, png, shrink, write_index
 from .keras_h5 import load_cifar_cnn
@@ -158,26 +158,48 @@ def _tuning(s: dict) -> dict:
     return {"layers": layers}
 
 
-def _maxima(s: dict, encode=None) -> tuple[torch.Tensor, torch.Tensor]:
-    return classic.unit_maxima(s["model"], s["cfg"].hook, s["held"].pixels, encode=encode)
+def _once(s: dict, key: str, make: Callable[[], object]):
+    """What several stages read (the held-out maxima, the SAE, receptive fields), made once per run in its state."""
+    if key not in s:
+        s[key] = make()
+    return s[key]
+
+
+def _maxima(s: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The units' held-out maxima over positions and where: ([n, units], [n, units])."""
+    return _once(s, "unit_maxima", lambda: classic.unit_maxima(s["model"], s["cfg"].hook, s["held"].pixels))
+
+
+def _sae_of(s: dict):
+    return _once(s, "sae_loaded", lambda: load_image_sae(s["out"] / "sae", s["model"]))
+
+
+def _feature_maxima(s: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same for the SAE's features: ([n, d_sae], [n, d_sae])."""
+    return _once(s, "feature_maxima", lambda: classic.unit_maxima(s["model"], s["cfg"].hook, s["held"].pixels,
+                                                                  encode=_sae_of(s).encode))
+
+
+def _map_width(s: dict) -> int:
+    hook = s["cfg"].hook
+    return _once(s, "map_width", lambda: capture(s["model"], s["held"].pixels[:1], [hook])[1][hook].shape[2])
+
+
+def _receptive_field(s: dict, flat_position: int) -> tuple[int, int, int, int]:
+    """The input box a flat position of the hook's map reads (cached per position)."""
+    pos = divmod(int(flat_position), _map_width(s))
+    return _once(s, f"rf{pos}", lambda: classic.receptive_field(s["model"], s["cfg"].hook, pos))
 
 
 def _rows_of(s: dict, ids: list[int], maxima: torch.Tensor, where: torch.Tensor, caption) -> list:
     """Figure rows: each unit's top patches with the receptive field of its best position outlined."""
-    held, model, hook = s["held"], s["model"], s["cfg"].hook
-    width = _map_width(s)
+    held = s["held"]
     rows = []
     for u in ids:
         top = classic.top_patches(maxima[:, [u]], 8)[0].tolist()
-        imgs = [outline(held.pixels[p], classic.receptive_field(model, hook, divmod(int(where[p, u]), width)), scale=3)
-                for p in top]
+        imgs = [outline(held.pixels[p], _receptive_field(s, where[p, u]), scale=3) for p in top]
         rows.append((caption(u), imgs, [held.sources[int(held.source[p])][:10] for p in top]))
     return rows
-
-
-def _map_width(s: dict) -> int:
-    _, acts = capture(s["model"], s["held"].pixels[:1], [s["cfg"].hook])
-    return acts[s["cfg"].hook].shape[2]
 
 
 def _units(s: dict) -> dict:
@@ -199,14 +221,13 @@ def _sae(s: dict) -> dict:
     if not (folder / "config.json").exists():
         train_image_sae(model, cfg.hook, s["train"].pixels, folder, cfg.d_sae, cfg.k, cfg.epochs, seed=cfg.seed,
                         resume=(folder / "checkpoint.safetensors").exists())
-    sae = load_image_sae(folder, model)
+    sae = _sae_of(s)
     rows = position_rows(model, cfg.hook, s["held"].pixels)
     with torch.no_grad():
         rec = sae(rows)
         codes = sae.encode(rows)
-    fvu = float((rows - rec).pow(2).sum() / (rows - rows.mean(0)).pow(2).sum())
     fires = (codes > 0).float().mean(0)
-    return {"folder": str(folder), "heldout_fvu": fvu, "d_sae": cfg.d_sae, "k": cfg.k,
+    return {"folder": str(folder), "heldout_fvu": fvu(rows, rec), "d_sae": cfg.d_sae, "k": cfg.k,
             "alive": int((fires > 0).sum()), "heldout_positions": rows.shape[0]}
 
 
@@ -217,9 +238,8 @@ def _live_features(s: dict, fx: torch.Tensor) -> torch.Tensor:
 
 def _monosemanticity(s: dict) -> dict:
     held, cfg = s["held"], s["cfg"]
-    sae = load_image_sae(s["out"] / "sae", s["model"])
     mx, _ = _maxima(s)
-    fx, fwhere = _maxima(s, encode=sae.encode)
+    fx, fwhere = _feature_maxima(s)
     live = _live_features(s, fx)
     res, series = {}, {}
     for k in (cfg.top_k, 4 * cfg.top_k):
@@ -232,12 +252,13 @@ def _monosemanticity(s: dict) -> dict:
     wf = classic.weighted_source_entropy(fx[:, live], held.source, len(held.sources))
     res["weighted"] = {"units": float(wu.mean()), "features": float(wf.mean()), "units_median": float(wu.median()),
                        "features_median": float(wf.median()), "uniform": math.log2(len(held.sources))}
-    figures.entropy_histograms({"units, top 16": series[f"units, top {cfg.top_k}"],
-                                "SAE features, top 16": series[f"SAE features, top {cfg.top_k}"],
+    top = f"top {cfg.top_k}"
+    figures.entropy_histograms({f"units, {top}": series[f"units, {top}"],
+                                f"SAE features, {top}": series[f"SAE features, {top}"],
                                 "units, activation-weighted": wu, "SAE features, activation-weighted": wf},
                                math.log2(len(held.sources)), f"{cfg.hook}: {mx.shape[1]} units vs {len(live)} live SAE "
                                f"features on {len(held)} held-out patches", s["out"] / "img" / "monosemanticity.png")
-    hf = classic.source_entropy(classic.top_patches(fx[:, live], cfg.top_k), held.source, len(held.sources))
+    hf = series[f"SAE features, {top}"]
     best = live[hf.argsort()[:6]].tolist()
     figures.patch_grid(_rows_of(s, best, fx, fwhere,
                                 lambda f: f"feature {f}\n{float(hf[(live == f).nonzero()[0, 0]]):.2f} bits"),
@@ -247,10 +268,9 @@ def _monosemanticity(s: dict) -> dict:
 
 
 def _visualize(s: dict) -> dict:
-    cfg, model = s["cfg"], s["model"]
-    sae = load_image_sae(s["out"] / "sae", model)
+    cfg, model, sae = s["cfg"], s["model"], _sae_of(s)
     mx, _ = _maxima(s)
-    fx, _ = _maxima(s, encode=sae.encode)
+    fx, _ = _feature_maxima(s)
     live = _live_features(s, fx)
     g = torch.Generator().manual_seed(cfg.seed)
     units = torch.randperm(mx.shape[1], generator=g)[:cfg.vis_units].tolist()
@@ -277,12 +297,11 @@ def _visualize(s: dict) -> dict:
 
 
 def _steer(s: dict) -> dict:
-    cfg, model, held = s["cfg"], s["model"], s["held"]
-    sae = load_image_sae(s["out"] / "sae", model)
+    cfg, model, held, sae = s["cfg"], s["model"], s["held"], _sae_of(s)
     target = model.classes.index(cfg.steer_class)
     with torch.no_grad():
         pred = model.probs(held.pixels).argmax(1)
-    fx, _ = _maxima(s, encode=sae.encode)
+    fx, _ = _feature_maxima(s)
     live = _live_features(s, fx)
     # candidates: features most active on patches the model calls the class (chosen on half A, measured on half B)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -300,23 +319,22 @@ def _steer(s: dict) -> dict:
     best = max(effect, key=effect.get)
     value = 2 * float(fx[:, best].max())
     before, after = clamped_probs(model, sae, best, value, held.pixels[test])
-    show = test[:4]
-    b4, a4 = clamped_probs(model, sae, best, value, held.pixels[show])
-    figures.steering_bars(model.classes, b4, a4, held.pixels[show],
+    figures.steering_bars(model.classes, before[:4], after[:4], held.pixels[test[:4]],
                           f"feature {best} of the {cfg.hook} SAE clamped to {value:.0f} (2x its held-out max) at every "
                           f"position", s["out"] / "img" / "steering.png")
     zb, za = clamped_probs(model, sae, best, 0.0, held.pixels[is_class.nonzero().flatten()[:128]])
-    # dose-response, and a control: random live features clamped the same way (2x their own max)
+    # dose-response (2x is the clamp above), and a control: random live features clamped the same way
     doses = [0.25, 0.5, 1.0, 2.0]
     dose_p = [float(clamped_probs(model, sae, best, m * float(fx[:, best].max()), held.pixels[test])[1][:, target].mean())
-              for m in doses]
+              for m in doses[:-1]] + [float(after[:, target].mean())]
     controls = [f for f in live[torch.randperm(len(live), generator=g)].tolist() if f not in candidates][:8]
     control_p = [float(clamped_probs(model, sae, f, 2 * float(fx[:, f].max()), held.pixels[test])[1][:, target].mean())
                  for f in controls]
     figures.dose_response(doses, dose_p, float(before[:, target].mean()), control_p, cfg.steer_class, best,
                           s["out"] / "img" / "steering-dose.png")
     return {"doses": doses, "dose_p": dose_p, "controls": controls, "control_p": control_p,
-            "control_p_mean": sum(control_p) / len(control_p),"class": cfg.steer_class, "feature": best, "value": value, "candidates": effect,
+            "control_p_mean": sum(control_p) / len(control_p), "class": cfg.steer_class, "feature": best,
+            "value": value, "candidates": effect,
             "n_images": len(test), "p_before": float(before[:, target].mean()), "p_after": float(after[:, target].mean()),
             "top1_before": float((before.argmax(1) == target).float().mean()),
             "top1_after": float((after.argmax(1) == target).float().mean()),
@@ -326,11 +344,9 @@ def _steer(s: dict) -> dict:
 
 def _index(s: dict) -> dict:
     cfg, model, held = s["cfg"], s["model"], s["held"]
-    sae = load_image_sae(s["out"] / "sae", model)
     mx, where = _maxima(s)
-    fx, fwhere = _maxima(s, encode=sae.encode)
+    fx, fwhere = _feature_maxima(s)
     live = _live_features(s, fx)
-    width = _map_width(s)
     photos, small = source_images(), small_images()
     vis = load_tensors(s["out"] / "visualizations.safetensors", "the visualize stage's images")
     sources = []
@@ -340,7 +356,7 @@ def _index(s: dict) -> dict:
     patches_rows = [{"id": p, "source": held.sources[int(held.source[p])], "top": int(b[0]), "left": int(b[1]),
                      "side": int(b[2]), "flipped": int(b[3]), "png": png(held.pixels[p])}
                     for p, b in enumerate(held.boxes)]
-    units, examples, rf = [], [], {}
+    units, examples = [], []
     for kind, acts, at, ids in (("unit", mx, where, range(mx.shape[1])), ("feature", fx, fwhere, live.tolist())):
         ent = classic.source_entropy(classic.top_patches(acts[:, list(ids)], cfg.top_k), held.source, len(held.sources))
         went = classic.weighted_source_entropy(acts[:, list(ids)], held.source, len(held.sources))
@@ -356,12 +372,11 @@ def _index(s: dict) -> dict:
                           "histogram": {"counts": hist.hist.tolist(), "edges": hist.bin_edges.tolist()} if hist else {},
                           "vis": png(vis[f"{kind}.{u}"]) if f"{kind}.{u}" in vis else None})
             for rank, p in enumerate(top):
-                pos = divmod(int(at[p, u]), width)
-                if pos not in rf:
-                    rf[pos] = classic.receptive_field(model, cfg.hook, pos)
+                box = _receptive_field(s, at[p, u])
+                row, col_ = divmod(int(at[p, u]), _map_width(s))
                 examples.append({"kind": kind, "id": int(u), "rank": rank, "patch": int(p), "activation": float(col[p]),
-                                 "row": pos[0], "col": pos[1], "rf_top": rf[pos][0], "rf_left": rf[pos][1],
-                                 "rf_bottom": rf[pos][2], "rf_right": rf[pos][3]})
+                                 "row": row, "col": col_, "rf_top": box[0], "rf_left": box[1], "rf_bottom": box[2],
+                                 "rf_right": box[3]})
     path = write_index(s["out"] / "vision" / "features.db",
                        {"model": model.name, "hook": cfg.hook, "classes": model.classes, "sources": held.sources,
                         "dictionary": str(s["out"] / "sae"), "patches": len(held), "image_size": list(model.image_size),
