@@ -1,0 +1,129 @@
+"""Single-layer transcoder probes behind RESULTS "Single-layer probes: steps, distinct tokens, k, batch, the skip's
+init, a decoder refit": the demo's skip-transcoder recipe (2,304 x k16, skip fitted, latents seeded, lr 3e-3, batch
+254, 394 steps) on in-memory MLP inputs/outputs of one layer, one change at a time; held-out FVU on 16,384 tokens of
+the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmarks/refit/.
+
+  .venv/bin/python benchmarks/single_layer_probes.py data     # distinct tokens vs steps, layer 3
+  .venv/bin/python benchmarks/single_layer_probes.py steps    # 4x / 16x steps, k 32 / 64, batch 1016 (layers 3, 25)
+  .venv/bin/python benchmarks/single_layer_probes.py init     # the skip's initial fit: 8k vs 32k tokens, ridge
+  .venv/bin/python benchmarks/single_layer_probes.py refit    # a least-squares refit of decoder, skip, bias
+  .venv/bin/python benchmarks/single_layer_probes.py ridge    # least squares alone, by sample size and ridge"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+import glasswork as gw
+import glasswork.training.init as init_module
+import glasswork.training.trainer as trainer_module
+from glasswork.data import corpus
+from glasswork.evals import fvu
+from glasswork.hooks import capture
+from glasswork.io import home, load_tensors, save_tensors
+from glasswork.training import TensorSource, TrainConfig, train
+from glasswork.training.init import fit_linear
+
+CACHE = home() / "benchmarks" / "refit"
+BASE = TrainConfig(kind="transcoder", arch="topk", layers=[0], d_sae=2304, k=16, batch_size=254, tokens=254 * 394,
+                   lr=3e-3, warmup_steps=10, b_dec_init="mean", model="smollm2-135m", checkpoint_every=10 ** 9,
+                   skip=True, skip_fit=True, init="data")
+
+
+def hooks_of(layer: int) -> tuple[str, str]:
+    return f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+
+
+def activations(model, split: str, tokens: int, seed: int, layers=(3, 15, 25)) -> dict[str, torch.Tensor]:
+    """{hook: [tokens, 576]}: MLP inputs and outputs of `layers` on random 128-token contexts (BOS dropped)."""
+    path = CACHE / f"{split}-{tokens}-{seed}{'' if tuple(layers) == (3, 15, 25) else '-' + '-'.join(map(str, layers))}.safetensors"
+    if path.exists():
+        return load_tensors(path)
+    ctx = corpus.contexts(model, split=split, ctx_len=128)
+    pick = torch.randperm(len(ctx), generator=torch.Generator().manual_seed(seed))[:-(-tokens // 127)]
+    names = [h for l in layers for h in hooks_of(l)]
+    parts: dict[str, list] = {h: [] for h in names}
+    for i in range(0, len(pick), 16):
+        _, a = capture(model, ctx[pick[i:i + 16]], names)
+        for h, v in a.items():
+            parts[h].append(v[:, 1:].reshape(-1, v.shape[-1]).float())
+    out = {h: torch.cat(p)[:tokens].contiguous() for h, p in parts.items()}
+    save_tensors(path, out)
+    return out
+
+
+def trained(tc: TrainConfig, x: torch.Tensor, y: torch.Tensor):
+    acts = {"blocks.0.ln2.hook_normalized": x.clone(), "blocks.0.hook_mlp_out": y.clone()}
+    r = train(tc, TensorSource(acts, tc.batch_size, seed=0, model=tc.model), CACHE / "runs" / f"{time.time():.6f}")
+    return r["dicts"]["layer_00"]
+
+
+@torch.no_grad()
+def refit(d, x: torch.Tensor, y: torch.Tensor, ridge: float) -> None:
+    """Least squares of y on [codes, x, 1]: new W_dec, W_skip and b_dec (ridge relative to the Gram's mean diagonal)."""
+    a = d.encode(x).double()
+    design = torch.cat([a, x.double(), torch.ones(x.shape[0], 1, dtype=torch.float64)], 1)
+    gram = design.T @ design
+    gram.diagonal().add_(ridge * gram.diagonal().mean())
+    w = torch.linalg.solve(gram, design.T @ y.double())
+    f, d_in = a.shape[1], x.shape[1]
+    d.W_dec.copy_(w[:f].float())
+    d.W_skip.copy_(w[f:f + d_in].float())
+    d.b_dec.copy_(w[-1].float())
+
+
+def main() -> None:
+    part = sys.argv[1] if len(sys.argv) > 1 else "data"
+    torch.set_num_threads(2)
+    model = gw.load_model()
+    ev = activations(model, "heldout", 16384, 1)
+    if part == "data":  # layer 3: distinct tokens vs steps
+        x, y = hooks_of(3)
+        big = activations(model, "train", 406_400, 11, layers=(3,))
+        for n, mult in [(32768, 1), (100_000, 1), (400_000, 1), (100_000, 4), (400_000, 4)]:
+            d = trained(replace(BASE, tokens=254 * 394 * mult), big[x][:n], big[y][:n])
+            print(json.dumps({"distinct_tokens": n, "steps": 394 * mult, "heldout_fvu": round(fvu(ev[y], d(ev[x])), 4),
+                              "train_fvu": round(fvu(big[y][:16384], d(big[x][:16384])), 4)}), flush=True)
+        return
+    tr = activations(model, "train", 32768, 0)
+    for layer in {"steps": (3, 25), "init": (3, 15, 25), "refit": (15, 3, 25), "ridge": (3, 15, 25)}[part]:
+        x, y = hooks_of(layer)
+        row: dict = {"layer": layer}
+        if part == "steps":
+            for name, kw in [("x4 steps", {"tokens": 254 * 394 * 4}), ("x16 steps", {"tokens": 254 * 394 * 16}),
+                             ("x4 steps k32", {"tokens": 254 * 394 * 4, "k": 32}),
+                             ("x4 steps k64", {"tokens": 254 * 394 * 4, "k": 64}),
+                             ("batch 1016, 16x tokens", {"tokens": 254 * 394 * 16, "batch_size": 1016})]:
+                d = trained(replace(BASE, **kw), tr[x], tr[y])
+                row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "train": round(fvu(tr[y][:16384], d(tr[x][:16384])), 4)}
+        elif part == "init":
+            plain = init_module.fit_linear
+            for name, kw, ridge in [("init 8192 ridge 1e-6", {}, 1e-6), ("init 8192 ridge 0.1", {}, 0.1),
+                                    ("init 32768 ridge 1e-6", {"init_tokens": 32768}, 1e-6),
+                                    ("init 32768 ridge 0.1", {"init_tokens": 32768}, 0.1)]:
+                trainer_module.fit_linear = lambda a, b, r=ridge: plain(a, b, ridge=r)  # the trainer's skip fit
+                d = trained(replace(BASE, **kw), tr[x], tr[y])
+                row[name] = round(fvu(ev[y], d(ev[x])), 4)
+            trainer_module.fit_linear = plain
+        elif part == "refit":
+            d = trained(BASE, tr[x], tr[y])
+            row["trained"] = round(fvu(ev[y], d(ev[x])), 4)
+            state = {k: v.clone() for k, v in d.state_dict().items()}
+            for n in (8192, 32768):
+                for ridge in (1e-4, 1e-3, 1e-2):
+                    d.load_state_dict(state)
+                    refit(d, tr[x][:n], tr[y][:n], ridge)
+                    row[f"refit n{n} ridge {ridge:g}"] = round(fvu(ev[y], d(ev[x])), 4)
+        else:
+            for n in (8192, 32768):
+                for ridge in (1e-6, 1e-3, 1e-2, 3e-2, 1e-1):
+                    w, b = fit_linear(tr[x][:n], tr[y][:n], ridge=ridge)
+                    row[f"n{n} ridge {ridge:g}"] = round(fvu(ev[y], ev[x] @ w + b), 4)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
