@@ -188,6 +188,48 @@ def _cfg(**kw):
     return TrainConfig(**{**base, **kw})
 
 
+def test_adam_with_per_group_clipping_equals_torch_optim_float64():
+    """The fused, per-dictionary-clipped Adam equals torch.optim.Adam after clip_grad_norm_ on each group, over
+    several steps: a group that is clipped, one that is not, a parameter stored transposed (an encoder's layout)
+    and a frozen one without a gradient."""
+    from glasswork.training.optim import Adam
+    torch.manual_seed(0)
+    def make():
+        g = torch.Generator().manual_seed(1)
+        return [[torch.nn.Parameter(torch.randn(7, 5, generator=g, dtype=torch.float64).T.contiguous().T),
+                 torch.nn.Parameter(torch.randn(5, generator=g, dtype=torch.float64))],
+                [torch.nn.Parameter(torch.randn(4, 3, generator=g, dtype=torch.float64)),
+                 torch.nn.Parameter(torch.randn(3, generator=g, dtype=torch.float64), requires_grad=False)]]
+    mine, ref = make(), make()
+    opt = Adam(mine, betas=(0.9, 0.99))
+    ref_opt = torch.optim.Adam([p for g in ref for p in g if p.requires_grad], lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    grads = torch.Generator().manual_seed(2)
+    clipped = set()
+    for step in range(5):
+        scale = [10.0, 0.01][step % 2]  # group 0 is clipped at odd steps only
+        for groups in (mine, ref):
+            for gi, g in enumerate(groups):
+                for p in g:
+                    if p.requires_grad:
+                        p.grad = None
+        for pm, pr in zip([p for g in mine for p in g], [p for g in ref for p in g]):
+            if pm.requires_grad:
+                grad = torch.randn(pm.shape, generator=grads, dtype=torch.float64) * scale
+                pm.grad, pr.grad = grad.clone(), grad.clone()
+        opt.lr = 1e-2
+        norms = opt.step(max_norm=1.0)
+        for gi, g in enumerate(ref):
+            ref_norm = torch.nn.utils.clip_grad_norm_([p for p in g if p.requires_grad], 1.0)
+            assert abs(norms[gi] - float(ref_norm)) <= 1e-12 * float(ref_norm)
+            clipped |= {gi} if float(ref_norm) > 1.0 else set()
+        ref_opt.step()
+        for pm, pr in zip([p for g in mine for p in g], [p for g in ref for p in g]):
+            # rtol 1e-6: the kernel takes the clip's scale in float32 (6e-8 relative); unclipped, it is float64-exact
+            torch.testing.assert_close(pm.detach(), pr.detach(), rtol=1e-6, atol=1e-12)
+    assert clipped == {0, 1}  # both groups were clipped at some step and left alone at others
+    assert mine[1][1].grad is None and torch.equal(mine[1][1], make()[1][1])  # the frozen one did not move
+
+
 def test_training_learns_and_folds_scale(tmp_path):
     x = _data()
     r = train(_cfg(tokens=64 * 60), TensorSource({"h": x}, 64), tmp_path / "sae")

@@ -2,7 +2,7 @@
 
 The forward encoder is one dense matmul (every pre-activation is needed to pick the top k). Everything after it is
 sparse: the decoder is a gather-and-sum of k rows, and the backward pass builds the [batch, d_sae] gradient of the
-pre-activations as a CSR matrix with k entries per row, so grad W_enc and grad W_dec are sparse @ dense products and
+pre-activations as a CSR matrix with k entries per row, so grad W_enc and grad W_dec are weighted bags of rows and
 grad values is a sampled matmul (only the k needed dot products). No dense [batch, d_sae] @ W_dec anywhere."""
 from __future__ import annotations
 
@@ -46,9 +46,11 @@ def _sparse_t_matmul(indices: torch.Tensor, values: torch.Tensor, dense: torch.T
     if dense.is_cuda:  # CSR transpose-matmul is fast on GPUs through index_add
         out = torch.zeros(n_rows, dense.shape[1], dtype=dense.dtype, device=dense.device)
         return out.index_add_(0, indices.reshape(-1), (values.unsqueeze(-1) * dense.unsqueeze(1)).reshape(-1, dense.shape[1]))
+    # row r of S^T is a bag of the dense rows whose tokens chose latent r: a weighted embedding_bag over the CSR
+    # transpose (3x faster here than the CSR matmul, which zero-fills and copies its output)
     crow, cols, order = _transpose_plan(indices, n_rows)
-    st = torch.sparse_csr_tensor(crow, cols, values.reshape(-1).to(dense.dtype)[order], (n_rows, indices.shape[0]))
-    return st @ dense
+    return F.embedding_bag(cols, dense, crow, per_sample_weights=values.reshape(-1).to(dense.dtype)[order], mode="sum",
+                           include_last_offset=True)
 
 
 def _sampled_dot(indices: torch.Tensor, left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:

@@ -128,7 +128,7 @@ class Trainer:
             for n, p in u.dictionary.named_parameters():
                 self.params.append(p)
                 self.names.append(f"{u.name}.{n}")
-        self.opt = Adam(self.params, betas=tc.betas)
+        self.opt = Adam([list(u.dictionary.parameters()) for u in self.units], betas=tc.betas)  # clipped per dictionary
         d_total = [self._n_latents(u) for u in self.units]
         self.since_fired = [torch.zeros(n, dtype=torch.long) for n in d_total]  # tokens since each latent fired
         self.fire_count = [torch.zeros(n, dtype=torch.long) for n in d_total]  # over the metrics window
@@ -285,10 +285,7 @@ class Trainer:
                 stats[u.name] = s
         total.backward()
         dist.average_gradients(self.params)
-        for u in self.units:
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(list(u.dictionary.parameters()), tc.grad_clip)
-        self.opt.step()
+        self.opt.step(tc.grad_clip)
         self.opt.zero_grad()
         self._after_step(stats)
         return stats
