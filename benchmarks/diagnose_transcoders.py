@@ -25,7 +25,7 @@ import torch
 import glasswork as gw
 from glasswork.evals import fvu
 from glasswork.data import corpus
-from glasswork.hooks import capture
+from glasswork.hooks import capture, mlp_hooks
 from glasswork.io import home, load_tensors, save_tensors
 from glasswork.training import TensorSource, TrainConfig, train
 from glasswork.training.init import fit_linear
@@ -33,21 +33,20 @@ from glasswork.training.init import fit_linear
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
-def hooks_of(layer: int) -> tuple[str, str]:
-    return f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
-
-
-def cached_activations(model, split: str, tokens: int, seed: int) -> dict[str, torch.Tensor]:
-    """{hook: [n, d]} for every layer's MLP input and output, from random contexts of `split` (BOS dropped)."""
-    path = home() / "benchmarks" / "diagnose" / f"{split}-{tokens}-{seed}.safetensors"
+def cached_activations(model, split: str, tokens: int, seed: int, layers=None, cache: Path | None = None,
+                       seqs: int = 8, name: str = "") -> dict[str, torch.Tensor]:
+    """{hook: [n, d]} for the MLP inputs and outputs of `layers` (None: all), from random contexts of `split` (BOS
+    dropped), `seqs` contexts per forward; cached in `cache` (default $GLASSWORK_HOME/benchmarks/diagnose) as `name`
+    (default split-tokens-seed)."""
+    path = (cache or home() / "benchmarks" / "diagnose") / f"{name or f'{split}-{tokens}-{seed}'}.safetensors"
     if path.exists():
         return load_tensors(path, "cached activations")
     ctx = corpus.contexts(model, split=split, ctx_len=128)
     pick = torch.randperm(len(ctx), generator=torch.Generator().manual_seed(seed))[:-(-tokens // 127)]
-    names = [h for l in range(model.n_layers) for h in hooks_of(l)]
+    names = [h for l in (range(model.n_layers) if layers is None else layers) for h in mlp_hooks(l)]
     parts: dict[str, list] = {h: [] for h in names}
-    for i in range(0, len(pick), 8):
-        _, acts = capture(model, ctx[pick[i:i + 8]], names)
+    for i in range(0, len(pick), seqs):
+        _, acts = capture(model, ctx[pick[i:i + seqs]], names)
         for h, a in acts.items():
             parts[h].append(a[:, 1:].reshape(-1, a.shape[-1]).float())
     acts = {h: torch.cat(p)[:tokens].contiguous() for h, p in parts.items()}
@@ -58,7 +57,7 @@ def cached_activations(model, split: str, tokens: int, seed: int) -> dict[str, t
 def stats(model, train_acts, eval_acts) -> list[dict]:
     rows = []
     for l in range(model.n_layers):
-        xh, yh = hooks_of(l)
+        xh, yh = mlp_hooks(l)
         x, y, xe, ye = train_acts[xh], train_acts[yh], eval_acts[xh], eval_acts[yh]
         W, b = fit_linear(x.double(), y.double())
         var = (ye - ye.mean(0)).pow(2).sum(-1).mean()
@@ -113,7 +112,7 @@ def ablate(model, train_acts, eval_acts, layers: list[int], steps: int, variants
         "AuxK 1/4": {"aux_coeff": 0.25}, "lr 2e-3, decay from 50%": {"lr": 2e-3, "decay_start": 0.5}}.items()})
     rows = []
     for l in layers:
-        xh, yh = hooks_of(l)
+        xh, yh = mlp_hooks(l)
         for name in variants or options:
             kw = options[name]
             tc = replace(base, **{k: v for k, v in kw.items() if k in TrainConfig.__dataclass_fields__})
@@ -139,7 +138,7 @@ def throughput(model, train_acts) -> list[dict]:
     """Where the demo stage's time goes: the model forward that captures all 60 hooks (per token, at 2 and 8
     sequences per forward), and one optimizer step of all 30 transcoders on in-memory activations."""
     from glasswork.training.trainer import Trainer
-    names = [h for l in range(model.n_layers) for h in hooks_of(l)]
+    names = [h for l in range(model.n_layers) for h in mlp_hooks(l)]
     ctx = corpus.contexts(model, split="train", ctx_len=128)[:64]
     rows = []
     for seqs in (2, 8):

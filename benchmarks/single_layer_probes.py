@@ -20,12 +20,13 @@ import torch
 import glasswork as gw
 import glasswork.training.init as init_module
 import glasswork.training.trainer as trainer_module
-from glasswork.data import corpus
 from glasswork.evals import fvu
-from glasswork.hooks import capture
-from glasswork.io import home, load_tensors, save_tensors
+from glasswork.hooks import mlp_hooks
+from glasswork.io import home
 from glasswork.training import TensorSource, TrainConfig, train
 from glasswork.training.init import fit_linear
+
+from diagnose_transcoders import cached_activations  # benchmarks/ is on sys.path when a script runs
 
 CACHE = home() / "benchmarks" / "refit"
 BASE = TrainConfig(kind="transcoder", arch="topk", layers=[0], d_sae=2304, k=16, batch_size=254, tokens=254 * 394,
@@ -33,26 +34,10 @@ BASE = TrainConfig(kind="transcoder", arch="topk", layers=[0], d_sae=2304, k=16,
                    skip=True, skip_fit=True, init="data")
 
 
-def hooks_of(layer: int) -> tuple[str, str]:
-    return f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
-
-
 def activations(model, split: str, tokens: int, seed: int, layers=(3, 15, 25)) -> dict[str, torch.Tensor]:
     """{hook: [tokens, 576]}: MLP inputs and outputs of `layers` on random 128-token contexts (BOS dropped)."""
-    path = CACHE / f"{split}-{tokens}-{seed}{'' if tuple(layers) == (3, 15, 25) else '-' + '-'.join(map(str, layers))}.safetensors"
-    if path.exists():
-        return load_tensors(path)
-    ctx = corpus.contexts(model, split=split, ctx_len=128)
-    pick = torch.randperm(len(ctx), generator=torch.Generator().manual_seed(seed))[:-(-tokens // 127)]
-    names = [h for l in layers for h in hooks_of(l)]
-    parts: dict[str, list] = {h: [] for h in names}
-    for i in range(0, len(pick), 16):
-        _, a = capture(model, ctx[pick[i:i + 16]], names)
-        for h, v in a.items():
-            parts[h].append(v[:, 1:].reshape(-1, v.shape[-1]).float())
-    out = {h: torch.cat(p)[:tokens].contiguous() for h, p in parts.items()}
-    save_tensors(path, out)
-    return out
+    suffix = '' if tuple(layers) == (3, 15, 25) else '-' + '-'.join(map(str, layers))
+    return cached_activations(model, split, tokens, seed, layers, CACHE, seqs=16, name=f"{split}-{tokens}-{seed}{suffix}")
 
 
 def trained(tc: TrainConfig, x: torch.Tensor, y: torch.Tensor):
@@ -81,7 +66,7 @@ def main() -> None:
     model = gw.load_model()
     ev = activations(model, "heldout", 16384, 1)
     if part == "data":  # layer 3: distinct tokens vs steps
-        x, y = hooks_of(3)
+        x, y = mlp_hooks(3)
         big = activations(model, "train", 406_400, 11, layers=(3,))
         for n, mult in [(32768, 1), (100_000, 1), (400_000, 1), (100_000, 4), (400_000, 4)]:
             d = trained(replace(BASE, tokens=254 * 394 * mult), big[x][:n], big[y][:n])
@@ -90,7 +75,7 @@ def main() -> None:
         return
     tr = activations(model, "train", 32768, 0)
     for layer in {"steps": (3, 25), "init": (3, 15, 25), "refit": (15, 3, 25), "ridge": (3, 15, 25)}[part]:
-        x, y = hooks_of(layer)
+        x, y = mlp_hooks(layer)
         row: dict = {"layer": layer}
         if part == "steps":
             for name, kw in [("x4 steps", {"tokens": 254 * 394 * 4}), ("x16 steps", {"tokens": 254 * 394 * 16}),

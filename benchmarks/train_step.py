@@ -85,8 +85,11 @@ def main() -> None:
     ap.add_argument("--demo-steps", type=int, default=96, help="steps of the demo's stage to time (0: skip it)")
     ap.add_argument("--no-record", action="store_true")
     a = ap.parse_args()
-    rev = subprocess.run(["git", "rev-parse", "--short", a.against], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    found = subprocess.run(["git", "rev-parse", "--short", "--verify", "--quiet", f"{a.against}^{{commit}}"], cwd=ROOT,
+                           capture_output=True, text=True)
+    if found.returncode:
+        ap.error(f"--against {a.against}: not a revision of this repository (git rev-parse found no commit)")
+    rev = found.stdout.strip()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
     tmp = Path(tempfile.mkdtemp()) / "old"

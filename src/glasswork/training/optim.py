@@ -1,5 +1,5 @@
 """Adam with per-group gradient-norm clipping, on torch's fused Adam kernel (torch._fused_adam_: one pass over each
-parameter instead of six; 4x faster on this CPU, RESULTS.md "The training step"). Not torch.optim: its first use
+parameter instead of six; the step it speeds up is timed by benchmarks/train_step.py). Not torch.optim: its first use
 imports torch._dynamo (~10 s on a small CPU), longer than a short training run; and a plain state (two moments per
 parameter, one step count) checkpoints simply.
 
@@ -36,6 +36,7 @@ class Adam:
         group's gradient norm before clipping (0.0 where it has no gradients)."""
         self.t += 1
         b1, b2 = self.betas
+        step = torch.full((), float(self.t), device=self.params[0].device) if self.params else None
         norms, start = [], 0
         for group in self.groups:
             idx = [start + i for i, p in enumerate(group) if p.grad is not None]
@@ -49,8 +50,8 @@ class Adam:
             norms.append(norm)
             # divided inside the kernel only when clipped (a scale costs it a second write of each gradient); the
             # kernel takes a float32 scale only
-            scale = torch.tensor((norm + 1e-6) / max_norm, dtype=torch.float32, device=grads[0].device) if 0 < max_norm < norm + 1e-6 else None
-            step = torch.full((), float(self.t), device=grads[0].device)
+            scale = (torch.tensor((norm + 1e-6) / max_norm, dtype=torch.float32, device=grads[0].device)
+                     if 0 < max_norm < norm + 1e-6 else None)
             views = [[_row_major(t, p) for t in (p, g, self.m[i], self.v[i])] for p, g, i in zip(params, grads, idx)]
             p_, g_, m_, v_ = (list(column) for column in zip(*views))
             torch._fused_adam_(p_, g_, m_, v_, [], [step] * len(p_), lr=self.lr, beta1=b1, beta2=b2, weight_decay=0.0,
