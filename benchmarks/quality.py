@@ -60,6 +60,12 @@ class LoadAwareSource(ModelSource):
             yield next(it)
 
 
+def _texts(train_docs: list[str], tc: TrainConfig):
+    """The training documents as a source re-reads them: 100 times over in reading order (long runs do not run out),
+    once when shuffled (the source starts a new epoch by itself)."""
+    return (lambda: iter(train_docs)) if tc.shuffle else (lambda: iter(train_docs * 100))
+
+
 def run(kind: str, tc: TrainConfig, model, train_docs, eval_docs, eval_tokens: int, out: Path, threads: int = 0,
         src_model=None, resume: str = "") -> dict:
     """Train on activations from src_model (default: model), evaluate with model."""
@@ -92,6 +98,10 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
                          skip=True, skip_fit=True, init="data", repeat=4),
     "skip-scaled": dict(kind="transcoder", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16,
                         skip=True, skip_fit=True, init="data", init_scale="on"),
+    "skip-shuffle": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
+                         skip=True, skip_fit=True, init="data", shuffle=True),  # sequences from across the corpus
+    "skip-shuffle-rs25": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
+                              skip=True, skip_fit=True, init="data", shuffle=True, resample_every=25),
     "clt": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
 }
 
@@ -113,14 +123,17 @@ def heldout_samples(model, n: int, tokens: int, seed: int) -> list[torch.Tensor]
 
 
 def eval_samples(dicts, model, samples: list[torch.Tensor]) -> dict:
-    """evaluate() on each sample: the mean and the range over samples of each figure, per-layer FVU and dead."""
-    evs = [gw.evaluate(dicts, model, s, tokens=s.shape[0] * 126) for s in samples]
+    """evaluate() on each sample: the mean and the range over samples of each figure, per-layer FVU and dead (on
+    the smallest sample's count, dead_eval, and never fired on all samples together, dead_all)."""
+    evs = [gw.evaluate(dicts, model, s, tokens=s.shape[0] * 126, fire_counts=True) for s in samples]
+    fired_all = {n: sum(e.pop("fire_counts")[n] for e in evs) for n in evs[0]["dictionaries"]}
 
     def spread(vals):
         return {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)}
     names = list(evs[0]["dictionaries"])
     per = {n: {"fvu": sum(e["dictionaries"][n]["fvu"] for e in evs) / len(evs),
-               "dead_eval": min(e["dictionaries"][n]["dead_fraction"] for e in evs)} for n in names}
+               "dead_eval": min(e["dictionaries"][n]["dead_fraction"] for e in evs),
+               "dead_all": float((fired_all[n] == 0).double().mean())} for n in names}
     mean_fvu = [sum(e["dictionaries"][n]["fvu"] for n in names) / len(names) for e in evs]
     return {"tokens": sum(e["tokens"] for e in evs), "samples": len(evs), "kl": spread([e["kl"] for e in evs]),
             "ce_loss_score": spread([e["ce_loss_score"] for e in evs]), "mean_fvu": spread(mean_fvu),
@@ -184,8 +197,8 @@ def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: flo
     from glasswork.training.trainer import Trainer
     from dataclasses import replace
     probe = replace(tc, tokens=tc.batch_size * 40, checkpoint_every=10 ** 9)
-    src = LoadAwareSource(model, lambda: iter(train_docs * 100), probe.input_hooks(), probe.batch_size, ctx=probe.ctx,
-                          mix=probe.mix, seed=probe.seed, repeat=probe.repeat, threads=threads)
+    src = LoadAwareSource(model, _texts(train_docs, probe), probe.input_hooks(), probe.batch_size, ctx=probe.ctx,
+                          mix=probe.mix, seed=probe.seed, repeat=probe.repeat, shuffle=probe.shuffle, threads=threads)
     from tempfile import mkdtemp
     t = Trainer(probe, src, Path(mkdtemp()) / "probe")
     batches = src.batches(0)
@@ -254,8 +267,8 @@ def run_sparsify(a, folder: Path, seconds: float) -> None:
 
 
 def run_train(kind: str, tc: TrainConfig, model, train_docs, folder: Path, threads: int) -> dict:
-    src = LoadAwareSource(model, lambda: iter(train_docs * 100), tc.input_hooks(), tc.batch_size, ctx=tc.ctx,
-                          mix=tc.mix, seed=tc.seed, repeat=tc.repeat, threads=threads)
+    src = LoadAwareSource(model, _texts(train_docs, tc), tc.input_hooks(), tc.batch_size, ctx=tc.ctx,
+                          mix=tc.mix, seed=tc.seed, repeat=tc.repeat, shuffle=tc.shuffle, threads=threads)
     tc.batch_size = src.batch_size
     if (folder / "set.json").exists() or (folder / "config.json").exists():  # trained before: reuse
         from glasswork.dictionaries.saving import load, load_set
@@ -276,18 +289,23 @@ def budget_table(results: dict, a) -> str:
              f"(seed 0), every layer spliced in at once for KL and CE-loss score (mean, and min-max over the 4 "
              f"samples); FVU on clean inputs; graphs of the {len(heldout_prompts())} prompts in "
              f"`benchmarks/data/heldout_prompts.txt` (none of them the demo's), unpruned scores, node count of the "
-             f"default view (0.8 / 0.98). Recipes: `before` = the demo's until today (no skip, random init, batches "
+             f"default view (0.8 / 0.98); dead = never fired on one 8k-token sample (the fewest of the 4) or on all "
+             f"{a.eval_tokens:,} tokens. Recipes: `before` = the demo's until today (no skip, random init, batches "
              f"of consecutive tokens); `skip` = skip fitted by least squares, latents seeded on tokens, 16 batches "
-             f"mixed; `clt` = cross-layer transcoder, window 4, same init ideas where they apply; `sparsify` = "
+             f"mixed; `skip-shuffle` = skip with the corpus's sequences read in a seeded random order; "
+             f"`skip-shuffle-rs25` = that, dead latents re-seeded every 25 steps; `clt` = cross-layer transcoder, "
+             f"window 4, same init ideas where they apply; `sparsify` = "
              f"EleutherAI sparsify 1.3.3 (`benchmarks/peer_sparsify.py`, its defaults), same hooks and budget.\n",
-             "| recipe | budget min | train s | tokens | mean FVU | max layer FVU | layers dead > 10% | KL (range) | "
-             "CE-loss score | replacement (min) | completeness | median nodes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| recipe | budget min | train s | tokens | mean FVU | max layer FVU | layers dead > 10% (8k / 32k) | "
+             "max layer dead (32k) | KL (range) | CE-loss score | replacement (min) | completeness | median nodes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         ev, gs = r["eval"], r["graphs"]
         dead = sum(1 for d in ev["per_layer"].values() if d["dead_eval"] > 0.1)
+        dead_all = [d.get("dead_all", float("nan")) for d in ev["per_layer"].values()]  # older records lack it
         lines.append(f"| {r['kind']} | {r['minutes']:g} | {r['train_seconds']} | {r['tokens']:,} | "
-                     f"{ev['mean_fvu']['mean']:.3f} | {ev['max_layer_fvu']:.3f} | {dead} | {ev['kl']['mean']:.2f} "
+                     f"{ev['mean_fvu']['mean']:.3f} | {ev['max_layer_fvu']:.3f} | {dead} / "
+                     f"{sum(1 for v in dead_all if v > 0.1)} | {max(dead_all):.3f} | {ev['kl']['mean']:.2f} "
                      f"({ev['kl']['min']:.2f}-{ev['kl']['max']:.2f}) | {ev['ce_loss_score']['mean']:.3f} | "
                      f"{gs['replacement']:.3f} ({gs['replacement_min']:.3f}) | {gs['completeness']:.3f} | "
                      f"{gs['nodes_median']} |")
@@ -341,7 +359,7 @@ def main():
     p.add_argument("--out", default="", help="where the trained dictionaries go (default $GLASSWORK_HOME/benchmarks/quality)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", default="sae,tc,clt", help="sae, tc, clt, or budget (the replacement model at CPU budgets)")
-    p.add_argument("--kinds", default="before,skip", help="budget: recipes (before, skip, clt, sparsify)")
+    p.add_argument("--kinds", default="before,skip", help="budget: recipes (the keys of RECIPES, and sparsify)")
     p.add_argument("--budgets", default="10", help="budget: minutes of training, comma-separated")
     p.add_argument("--sparsify-dir", default="", help="budget: folder with sparsify runs named <minutes>min")
     p.add_argument("--sparsify-python", default="/work/peers/sparsify/bin/python",

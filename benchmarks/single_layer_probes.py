@@ -7,7 +7,12 @@ the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmark
   .venv/bin/python benchmarks/single_layer_probes.py steps    # 4x / 16x steps, k 32 / 64, batch 1016 (layers 3, 25)
   .venv/bin/python benchmarks/single_layer_probes.py init     # the skip's initial fit: 8k vs 32k tokens, ridge
   .venv/bin/python benchmarks/single_layer_probes.py refit    # a least-squares refit of decoder, skip, bias
-  .venv/bin/python benchmarks/single_layer_probes.py ridge    # least squares alone, by sample size and ridge"""
+  .venv/bin/python benchmarks/single_layer_probes.py ridge    # least squares alone, by sample size and ridge
+  .venv/bin/python benchmarks/single_layer_probes.py order    # reading order and dead-latent re-seeding (layers 2, 15, 25)
+
+`order` trains on the batches the demo's ModelSource reads (front to back, 16 batches mixed: the first 117,856
+tokens of the corpus), in that order and globally shuffled, for the 8-minute budget's 462 steps, and reports the
+held-out dead fraction on 8,192 and 16,384 tokens beside FVU."""
 from __future__ import annotations
 
 import json
@@ -60,10 +65,62 @@ def refit(d, x: torch.Tensor, y: torch.Tensor, ridge: float) -> None:
     d.b_dec.copy_(w[-1].float())
 
 
+class InOrder(TensorSource):
+    """Rows in their stored order, batch after batch (the captured ModelSource stream)."""
+
+    def batches(self, start: int = 0, rank: int = 0, world: int = 1):
+        step = start
+        while True:
+            i = step % (self.n // self.batch_size)
+            yield {h: a[i * self.batch_size:(i + 1) * self.batch_size][rank::world] for h, a in self.acts.items()}
+            step += 1
+
+
+def model_stream(model, layers=(2, 15, 25), batches: int = 464) -> dict[str, torch.Tensor]:
+    """{hook: [batches * 254, 576]}: the demo's ModelSource batches (front to back, mix 16) in their order; cached."""
+    from glasswork.data import corpus
+    from glasswork.io import load_tensors, save_tensors
+    from glasswork.training import ModelSource
+    path = CACHE / f"model-stream-{batches}-{'-'.join(map(str, layers))}.safetensors"
+    if path.exists():
+        return load_tensors(path, "cached model stream")
+    hooks = [h for l in layers for h in mlp_hooks(l)]
+    parts: dict[str, list] = {h: [] for h in hooks}
+    for _, b in zip(range(batches), ModelSource(model, corpus.default_texts, hooks, 254, ctx=128, mix=16).batches()):
+        for h in hooks:
+            parts[h].append(b[h])
+    acts = {h: torch.cat(p) for h, p in parts.items()}
+    save_tensors(path, acts)
+    return acts
+
+
+def order(model) -> None:
+    ev = activations(model, "heldout", 16384, 1, layers=(2, 15, 25))
+    stream = model_stream(model)
+    base = replace(BASE, tokens=254 * 462)
+    variants = [("front to back", "in order", {}), ("shuffled", "shuffled", {}),
+                ("shuffled, re-seeding every 25 steps", "shuffled", {"resample_every": 25})]
+    for layer in (2, 15, 25):
+        x, y = mlp_hooks(layer)
+        for name, how, kw in variants:
+            tc = replace(base, **kw)
+            acts = {"blocks.0.ln2.hook_normalized": stream[x].clone(), "blocks.0.hook_mlp_out": stream[y].clone()}
+            src = (InOrder if how == "in order" else TensorSource)(acts, tc.batch_size, seed=0, model=tc.model)
+            d = train(tc, src, CACHE / "runs" / f"{time.time():.6f}")["dicts"]["layer_00"]
+            with torch.no_grad():
+                fired = d.encode(ev[x]) != 0
+            print(json.dumps({"layer": layer, "variant": name, "heldout_fvu": round(fvu(ev[y], d(ev[x])), 4),
+                              "dead_8k": round(float((~fired[:8192].any(0)).float().mean()), 3),
+                              "dead_16k": round(float((~fired.any(0)).float().mean()), 3),
+                              "dead_train": round(d.cfg.metrics["dead_fraction"], 3)}), flush=True)
+
+
 def main() -> None:
     part = sys.argv[1] if len(sys.argv) > 1 else "data"
     torch.set_num_threads(2)
     model = gw.load_model()
+    if part == "order":
+        return order(model)
     ev = activations(model, "heldout", 16384, 1)
     if part == "data":  # layer 3: distinct tokens vs steps
         x, y = mlp_hooks(3)

@@ -336,8 +336,10 @@ def _load_trained(out, extra):
 @pytest.mark.parametrize("extra", [{}, {"matryoshka": [16, 40]}, {**TRANSCODER, "skip_fit": True, "init": "data", "init_tokens": 320},
                                    {**TRANSCODER, "skip_fit": True, "freeze_skip": True, "init_tokens": 640},
                                    {"kind": "clt", "hooks": [], "layers": [0], "arch": "relu", "init": "data",
-                                    "init_tokens": 128}],
-                         ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip", "clt"])
+                                    "init_tokens": 128},
+                                   {**TRANSCODER, "skip_fit": True, "init": "data", "init_tokens": 320,
+                                    "resample_every": 2, "dead_tokens": 64}],
+                         ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip", "clt", "resample"])
 def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     """Every run in a fresh single-threaded process, so all three use the same kernels and reduction order."""
     env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
@@ -369,6 +371,7 @@ from glasswork.training import ModelSource, StoreSource, TrainConfig, train
 pause, kind, out, store = {pause!r}, {kind!r}, {out!r}, {store!r}
 base = ModelSource if kind.startswith("model") else StoreSource
 repeat = 2 if kind == "model-repeat" else 1
+shuffle = kind == "model-shuffle"
 
 class Slow(base):  # the same batches, with a pause so that the kill lands mid-run
     def batches(self, start=0, rank=0, world=1):
@@ -378,9 +381,10 @@ class Slow(base):  # the same batches, with a pause so that the kill lands mid-r
 
 hook = "blocks.1.hook_resid_post"
 cfg = TrainConfig(kind="sae", arch="topk", hooks=[hook], k=4, d_sae=64, tokens=60 * 24, batch_size=60, lr=3e-3,
-                  warmup_steps=3, checkpoint_every=3, seed=3, repeat=repeat)
+                  warmup_steps=3, checkpoint_every=3, seed=3, repeat=repeat, shuffle=shuffle)
 if kind.startswith("model"):  # the model read while reading the corpus, as `glasswork train` does
-    source = Slow(gw.load_model(), corpus.default_texts, [hook], 60, ctx=16, mix=2, repeat=repeat)
+    source = Slow(gw.load_model(), corpus.default_texts, [hook], 60, ctx=16, mix=2, repeat=repeat, shuffle=shuffle,
+                  seed=3)
 else:
     source = Slow(ActivationStore(store), [hook], 60)
 train(cfg, source, out, resume=True)
@@ -388,7 +392,7 @@ train(cfg, source, out, resume=True)
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("kind", ["store", "model", "model-repeat"])
+@pytest.mark.parametrize("kind", ["store", "model", "model-repeat", "model-shuffle"])
 def test_resume_after_kill_equals_uninterrupted_from_a_store_and_from_the_model(tmp_path, default_model, kind):
     """kill -9 mid-run, then resume: bit for bit the uninterrupted run, reading an activation store on disk or the
     default model itself (each run in a fresh single-threaded process)."""
@@ -583,6 +587,38 @@ def test_skip_fit_starts_at_least_squares_and_explains_a_linear_mlp(tmp_path):
     assert fvu(y, (x * sx @ W + b) / sy) < 1e-3  # the fit alone explains the linear MLP
 
 
+@pytest.mark.parametrize("init_outlier", [10.0, 0.0])
+def test_init_leaves_massive_activations_out(tmp_path, init_outlier):
+    """Two tokens of the init sample with a 1,000x MLP output (as the default model's layer 11 has): left out, the
+    skip fit and the scale are those of the other tokens; kept (init_outlier 0), they decide both."""
+    from glasswork.training.init import fit_linear
+    from glasswork.training.trainer import Trainer
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2048, 16, generator=g) * 3
+    y = x @ torch.randn(16, 16, generator=g) + 0.5
+    order = torch.randperm(2048, generator=torch.Generator().manual_seed(1 * 100_003))  # TensorSource(seed=1)'s
+    y[order[[5, 300]]] = torch.randn(2, 16, generator=g) * 5000  # in the first batch, and later in the init sample
+    acts = {"blocks.0.ln2.hook_normalized": x, "blocks.0.hook_mlp_out": y}
+    tc = _cfg(**TRANSCODER, skip_fit=True, init_tokens=512, init_outlier=init_outlier, tokens=64 * 20)
+    t = Trainer(tc, TensorSource(acts, 64, seed=1), tmp_path / "o")
+    d = t.units[0].dictionary
+    rows = torch.cat([b["blocks.0.ln2.hook_normalized"] for b in t._prefetched])
+    outs = torch.cat([b["blocks.0.hook_mlp_out"] for b in t._prefetched])
+    typical = outs.norm(dim=-1) < 1000
+    assert int((~typical).sum()) == 2
+    first = t._prefetched[0]["blocks.0.hook_mlp_out"]
+    kept = first[first.norm(dim=-1) < 1000] if init_outlier else first
+    assert t.scale["blocks.0.hook_mlp_out"] == pytest.approx(float(1 / kept.pow(2).sum(-1).mean().sqrt()), rel=1e-5)
+    sx, sy = t.scale["blocks.0.ln2.hook_normalized"], t.scale["blocks.0.hook_mlp_out"]
+    keep = typical if init_outlier else torch.ones_like(typical)
+    W, b = fit_linear(rows[keep] * sx, outs[keep] * sy)
+    torch.testing.assert_close(d.W_skip.detach(), W)
+    from glasswork.evals import fvu
+    rest = order[512:]  # tokens outside the init sample, none of them massive
+    err = fvu(y[rest] * sy, x[rest] * sx @ d.W_skip.detach() + d.b_dec.detach())
+    assert (err < 1e-3) if init_outlier else (err > 0.01)  # the other tokens' linear map, or one bent by two tokens
+
+
 def test_data_init_seeds_each_latent_on_a_token():
     from glasswork.training.init import seed_latents_on_tokens
     g = torch.Generator().manual_seed(3)
@@ -598,6 +634,66 @@ def test_data_init_seeds_each_latent_on_a_token():
     torch.testing.assert_close(pre.diagonal(), r[token].norm(dim=-1), rtol=1e-4, atol=1e-4)
     with pytest.raises(GlassworkError, match="at least one token per latent"):
         seed_latents_on_tokens(W_enc, b_enc, W_dec, x[:10], r[:10], torch.Generator())
+
+
+def test_reseed_rewrites_only_the_dead_latents_on_tokens_with_error():
+    from glasswork.training.init import reseed_latents
+    g = torch.Generator().manual_seed(7)
+    x, err = torch.randn(30, 8, generator=g) + 1, torch.randn(30, 6, generator=g)
+    err[::2] = 0  # tokens the dictionary explains exactly: never a seed
+    W_enc, b_enc, W_dec = torch.randn(8, 40, generator=g), torch.randn(40, generator=g), torch.randn(40, 6, generator=g)
+    before = [t.clone() for t in (W_enc, b_enc, W_dec)]
+    dead = torch.tensor([3, 9, 11, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36])  # 20 > 15 tokens
+    done = reseed_latents(W_enc, b_enc, W_dec, dead, x, err, torch.Generator().manual_seed(0))
+    assert torch.equal(done, dead[:15])  # one latent per token with an error
+    alive = torch.ones(40, dtype=torch.bool)
+    alive[done] = False
+    assert torch.equal(W_dec[alive], before[2][alive]) and torch.equal(W_enc[:, alive], before[0][:, alive])
+    assert torch.equal(b_enc[alive], before[1][alive])
+    cos = W_dec[done] @ (err / err.norm(dim=-1, keepdim=True).clamp_min(1e-8)).T  # [15, 30]
+    token = cos.argmax(1)
+    assert torch.allclose(cos.max(1).values, torch.ones(15), atol=1e-5) and token.unique().numel() == 15
+    assert bool((token % 2 == 1).all())  # only tokens with an error
+    pre = (x[token] @ W_enc + b_enc)[:, done]  # each re-seeded latent's pre-activation on its token is |error| there
+    torch.testing.assert_close(pre.diagonal(), err[token].norm(dim=-1), rtol=1e-4, atol=1e-4)
+    assert len(reseed_latents(W_enc, b_enc, W_dec, dead, x, err * 0, torch.Generator())) == 0
+
+
+def test_adam_restart_gives_fresh_moments_to_the_slices_only():
+    from glasswork.training.optim import Adam
+    g = torch.Generator().manual_seed(1)
+    w = torch.nn.Parameter(torch.randn(5, 4, generator=g).T)  # [4, 5], stored transposed as the encoder
+    opt = Adam([[w]])
+    for _ in range(3):
+        w.grad = torch.randn(4, 5, generator=g)
+        opt.lr = 1e-2
+        opt.step()
+    m, v = opt.m[0].clone(), opt.v[0].clone()
+    opt.restart(w, torch.tensor([1, 3]), dim=1)
+    keep = [0, 2, 4]
+    assert torch.equal(opt.m[0][:, keep], m[:, keep]) and torch.equal(opt.v[0][:, keep], v[:, keep])
+    assert torch.equal(opt.m[0][:, [1, 3]], torch.zeros(4, 2))
+    torch.testing.assert_close(opt.v[0][:, [1, 3]], v[:, keep].mean(1, keepdim=True).expand(4, 2))
+
+
+@pytest.mark.parametrize("resample_every", [0, 5])
+def test_resampling_revives_latents_that_cannot_fire(tmp_path, resample_every):
+    """Half the latents are made dead before training (a bias no input overcomes); re-seeding brings them back on
+    held-out inputs, and without it they stay dead."""
+    from glasswork.training.trainer import Trainer
+    x = _data(n=4096)
+    tc = _cfg(tokens=64 * 40, dead_tokens=128, resample_every=resample_every, checkpoint_every=10 ** 6)
+    trainer = Trainer(tc, TensorSource({"h": x[:3072]}, 64), tmp_path / "o")
+    with torch.no_grad():
+        trainer.units[0].dictionary.b_enc[:32] = -1e4
+    trained = trainer.run()["dicts"]["h"]
+    with torch.no_grad():
+        fired = (trained.encode(x[3072:]) != 0).any(0)
+    if resample_every:
+        assert fired[:32].float().mean() > 0.5
+        assert trained.cfg.metrics["dead_fraction"] < 0.5
+    else:
+        assert not fired[:32].any()
 
 
 def test_code_scale_is_the_least_squares_scale():
@@ -680,6 +776,32 @@ def test_model_source_mix_shuffles_within_blocks_and_resumes_exactly(default_mod
         assert all(torch.equal(x, y) for x, y in zip(resumed, r[start:start + 3]))
     with pytest.raises(GlassworkError, match="repeat must be at least 1"):
         ModelSource(m, texts, hooks, batch_size=15, ctx=16, repeat=0)
+
+
+@pytest.mark.model
+def test_model_source_shuffle_reads_every_sequence_once_in_a_seeded_order(default_model):
+    from glasswork.data.corpus import token_rows
+    from glasswork.training import ModelSource
+    m = default_model
+    texts = [" ".join(f"word{i} and {j}" for j in range(6 + i)) for i in range(10)]
+    hooks = ["blocks.0.hook_resid_post"]
+    n = len(list(token_rows(m, texts, 16)))
+    plain = [b[hooks[0]] for _, b in zip(range(n), ModelSource(m, texts, hooks, batch_size=15, ctx=16).batches())]
+    source = ModelSource(m, texts, hooks, batch_size=15, ctx=16, seed=2, shuffle=True)
+    shuffled = [b[hooks[0]] for _, b in zip(range(n), source.batches())]
+    # one sequence per batch: the shuffled stream is the plain one, every sequence once, in another order
+    match = [next(i for i, p in enumerate(plain) if torch.equal(p, s)) for s in shuffled]
+    assert sorted(match) == list(range(n)) and match != list(range(n))
+    resumed = [b[hooks[0]] for _, b in zip(range(2), source.batches(start=5))]
+    assert torch.equal(resumed[0], shuffled[5]) and torch.equal(resumed[1], shuffled[6])
+    other = ModelSource(m, texts, hooks, batch_size=15, ctx=16, seed=3, shuffle=True)
+    assert not all(torch.equal(b[hooks[0]], s) for b, s in zip(other.batches(), shuffled))
+    # past the last sequence a new epoch starts: every sequence again, in another order
+    second = [b[hooks[0]] for _, b in zip(range(2 * n), source.batches())][n:]
+    match2 = [next(i for i, p in enumerate(plain) if torch.equal(p, s)) for s in second]
+    assert sorted(match2) == list(range(n)) and match2 != match
+    with pytest.raises(GlassworkError, match="no sequence of 16 tokens"):
+        next(ModelSource(m, ["too short"], hooks, batch_size=15, ctx=16, shuffle=True).batches())
 
 
 LOAD_SCRIPT = """

@@ -146,9 +146,10 @@ class _Splice:
 
 @torch.no_grad()
 def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, batch_seqs: int = 8,
-             dense_fraction: float = 0.1) -> dict:
+             dense_fraction: float = 0.1, fire_counts: bool = False) -> dict:
     """Evaluate a dictionary, a {name: dictionary} set, or a folder on held-out `texts` (an iterable of strings, or
-    token ids [n, ctx] already cut into sequences).
+    token ids [n, ctx] already cut into sequences). fire_counts: also return {name: tokens each latent fired on}
+    ([d_sae] long tensors, under "fire_counts"), so that several samples' dead latents can be counted together.
     Every dictionary is spliced in at once (a transcoder set replaces every MLP it covers)."""
     from .data.corpus import token_rows
     dicts = _as_dicts(dictionaries)
@@ -211,6 +212,7 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
                      "fvu_spliced": sum(fvus_spliced[name]) / len(fvus_spliced[name]), "l0": sum(l0s[name]) / len(l0s[name]),
                      "dead_fraction": float((fired[name] == 0).double().mean()),
                      "dense_fraction": float((freq > dense_fraction).double().mean())}
-    return {"tokens": n_tok, "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"],
-            "ce_loss_score": ce_loss_score(ce["clean"], ce["spliced"], ce["zero"]), "kl": sums["kl"] / n_tok,
-            "dictionaries": per}
+    out = {"tokens": n_tok, "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"],
+           "ce_loss_score": ce_loss_score(ce["clean"], ce["spliced"], ce["zero"]), "kl": sums["kl"] / n_tok,
+           "dictionaries": per}
+    return {**out, "fire_counts": {n: fired[n].long().cpu() for n in dicts}} if fire_counts else out

@@ -58,6 +58,11 @@ class TrainConfig:
     alone (SAEs, transcoders)."""
     dead_tokens: int = 0
     """A latent is dead after this many tokens without firing (0: min(10M, tokens / 5))."""
+    resample_every: int = 0
+    """Steps between re-seedings of dead latents (0: never): each latent dead by --dead-tokens starts again on a token
+    of the current batch, drawn by squared reconstruction error (TopK / BatchTopK SAEs and transcoders)."""
+    resample_until: float = 0.8
+    """Fraction of training after which latents are no longer re-seeded (they need steps to settle)."""
     dense_fraction: float = 0.1
     """A latent is dense when it fires on more than this fraction of tokens."""
     normalize: bool = True
@@ -73,6 +78,9 @@ class TrainConfig:
     """random | data: seed each latent on a token of the init sample (a CLT: on its own layer's output)."""
     init_tokens: int = 0
     """Tokens read before training for scales, b_dec, the skip fit and data init (0: one batch; 8192 when fitting)."""
+    init_outlier: float = 10.0
+    """Tokens whose norm is over this many times the init sample's median (massive activations) are left out of
+    the scales, b_dec, the skip fit and the seeds (0: keep every token); training still sees them."""
     init_scale: str = "auto"
     """With --init data: fit the seeded code's scale by least squares (on | off | auto: on unless --skip-fit)."""
     seed: int = 0
@@ -90,6 +98,9 @@ class TrainConfig:
     """Tokens per sequence when reading from the model."""
     mix: int = 1
     """Reading from the model: shuffle the tokens of this many batches together."""
+    shuffle: bool = False
+    """Reading from the model: take the corpus's sequences in a seeded random order (tokenized once, up front, held
+    in memory) instead of front to back, so a short run spans many documents."""
     repeat: int = 1
     """Reading from the model: train on each block of --mix batches this many times (reshuffled): more steps per
     model forward, on the same tokens."""
@@ -109,13 +120,14 @@ class TrainConfig:
             raise GlassworkError(f"train config: tokens and batch_size must be at least 1 (got {self.tokens}, "
                                  f"{self.batch_size})")
         for name, low in (("k", 1), ("expansion", 1), ("d_sae", 0), ("window", 0), ("warmup_steps", 0), ("aux_k", 0),
-                          ("dead_tokens", 0), ("checkpoint_every", 0), ("ctx", 8), ("mix", 1), ("repeat", 1)):
+                          ("dead_tokens", 0), ("resample_every", 0), ("checkpoint_every", 0), ("ctx", 8), ("mix", 1),
+                          ("repeat", 1)):
             if getattr(self, name) < low:
                 raise GlassworkError(f"train config: {name} must be at least {low} (got {getattr(self, name)})")
         if not 0 <= self.seed < 2**32:
             raise GlassworkError(f"train config: seed must be in 0..{2**32 - 1} (got {self.seed})")
-        for name in ("lr", "decay_start", "grad_clip", "l1_coeff", "l0_coeff", "bandwidth", "aux_coeff",
-                     "dense_fraction"):
+        for name in ("lr", "decay_start", "resample_until", "init_outlier", "grad_clip", "l1_coeff", "l0_coeff",
+                     "bandwidth", "aux_coeff", "dense_fraction"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise GlassworkError(f"train config: {name} must be a finite number >= 0 (got {value})")
@@ -150,6 +162,9 @@ class TrainConfig:
         if self.matryoshka and self.kind == "clt":
             raise GlassworkError(f"train config: matryoshka={list(self.matryoshka)} is for SAEs and transcoders, "
                                  f"not kind 'clt'")
+        if self.resample_every and (self.kind == "clt" or self.arch not in ("topk", "batchtopk")):
+            raise GlassworkError(f"train config: resample_every is for TopK / BatchTopK SAEs and transcoders (kind "
+                                 f"'{self.kind}', arch '{self.arch}')")
         self.matryoshka = list(self.matryoshka)
         matryoshka_prefixes(self.matryoshka, self.d_sae or None)  # against each dictionary's d_sae in make_units
         self.betas = tuple(self.betas)

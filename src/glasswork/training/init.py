@@ -39,12 +39,25 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> tuple[t
     return W.to(x.dtype), (my - mx @ W).to(x.dtype)
 
 
+def _write_seeds(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, latents: torch.Tensor, u: torch.Tensor,
+                 r: torch.Tensor, mu: torch.Tensor, enc_norm: float | None = None) -> None:
+    """Latent latents[j] starts on one token: decoder row = direction of r[j] (what is left to explain there),
+    encoder = direction of u[j] (the centred input) scaled so its pre-activation there is |r[j]| (or of norm enc_norm);
+    mu [d_in] the centre. u [n, d_in], r [n, d_out], latents [n] (long)."""
+    r_norm = r.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    u_sq = u.pow(2).sum(-1, keepdim=True).clamp_min(1e-8)
+    # [n, d_in]: enc_j . u_j = |r_j|, or |enc_j| = enc_norm
+    enc = u * (r_norm / u_sq if enc_norm is None else enc_norm / u_sq.sqrt())
+    W_dec[latents] = r / r_norm
+    W_enc[:, latents] = enc.T
+    b_enc[latents] = -(mu @ enc.T)
+
+
 @torch.no_grad()
 def seed_latents_on_tokens(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, x: torch.Tensor,
                            residual: torch.Tensor, generator: torch.Generator) -> None:
-    """Latent i starts as token t_i of the sample: its decoder row is the direction of what is left to explain there
-    (residual[t_i], after bias and skip) and its encoder reads the centred input's direction scaled so that the
-    pre-activation on x[t_i] is |residual[t_i]|: every latent fires at first, on inputs like its own token.
+    """Latent i starts as token t_i of the sample (_write_seeds, t_i drawn without replacement): every latent fires at
+    first, on inputs like its own token.
 
     W_enc [d_in, F], b_enc [F], W_dec [F, d_out] are written in place; x [n, d_in], residual [n, d_out], n >= F."""
     n, F = x.shape[0], W_dec.shape[0]
@@ -52,13 +65,27 @@ def seed_latents_on_tokens(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torc
         raise GlassworkError(f"init 'data': {n} sample tokens for {F} latents; it needs at least one token per latent")
     pick = torch.randperm(n, generator=generator)[:F]
     mu = x.mean(0)
-    u = (x[pick] - mu).float()  # [F, d_in]
-    r = residual[pick].float()  # [F, d_out]
-    r_norm = r.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    W_dec.copy_(r / r_norm)
-    enc = u * (r_norm / u.pow(2).sum(-1, keepdim=True).clamp_min(1e-8))  # [F, d_in]: enc_i . u_i = |r_i|
-    W_enc.copy_(enc.T)
-    b_enc.copy_(-(mu.float() @ enc.T))
+    _write_seeds(W_enc, b_enc, W_dec, torch.arange(F), (x[pick] - mu).float(), residual[pick].float(), mu.float())
+
+
+@torch.no_grad()
+def reseed_latents(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, latents: torch.Tensor,
+                   x: torch.Tensor, error: torch.Tensor, generator: torch.Generator,
+                   enc_norm: float | None = None) -> torch.Tensor:
+    """Dead latents start again as seeds (_write_seeds) on tokens of a batch, drawn without replacement with
+    probability proportional to the squared reconstruction error there: they start where the dictionary explains
+    least. At most one latent per token: returns the latents rewritten (the first of `latents` when there are more
+    latents than tokens with an error).
+
+    latents [m] (long); x [n, d_in] the batch's encoder inputs; error [n, d_out] = target - reconstruction."""
+    weight = error.double().pow(2).sum(-1)  # [n]
+    m = min(len(latents), int((weight > 0).sum()))
+    if m == 0:
+        return latents[:0]
+    pick = torch.multinomial(weight, m, replacement=False, generator=generator)
+    mu = x.mean(0).float()
+    _write_seeds(W_enc, b_enc, W_dec, latents[:m], x[pick].float() - mu, error[pick].float(), mu, enc_norm)
+    return latents[:m]
 
 
 @torch.no_grad()

@@ -58,6 +58,18 @@ class Adam:
                                eps=self.eps, amsgrad=False, maximize=False, grad_scale=scale, found_inf=None)
         return norms
 
+    @torch.no_grad()
+    def restart(self, param: torch.nn.Parameter, index: torch.Tensor, dim: int = 0) -> None:
+        """Fresh moments for the slices `index` of `param` along `dim` (latents re-seeded in place): the first moment
+        zero, the second the mean of the other slices' (a zero one would make their first update lr-sized)."""
+        i = next(j for j, p in enumerate(self.params) if p is param)
+        keep = torch.ones(param.shape[dim], dtype=torch.bool, device=param.device)
+        keep[index] = False
+        v = self.v[i]
+        typical = v.movedim(dim, 0)[keep].mean(0) if bool(keep.any()) else torch.zeros_like(v.movedim(dim, 0)[0])
+        self.m[i].index_fill_(dim, index.to(param.device), 0.0)
+        v.movedim(dim, 0)[index] = typical
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None

@@ -8,6 +8,7 @@ takes its own slice of the same global batch.
 - StoreSource: an activation store on disk (glasswork.data.store)."""
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import torch
@@ -48,6 +49,10 @@ class ModelSource:
     consecutive runs of one (the same tokens in all; a resumed run recomputes its block and gets the same batches).
     With several ranks each rank runs and shuffles its own share of every block's sequences.
 
+    shuffle: sequences are read from the whole corpus in a seeded random order instead of front to back. The demo's
+    short run reads ~100 documents front to back; shuffled, the same number of tokens spans the corpus, and at one
+    layer the same budget's held-out FVU and dead latents fall (benchmarks/RESULTS.md, "Reading order").
+
     repeat > 1: each block is trained on `repeat` times, reshuffled each time (seeded by block and pass): more optimizer
     steps per model forward, on fewer distinct tokens. It helps a single layer at a fixed step count, but for the
     demo's 30 transcoders at a fixed wall-clock budget it did not (benchmarks/RESULTS.md, "The replacement model at
@@ -55,13 +60,14 @@ class ModelSource:
     existed."""
 
     def __init__(self, model, texts, hooks: list[str], batch_size: int, ctx: int = 128, device: str = "cpu",
-                 mix: int = 1, seed: int = 0, repeat: int = 1):
+                 mix: int = 1, seed: int = 0, repeat: int = 1, shuffle: bool = False):
         if mix < 1:
             raise GlassworkError(f"model source: mix must be at least 1 batch per block (got {mix})")
         if repeat < 1:
             raise GlassworkError(f"model source: repeat must be at least 1 pass per block (got {repeat})")
         self.model, self.texts, self.hooks, self.ctx, self.device = model, texts, list(hooks), ctx, device
-        self.mix, self.seed, self.repeat = mix, seed, repeat
+        self.mix, self.seed, self.repeat, self.shuffle = mix, seed, repeat, shuffle
+        self._shuffled: torch.Tensor | None = None  # [n, ctx]: every sequence of the texts (with shuffle; made once)
         self.seqs = max(1, round(batch_size / (ctx - 1)))
         self.batch_size = self.seqs * (ctx - 1)
         self.dims = {h: self.model.d_model for h in self.hooks}  # every hook point is in the residual's width
@@ -70,10 +76,26 @@ class ModelSource:
     def from_config(cls, model, texts, tc, device: str | None = None) -> "ModelSource":
         """The source a TrainConfig describes (its hooks, batch, ctx, mix, repeat and seed)."""
         return cls(model, texts, tc.input_hooks(), tc.batch_size, ctx=tc.ctx, device=device or tc.device, mix=tc.mix,
-                   seed=tc.seed, repeat=tc.repeat)
+                   seed=tc.seed, repeat=tc.repeat, shuffle=tc.shuffle)
 
     def _texts(self):
         return self.texts() if callable(self.texts) else iter(self.texts)
+
+    def _sequences(self) -> Iterator[torch.Tensor]:
+        """Sequences [ctx] in the order training reads them: front to back, or with shuffle every sequence of the
+        corpus in a seeded random order, epoch after epoch (tokenized once and held: a short run then spans the whole
+        corpus, not the few documents at its start)."""
+        if not self.shuffle:
+            yield from token_rows(self.model, self._texts(), self.ctx)
+            return
+        if self._shuffled is None:
+            rows = list(token_rows(self.model, self._texts(), self.ctx))
+            if not rows:
+                raise GlassworkError(f"model source: the texts hold no sequence of {self.ctx} tokens to shuffle")
+            self._shuffled = torch.stack(rows)
+        for epoch in itertools.count():
+            seed = (self.seed * 1_000_003 + epoch) * 7_919 + 1
+            yield from self._shuffled[torch.randperm(len(self._shuffled), generator=torch.Generator().manual_seed(seed))]
 
     def _block(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """{hook: [n_seqs * (ctx - 1), d]} for sequences ids [n_seqs, ctx], run `seqs` at a time (bounded memory)."""
@@ -87,7 +109,7 @@ class ModelSource:
 
     @torch.no_grad()
     def batches(self, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
-        chunks = token_rows(self.model, self._texts(), self.ctx)
+        chunks = self._sequences()
         block, offset = divmod(start, self.mix * self.repeat)  # offset: batches already trained on in this block
         for _ in range(block * self.mix * self.seqs):  # skip by tokenizing only: no forward for blocks already trained on
             if next(chunks, None) is None:

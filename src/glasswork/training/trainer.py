@@ -23,7 +23,7 @@ from ..io import GlassworkError
 from ..precision import autocast, resolve
 from ..progress import progress
 from . import distributed as dist
-from .init import fit_code_scale, fit_linear, geometric_median, seed_latents_on_tokens
+from .init import fit_code_scale, fit_linear, geometric_median, reseed_latents, seed_latents_on_tokens
 from .config import TrainConfig
 from .checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
 from .optim import Adam
@@ -87,6 +87,21 @@ def _stack(batch: dict[str, torch.Tensor], hooks: list[str], scale: dict[str, fl
     squared norm."""
     xs = [batch[h] * scale[h] for h in hooks]
     return xs[0] if len(xs) == 1 and not layered else torch.stack(xs, 1)
+
+
+def _typical_rows(y: torch.Tensor, factor: float) -> torch.Tensor:
+    """[n] bool: rows whose norm is at most `factor` x the median row norm, in every layer of a [n, L, d] stack
+    (factor 0: all rows). Massive activations, a few tokens whose MLP output is ~1,000x the typical norm, would
+    otherwise decide a least-squares fit, the seeds and the scale (benchmarks/RESULTS.md, "Reading order")."""
+    if not factor:
+        return torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+    norms = y.norm(dim=-1)  # [n] or [n, L]
+    ok = norms <= factor * norms.median(0).values
+    return ok if ok.dim() == 1 else ok.all(1)
+
+
+def _typical(y: torch.Tensor, factor: float) -> torch.Tensor:
+    return y[_typical_rows(y, factor)]
 
 
 def _training_codes(d, pre: torch.Tensor, layer: int | None = None) -> torch.Tensor:
@@ -167,8 +182,8 @@ class Trainer:
             self._check_batch(b)
         batch = batches[0]
         if tc.normalize:
-            self.scale = {h: float(1 / batch[h].float().pow(2).sum(-1).mean().sqrt().clamp_min(1e-8))
-                          for h in tc.input_hooks()}
+            self.scale = {h: float(1 / _typical(batch[h].float(), tc.init_outlier).pow(2).sum(-1).mean().sqrt()
+                                   .clamp_min(1e-8)) for h in tc.input_hooks()}
         gen = torch.Generator().manual_seed(tc.seed)
         # without a fitted skip, k seeded latents together overshoot ~k-fold (RESULTS.md: "Seeded latents need...")
         scale_codes = tc.init_scale == "on" or (tc.init_scale == "auto" and not tc.skip_fit)
@@ -176,6 +191,7 @@ class Trainer:
             d = u.dictionary
             if tc.b_dec_init != "zero":
                 y = _stack(batch, u.y_hooks, self.scale, u.layered).float()
+                y = y[_typical_rows(y, tc.init_outlier)]
                 center = geometric_median if tc.b_dec_init == "median" else (lambda t: t.mean(0))
                 b = center(y) if y.dim() == 2 else torch.stack([center(y[:, i]) for i in range(y.shape[1])])
                 d.b_dec.copy_(b)
@@ -183,6 +199,8 @@ class Trainer:
                 continue
             x = torch.cat([_stack(b, u.x_hooks, self.scale, u.layered).float() for b in batches])
             y = torch.cat([_stack(b, u.y_hooks, self.scale, u.layered).float() for b in batches])
+            keep = _typical_rows(y, tc.init_outlier)
+            x, y = x[keep], y[keep]
             if tc.skip_fit:
                 W, b = fit_linear(x, y)
                 d.W_skip.copy_(W)
@@ -205,9 +223,11 @@ class Trainer:
         tensors, meta = load_checkpoint(path)
         # checkpoints from before these options trained without them
         saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_tokens": 0, "mix": 1,
-                 "repeat": 1, **meta["train_config"]}
+                 "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False,
+                 **meta["train_config"]}
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
-                    "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix", "repeat"):
+                    "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix", "repeat", "resample_every",
+                    "resample_until", "shuffle"):
             mine = asdict(self.tc)[key]
             if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
                 raise GlassworkError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run asks for "
@@ -312,6 +332,33 @@ class Trainer:
             del th[:-100]  # the threshold settles late: estimate it from the last 100 batches
         self.window_tokens += n_tokens
 
+    @torch.no_grad()
+    def _reseed_dead(self, batch: dict[str, torch.Tensor]) -> None:
+        """Dead latents (no firing in the last dead_tokens tokens) start again as seeds on the tokens of this
+        batch that the dictionary explains worst (init.reseed_latents), with fresh Adam moments. Rank 0's batch
+        decides; the others receive its rows."""
+        tc = self.tc
+        for i, u in enumerate(self.units):
+            d = u.dictionary
+            dead = (self.since_fired[i] >= self.dead_tokens).nonzero().flatten()
+            if not len(dead):
+                continue
+            with autocast(tc.device, self.precision):
+                x = _stack(batch, u.x_hooks, self.scale).to(tc.device).float()
+                y = _stack(batch, u.y_hooks, self.scale).to(tc.device).float()
+                recon = _training_codes(d, d.pre_acts(x)) @ d.W_dec + d.skip_term(x) + d.b_dec
+            gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + self.step)  # no state: a resume draws the same
+            alive = self.since_fired[i] < self.dead_tokens
+            # encoders as long as a typical live one's: |error| / |input| overshoots where the input is near the mean
+            enc_norm = float(d.W_enc.norm(dim=0)[alive.to(tc.device)].median()) if bool(alive.any()) else None
+            latents = reseed_latents(d.W_enc, d.b_enc, d.W_dec, dead.to(tc.device), x - d.b_dec if d.cfg.b_dec_in else x,
+                                     (y - recon).float(), gen, enc_norm)
+            for p in (d.W_enc, d.b_enc, d.W_dec):
+                if self.world > 1:
+                    p.copy_(dist.all_reduce_(p * float(dist.is_main()), "sum"))
+                self.opt.restart(p, latents, dim=1 if p is d.W_enc else 0)
+            self.since_fired[i][latents.cpu()] = 0
+
     def run(self) -> dict:
         tc = self.tc
         t0, start = time.time(), self.step
@@ -333,6 +380,9 @@ class Trainer:
                                              f"checkpoint in {self.out} is intact")
                 else:
                     self.train_step(batch)
+                    if tc.resample_every and (self.step + 1) % tc.resample_every == 0 \
+                            and self.step + 1 <= tc.resample_until * tc.steps:
+                        self._reseed_dead(batch)
                 self.step += 1
                 bar.advance(tc.batch_size)
                 due = (self.step % tc.checkpoint_every == 0) if tc.checkpoint_every else time.time() - last_ckpt > 120
