@@ -126,7 +126,8 @@ def eval_samples(dicts, model, samples: list[torch.Tensor]) -> dict:
     """evaluate() on each sample: the mean and the range over samples of each figure, per-layer FVU and dead (on
     the smallest sample's count, dead_eval, and never fired on all samples together, dead_all)."""
     evs = [gw.evaluate(dicts, model, s, tokens=s.shape[0] * 126, fire_counts=True) for s in samples]
-    fired_all = {n: sum(e.pop("fire_counts")[n] for e in evs) for n in evs[0]["dictionaries"]}
+    counts = [e.pop("fire_counts") for e in evs]
+    fired_all = {n: sum(c[n] for c in counts) for n in counts[0]}
 
     def spread(vals):
         return {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)}

@@ -52,8 +52,10 @@ def test_vision_routes(vision_run):
     client = TestClient(create_app(out))
     indexes = client.get("/api/vision").json()["indexes"]
     assert [x["name"] for x in indexes] == ["features"] and indexes[0]["hook"] == "conv2d_3"
-    units = client.get("/api/vision/features/units?kind=feature&order=entropy").json()["units"]
+    units = client.get("/api/vision/features/units?kind=feature&order=entropy&limit=5000").json()["units"]
     assert len(units) == res["index"]["features"]
+    first = client.get("/api/vision/features/units?kind=feature&order=entropy&limit=3").json()["units"]
+    assert first == units[:3]  # the limit cuts the same order
     assert [u["entropy"] for u in units] == sorted(u["entropy"] for u in units)
     page = client.get(f"/api/vision/features/units/feature/{units[0]['id']}").json()
     assert len(page["examples"]) == 8

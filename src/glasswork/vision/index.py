@@ -112,8 +112,9 @@ class VisionIndex:
                   "frequency": "frequency DESC", "id": "id ASC"}.get(order)
         if column is None:
             raise GlassworkError(f"order must be entropy, weighted, frequency or id (got '{order}')")
-        rows = self.con.execute(f"SELECT {', '.join(UNIT_FIELDS)} FROM units WHERE kind = ? ORDER BY {column} "
-                                "LIMIT ?", (kind, limit)).fetchall()
+        # id breaks ties, so a shorter limit gives a prefix of a longer one
+        rows = self.con.execute(f"SELECT {', '.join(UNIT_FIELDS)} FROM units WHERE kind = ? ORDER BY {column}, "
+                                "id ASC LIMIT ?", (kind, limit)).fetchall()
         return [dict(zip(UNIT_FIELDS, r)) for r in rows]
 
     def page(self, kind: str, unit: int) -> dict | None:
