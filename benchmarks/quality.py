@@ -102,6 +102,8 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
                          skip=True, skip_fit=True, init="data", shuffle=True),  # sequences from across the corpus
     "skip-shuffle-rs25": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
                               skip=True, skip_fit=True, init="data", shuffle=True, resample_every=25),
+    "skip-keep-outliers": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
+                               skip=True, skip_fit=True, init="data", init_outlier=0),  # as before 2026-12-03 18:23
     "clt": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
 }
 
@@ -160,11 +162,11 @@ def graph_scores(model, dicts, prompts: list[str], max_features: int = 4096) -> 
             "prompts": rows}
 
 
-def _as_transcoders(trained: dict) -> dict:
-    """{layer: SparseCoder} for a transcoder set, or the CLT itself."""
+def _as_transcoders(trained: dict, device: str = "cpu") -> dict:
+    """{layer: SparseCoder} for a transcoder set, or the CLT itself, on `device`."""
     if len(trained) == 1 and next(iter(trained.values())).cfg.kind == "clt":
-        return next(iter(trained.values()))
-    return {d.cfg.layer: d for d in trained.values()}
+        return next(iter(trained.values())).to(device)
+    return {d.cfg.layer: d.to(device) for d in trained.values()}
 
 
 def sparsify_transcoders(folder: Path, model) -> dict:
@@ -199,7 +201,8 @@ def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: flo
     from dataclasses import replace
     probe = replace(tc, tokens=tc.batch_size * 40, checkpoint_every=10 ** 9)
     src = LoadAwareSource(model, _texts(train_docs, probe), probe.input_hooks(), probe.batch_size, ctx=probe.ctx,
-                          mix=probe.mix, seed=probe.seed, repeat=probe.repeat, shuffle=probe.shuffle, threads=threads)
+                          device=probe.device, mix=probe.mix, seed=probe.seed, repeat=probe.repeat,
+                          shuffle=probe.shuffle, threads=threads)
     from tempfile import mkdtemp
     t = Trainer(probe, src, Path(mkdtemp()) / "probe")
     batches = src.batches(0)
@@ -227,18 +230,20 @@ def budget_part(a, model, train_docs) -> dict:
                 if not (folder / "peer_run.json").exists():
                     run_sparsify(a, folder, minutes * 60)
                 peer = json.loads((folder / "peer_run.json").read_text())
-                dicts = sparsify_transcoders(folder, model)
+                dicts = _as_transcoders(sparsify_transcoders(folder, model), a.device)
                 train_s, tokens = round(peer["train_s"], 1), peer["tokens"]
             else:
                 recipe = RECIPES[kind]
                 layers = list(range(model.n_layers))
                 tc = TrainConfig(arch="topk", layers=layers, d_sae=a.clt_d_sae if kind == "clt" else a.tc_d_sae,
-                                 k=a.tc_k, model=model.name, **recipe)
+                                 k=a.tc_k, model=model.name, device=a.device, **recipe)
                 folder = Path(a.out_dir) / name
                 if not ((folder / "set.json").exists() or (folder / "config.json").exists()):  # else: reused
-                    tc.tokens = calibrate_tokens(kind, tc, model, train_docs, minutes * 60, a.threads)
+                    tc.tokens = (round(minutes * a.tokens_per_minute) // tc.batch_size * tc.batch_size
+                                 if a.tokens_per_minute else
+                                 calibrate_tokens(kind, tc, model, train_docs, minutes * 60, a.threads))
                 r = run_train(kind, tc, model, train_docs, folder, a.threads)
-                dicts, train_s, tokens = _as_transcoders(r["dicts"]), r["seconds"], r["tokens"]
+                dicts, train_s, tokens = _as_transcoders(r["dicts"], a.device), r["seconds"], r["tokens"]
             ev = eval_samples({f"layer{l}": d for l, d in dicts.items()} if isinstance(dicts, dict) else {"clt": dicts},
                               model, samples)
             gs = graph_scores(model, dicts, prompts)
@@ -269,7 +274,8 @@ def run_sparsify(a, folder: Path, seconds: float) -> None:
 
 def run_train(kind: str, tc: TrainConfig, model, train_docs, folder: Path, threads: int) -> dict:
     src = LoadAwareSource(model, _texts(train_docs, tc), tc.input_hooks(), tc.batch_size, ctx=tc.ctx,
-                          mix=tc.mix, seed=tc.seed, repeat=tc.repeat, shuffle=tc.shuffle, threads=threads)
+                          device=tc.device, mix=tc.mix, seed=tc.seed, repeat=tc.repeat, shuffle=tc.shuffle,
+                          threads=threads)
     tc.batch_size = src.batch_size
     if (folder / "set.json").exists() or (folder / "config.json").exists():  # trained before: reuse
         from glasswork.dictionaries.saving import load, load_set
@@ -320,12 +326,11 @@ def budget_plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     kinds = sorted({r["kind"] for r in results.values()})
     for kind in kinds:
-        pts = sorted((float(r["train_seconds"] or 0) / 60, r["graphs"]["replacement"]) for r in results.values()
-                     if r["kind"] == kind)
+        pts = sorted((float(r["minutes"]), r["graphs"]["replacement"]) for r in results.values() if r["kind"] == kind)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kind)
-    ax.set_xlim(0, max(float(r["train_seconds"] or 0) / 60 for r in results.values()) * 1.15)
+    ax.set_xlim(0, max(float(r["minutes"]) for r in results.values()) * 1.15)
     ax.set_ylim(0, 1)  # the score's whole range: two close budgets must not look far apart
-    ax.set_xlabel("CPU minutes of training (2 cores)")
+    ax.set_xlabel("budget: CPU minutes of training (2 cores)")
     ax.set_ylabel("mean replacement score (24 held-out prompts)")
     ax.set_title("Replacement score per CPU minute, smollm2-135m, 30 layers")
     ax.grid(alpha=0.3)
@@ -362,6 +367,11 @@ def main():
     p.add_argument("--only", default="sae,tc,clt", help="sae, tc, clt, or budget (the replacement model at CPU budgets)")
     p.add_argument("--kinds", default="before,skip", help="budget: recipes (the keys of RECIPES, and sparsify)")
     p.add_argument("--budgets", default="10", help="budget: minutes of training, comma-separated")
+    p.add_argument("--tokens-per-minute", type=float, default=0,
+                   help="budget: a budget's tokens are minutes x this rate (measured on the CPU the budget is for: "
+                        "`--calibrate`), not a timed probe on this machine: a GPU then trains what the CPU would")
+    p.add_argument("--calibrate", action="store_true",
+                   help="budget: print each recipe's tokens per minute from a timed probe on this machine, train nothing")
     p.add_argument("--sparsify-dir", default="", help="budget: folder with sparsify runs named <minutes>min")
     p.add_argument("--sparsify-python", default="/work/peers/sparsify/bin/python",
                    help="budget: the python of a venv with eai-sparsify (recipe in benchmarks/peer_sparsify.py)")
@@ -377,7 +387,10 @@ def main():
         if isinstance(args.get("load_start"), list):
             args["load_start"] = args["load_start"][0]
         a = argparse.Namespace(**{**args, "no_record": a.no_record, "command": args.get("command") or a.command})
-        report = table(saved["results"], a)
+        if "budget" in saved["results"]:
+            budget_plot(saved["results"]["budget"], Path(__file__).parent / "img" / "replacement_vs_minutes.png")
+        report = (budget_table(saved["results"]["budget"], a) if "budget" in saved["results"]
+                  else table(saved["results"], a))
         print(report)
         if not a.no_record:
             with open(Path(__file__).parent / "RESULTS.md", "a") as f:
@@ -403,6 +416,13 @@ def main():
         if a.json_out:
             Path(a.json_out).write_text(json.dumps({"args": vars(a), "results": results}, indent=1, default=str))
     from glasswork.cli.training import parse_layers
+    if a.only == "budget" and a.calibrate:
+        for kind in a.kinds.split(","):
+            tc = TrainConfig(arch="topk", layers=list(range(model.n_layers)), d_sae=a.tc_d_sae, k=a.tc_k,
+                             model=model.name, device=a.device, **RECIPES[kind])
+            print(json.dumps({"kind": kind, "tokens_per_minute": calibrate_tokens(kind, tc, model, train_docs, 6000,
+                                                                                  a.threads) / 100}), flush=True)
+        return
     if a.only == "budget":
         a.out_dir = a.out_dir or str(out / "budget")
         results = budget_part(a, model, train_docs)
