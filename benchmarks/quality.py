@@ -9,6 +9,7 @@ average, the exact command); the trained dictionaries stay in $GLASSWORK_HOME/be
   python benchmarks/quality.py [--only sae,tc,clt] [--sae-tokens 2000000 --tc-tokens ... --device cuda]
   python benchmarks/quality.py --only sae --source-dtype bf16 --json-out sae.json --no-record   # then:
   python benchmarks/quality.py --report-from sae.json            # append the section from a finished run
+  python benchmarks/quality.py --plot-from a.json,b.json         # one replacement-vs-minutes plot of budget runs
 On a CPU with fast bf16, --source-dtype bf16 reads training activations from a bf16 copy of the model (~2.5x faster
 here; evaluation always uses the fp32 model). With few steps, small batches and a high lr train best (measured here:
 batch 1024 and lr 2e-3 for the SAE, batch 256-512 and lr 3e-3 for transcoders)."""
@@ -320,21 +321,24 @@ def budget_table(results: dict, a) -> str:
 
 
 def budget_plot(results: dict, path: Path) -> None:
+    """Mean replacement score and mean per-layer FVU against the budget, one line per recipe."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    kinds = sorted({r["kind"] for r in results.values()})
-    for kind in kinds:
-        pts = sorted((float(r["minutes"]), r["graphs"]["replacement"]) for r in results.values() if r["kind"] == kind)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kind)
-    ax.set_xlim(0, max(float(r["minutes"]) for r in results.values()) * 1.15)
-    ax.set_ylim(0, 1)  # the score's whole range: two close budgets must not look far apart
-    ax.set_xlabel("budget: CPU minutes of training (2 cores)")
-    ax.set_ylabel("mean replacement score (24 held-out prompts)")
-    ax.set_title("Replacement score per CPU minute, smollm2-135m, 30 layers")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    panels = ((lambda r: r["graphs"]["replacement"], "mean replacement score (24 held-out prompts)"),
+              (lambda r: r["eval"]["mean_fvu"]["mean"], "mean per-layer FVU (32k held-out tokens)"))
+    for ax, (value, label) in zip(axes, panels):
+        for kind in sorted({r["kind"] for r in results.values()}):
+            pts = sorted((float(r["minutes"]), value(r)) for r in results.values() if r["kind"] == kind)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kind)
+        ax.set_xlim(0, max(float(r["minutes"]) for r in results.values()) * 1.15)
+        ax.set_ylim(0, 1)  # the whole range: two close budgets must not look far apart
+        ax.set_xlabel("budget: CPU minutes of training (2 cores)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("30 transcoders of smollm2-135m per CPU minute")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -380,7 +384,14 @@ def main():
     p.add_argument("--json-out", default="", help="write args and results here after each part")
     p.add_argument("--report-from", default="", help="a --json-out file: print (and append) its section, train nothing")
     p.add_argument("--command", default="", help="with --report-from: the command that made the file, if it lacks one")
+    p.add_argument("--plot-from", default="", help="budget --json-out files, comma-separated: one plot of all their "
+                   "rows (runs on another device at a CPU's --tokens-per-minute count as that CPU's minutes)")
     a = p.parse_args()
+    if a.plot_from:
+        rows = {f"{name} {i}": r for i, f in enumerate(a.plot_from.split(","))
+                for name, r in json.loads(Path(f).read_text())["results"]["budget"].items()}
+        budget_plot(rows, Path(__file__).parent / "img" / "replacement_vs_minutes.png")
+        return
     if a.report_from:
         saved = json.loads(Path(a.report_from).read_text())
         args = saved["args"]

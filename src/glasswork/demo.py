@@ -46,6 +46,7 @@ class DemoConfig:
     tc_batch: int = 254  # two 128-token sequences (BOS dropped): many small steps beat few large ones at this budget
     tc_mix: int = 16  # batches whose tokens are shuffled together (one batch of 2 sequences is 1-2 documents)
     tc_skip: bool = True  # skip transcoders: the skip fitted by least squares, the sparse part learns what it leaves
+    tc_shuffle: bool = True  # sequences from across the corpus, not its first ~100 documents: lower FVU, fewer dead
     index_contexts: int = 512
     index_ctx: int = 64
     tc_index_contexts: int = 256  # the 30 transcoder layers are indexed in one pass over these contexts
@@ -188,12 +189,12 @@ def transcoders_stage(run: DemoRun) -> dict:
     from .training import TrainConfig
     from .training.sources import ModelSource
     model, cfg, tc_dir = run.model, run.cfg, run.out / TRANSCODERS
-    # measured in benchmarks/RESULTS.md ("Why the transcoders explain little"): the fitted skip, latents seeded
-    # on tokens and mixed batches cut the mid layers' FVU and their dead latents at the same budget
+    # measured in benchmarks/RESULTS.md ("Why the transcoders explain little", "Reading order: ... shuffled"): the
+    # fitted skip, latents seeded on tokens, mixed batches and shuffled sequences cut FVU and dead latents
     tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(model.n_layers)), d_sae=cfg.tc_d, k=cfg.tc_k,
                      tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=3e-3, warmup_steps=10,
                      b_dec_init="mean", skip=cfg.tc_skip, skip_fit=cfg.tc_skip, init="data", mix=cfg.tc_mix,
-                     model=model.name)
+                     shuffle=cfg.tc_shuffle, model=model.name)
     source = ModelSource.from_config(model, corpus.default_texts, tc)
     res = _train(tc, source, tc_dir)
     tcs = load_transcoders(tc_dir)
