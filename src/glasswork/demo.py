@@ -189,8 +189,8 @@ def transcoders_stage(run: DemoRun) -> dict:
     from .training import TrainConfig
     from .training.sources import ModelSource
     model, cfg, tc_dir = run.model, run.cfg, run.out / TRANSCODERS
-    # measured in benchmarks/RESULTS.md ("Why the transcoders explain little", "Reading order: ... shuffled"): the
-    # fitted skip, latents seeded on tokens, mixed batches and shuffled sequences cut FVU and dead latents
+    # measured in benchmarks/RESULTS.md ("Why the transcoders explain little", "Shuffled sequences for all 30
+    # layers"): the fitted skip, latents seeded on tokens, mixed and shuffled batches cut FVU and dead latents
     tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(model.n_layers)), d_sae=cfg.tc_d, k=cfg.tc_k,
                      tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=3e-3, warmup_steps=10,
                      b_dec_init="mean", skip=cfg.tc_skip, skip_fit=cfg.tc_skip, init="data", mix=cfg.tc_mix,
