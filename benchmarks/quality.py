@@ -30,6 +30,12 @@ from glasswork.training import ModelSource, TrainConfig, train
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def documents() -> tuple[list[str], list[str]]:
     """(train, held-out) documents: the project's default corpus split, else the fixture text cut 90/10."""
     try:
@@ -89,6 +95,7 @@ def run(kind: str, tc: TrainConfig, model, train_docs, eval_docs, eval_tokens: i
 # --- the replacement model at fixed CPU budgets (--only budget) -------------------------------------------------
 
 PROMPTS = Path(__file__).parent / "data" / "heldout_prompts.txt"
+PLOT = Path(__file__).parent / "img" / "replacement_vs_minutes.png"
 RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2026-12-01
     "before": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=1),
     "skip": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16, skip=True,
@@ -120,7 +127,7 @@ def heldout_samples(model, n: int, tokens: int, seed: int) -> list[torch.Tensor]
     ctx = corpus.contexts(model, split="heldout", ctx_len=128)
     per = -(-tokens // 126)  # 126 scored tokens per context (BOS and the last position are not scored)
     if n * per > len(ctx):
-        raise SystemExit(f"the held-out split has {len(ctx)} contexts; {n} samples of {per} need {n * per}")
+        fail(f"the held-out split has {len(ctx)} contexts; {n} samples of {per} need {n * per}")
     order = torch.randperm(len(ctx), generator=torch.Generator().manual_seed(seed))
     return [ctx[order[i * per:(i + 1) * per]] for i in range(n)]
 
@@ -218,6 +225,12 @@ def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: flo
     return max(probe.batch_size, int(seconds / per_step) * probe.batch_size)
 
 
+def recipe_config(kind: str, a, model) -> TrainConfig:
+    """The TrainConfig of recipe `kind` for all layers at the command's width, k and device (tokens set later)."""
+    return TrainConfig(arch="topk", layers=list(range(model.n_layers)), k=a.tc_k, model=model.name, device=a.device,
+                       d_sae=a.clt_d_sae if kind == "clt" else a.tc_d_sae, **RECIPES[kind])
+
+
 def budget_part(a, model, train_docs) -> dict:
     """Each recipe at each budget (minutes of training on this CPU), then the same evaluation for all."""
     samples = heldout_samples(model, 4, a.eval_tokens // 4, seed=0)
@@ -234,14 +247,11 @@ def budget_part(a, model, train_docs) -> dict:
                 dicts = _as_transcoders(sparsify_transcoders(folder, model), a.device)
                 train_s, tokens = round(peer["train_s"], 1), peer["tokens"]
             else:
-                recipe = RECIPES[kind]
-                layers = list(range(model.n_layers))
-                tc = TrainConfig(arch="topk", layers=layers, d_sae=a.clt_d_sae if kind == "clt" else a.tc_d_sae,
-                                 k=a.tc_k, model=model.name, device=a.device, **recipe)
+                tc = recipe_config(kind, a, model)
                 folder = Path(a.out_dir) / name
                 if not ((folder / "set.json").exists() or (folder / "config.json").exists()):  # else: reused
-                    tc.tokens = (round(minutes * a.tokens_per_minute) // tc.batch_size * tc.batch_size
-                                 if a.tokens_per_minute else
+                    tc.tokens = (max(tc.batch_size, round(minutes * a.tokens_per_minute) // tc.batch_size
+                                     * tc.batch_size) if a.tokens_per_minute else
                                  calibrate_tokens(kind, tc, model, train_docs, minutes * 60, a.threads))
                 r = run_train(kind, tc, model, train_docs, folder, a.threads)
                 dicts, train_s, tokens = _as_transcoders(r["dicts"], a.device), r["seconds"], r["tokens"]
@@ -387,10 +397,19 @@ def main():
     p.add_argument("--plot-from", default="", help="budget --json-out files, comma-separated: one plot of all their "
                    "rows (runs on another device at a CPU's --tokens-per-minute count as that CPU's minutes)")
     a = p.parse_args()
+    if a.tokens_per_minute < 0:
+        fail(f"--tokens-per-minute must be positive (got {a.tokens_per_minute})")
     if a.plot_from:
-        rows = {f"{name} {i}": r for i, f in enumerate(a.plot_from.split(","))
-                for name, r in json.loads(Path(f).read_text())["results"]["budget"].items()}
-        budget_plot(rows, Path(__file__).parent / "img" / "replacement_vs_minutes.png")
+        rows = {}
+        for i, f in enumerate(a.plot_from.split(",")):
+            try:
+                budget = json.loads(Path(f).read_text()).get("results", {}).get("budget")
+            except (OSError, ValueError) as e:
+                fail(f"{f}: not a readable --json-out file ({e})")
+            if not budget:
+                fail(f"{f}: no budget results (results.budget); --plot-from takes `--only budget` files")
+            rows |= {f"{name} {i}": r for name, r in budget.items()}
+        budget_plot(rows, PLOT)
         return
     if a.report_from:
         saved = json.loads(Path(a.report_from).read_text())
@@ -399,7 +418,7 @@ def main():
             args["load_start"] = args["load_start"][0]
         a = argparse.Namespace(**{**args, "no_record": a.no_record, "command": args.get("command") or a.command})
         if "budget" in saved["results"]:
-            budget_plot(saved["results"]["budget"], Path(__file__).parent / "img" / "replacement_vs_minutes.png")
+            budget_plot(saved["results"]["budget"], PLOT)
         report = (budget_table(saved["results"]["budget"], a) if "budget" in saved["results"]
                   else table(saved["results"], a))
         print(report)
@@ -429,15 +448,13 @@ def main():
     from glasswork.cli.training import parse_layers
     if a.only == "budget" and a.calibrate:
         for kind in a.kinds.split(","):
-            tc = TrainConfig(arch="topk", layers=list(range(model.n_layers)), d_sae=a.tc_d_sae, k=a.tc_k,
-                             model=model.name, device=a.device, **RECIPES[kind])
-            print(json.dumps({"kind": kind, "tokens_per_minute": calibrate_tokens(kind, tc, model, train_docs, 6000,
-                                                                                  a.threads) / 100}), flush=True)
+            tpm = calibrate_tokens(kind, recipe_config(kind, a, model), model, train_docs, 6000, a.threads) / 100
+            print(json.dumps({"kind": kind, "tokens_per_minute": tpm}), flush=True)
         return
     if a.only == "budget":
         a.out_dir = a.out_dir or str(out / "budget")
         results = budget_part(a, model, train_docs)
-        budget_plot(results, Path(__file__).parent / "img" / "replacement_vs_minutes.png")
+        budget_plot(results, PLOT)
         report = budget_table(results, a)
         print(report)
         if not a.no_record:
