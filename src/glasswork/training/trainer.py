@@ -202,7 +202,7 @@ class Trainer:
             keep = _typical_rows(y, tc.init_outlier)
             x, y = x[keep], y[keep]
             if tc.skip_fit:
-                W, b = fit_linear(x, y)
+                W, b = fit_linear(x, y, ridge=tc.skip_ridge)
                 d.W_skip.copy_(W)
                 d.b_dec.copy_(b)
             if tc.init == "data" and u.layered:  # a CLT: each layer's latents seeded on its own layer's output
@@ -223,11 +223,11 @@ class Trainer:
         tensors, meta = load_checkpoint(path)
         # checkpoints from before these options trained without them
         saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_tokens": 0, "mix": 1,
-                 "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False,
+                 "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False, "skip_ridge": 1e-6,
                  **meta["train_config"]}
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
                     "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix", "repeat", "resample_every",
-                    "resample_until", "shuffle"):
+                    "resample_until", "shuffle", "skip_ridge"):
             mine = asdict(self.tc)[key]
             if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
                 raise GlassworkError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run asks for "
