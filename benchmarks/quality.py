@@ -112,6 +112,8 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
                               skip=True, skip_fit=True, init="data", shuffle=True, resample_every=25),
     "skip-keep-outliers": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
                                skip=True, skip_fit=True, init="data", init_outlier=0),  # as before 2026-12-03 18:23
+    "skip-shuffle-keep-outliers": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean",
+                                       mix=16, skip=True, skip_fit=True, init="data", shuffle=True, init_outlier=0),
     "clt": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
 }
 
@@ -309,10 +311,11 @@ def budget_table(results: dict, a) -> str:
              f"`benchmarks/data/heldout_prompts.txt` (none of them the demo's), unpruned scores, node count of the "
              f"default view (0.8 / 0.98); dead = never fired on one 8k-token sample (the fewest of the 4) or on all "
              f"{a.eval_tokens:,} tokens. Recipes: `before` = the demo's until today (no skip, random init, batches "
-             f"of consecutive tokens); `skip` = skip fitted by least squares, latents seeded on tokens, 16 batches "
-             f"mixed; `skip-shuffle` = skip with the corpus's sequences read in a seeded random order; "
-             f"`skip-shuffle-rs25` = that, dead latents re-seeded every 25 steps; `clt` = cross-layer transcoder, "
-             f"window 4, same init ideas where they apply; `sparsify` = "
+             f"of consecutive tokens); `skip` = skip fitted by least squares (ridge 0.1 relative since 2026-12-04 "
+             f"20:30 UTC, 1e-6 before), latents seeded on tokens, 16 batches mixed; `skip-shuffle` = skip with the "
+             f"corpus's sequences read in a seeded random order; `skip-shuffle-rs25` = that, dead latents re-seeded "
+             f"every 25 steps; `skip-shuffle-keep-outliers` = that, no token left out of the init; `clt` = "
+             f"cross-layer transcoder, window 4, same init ideas where they apply; `sparsify` = "
              f"EleutherAI sparsify 1.3.3 (`benchmarks/peer_sparsify.py`, its defaults), same hooks and budget.\n",
              "| recipe | budget min | train s | tokens | mean FVU | max layer FVU | layers dead > 10% (8k / 32k) | "
              "max layer dead (32k) | KL (range) | CE-loss score | replacement (min) | completeness | median nodes |",
