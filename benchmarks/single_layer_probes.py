@@ -9,7 +9,10 @@ the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmark
   .venv/bin/python benchmarks/single_layer_probes.py refit    # a least-squares refit of decoder, skip, bias
   .venv/bin/python benchmarks/single_layer_probes.py ridge    # least squares alone, by sample size and ridge
   .venv/bin/python benchmarks/single_layer_probes.py order    # reading order and dead-latent re-seeding (layers 2, 15, 25)
+  .venv/bin/python benchmarks/single_layer_probes.py batch    # the same 100k tokens in batches of 254, 127, 64
 
+BASE follows the demo's recipe, so its skip fit is damped (skip_ridge 0.1) since 2026-12-04 20:30 UTC; the probes
+recorded before that ran with 1e-6.
 `order` trains on the batches the demo's ModelSource reads (front to back, 16 batches mixed: the first 117,856
 tokens of the corpus), in that order and globally shuffled, for the 8-minute budget's 462 steps, and reports the
 held-out dead fraction on 8,192 and 16,384 tokens beside FVU."""
@@ -23,8 +26,6 @@ from dataclasses import replace
 import torch
 
 import glasswork as gw
-import glasswork.training.init as init_module
-import glasswork.training.trainer as trainer_module
 from glasswork.evals import fvu
 from glasswork.hooks import mlp_hooks
 from glasswork.io import home
@@ -131,7 +132,8 @@ def main() -> None:
                               "train_fvu": round(fvu(big[y][:16384], d(big[x][:16384])), 4)}), flush=True)
         return
     tr = activations(model, "train", 32768, 0)
-    for layer in {"steps": (3, 25), "init": (3, 15, 25), "refit": (15, 3, 25), "ridge": (3, 15, 25)}[part]:
+    for layer in {"steps": (3, 25), "init": (3, 15, 25), "refit": (15, 3, 25), "ridge": (3, 15, 25),
+                  "batch": (3, 15, 25)}[part]:
         x, y = mlp_hooks(layer)
         row: dict = {"layer": layer}
         if part == "steps":
@@ -142,14 +144,19 @@ def main() -> None:
                 d = trained(replace(BASE, **kw), tr[x], tr[y])
                 row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "train": round(fvu(tr[y][:16384], d(tr[x][:16384])), 4)}
         elif part == "init":
-            plain = init_module.fit_linear
-            for name, kw, ridge in [("init 8192 ridge 1e-6", {}, 1e-6), ("init 8192 ridge 0.1", {}, 0.1),
-                                    ("init 32768 ridge 1e-6", {"init_tokens": 32768}, 1e-6),
-                                    ("init 32768 ridge 0.1", {"init_tokens": 32768}, 0.1)]:
-                trainer_module.fit_linear = lambda a, b, r=ridge: plain(a, b, ridge=r)  # the trainer's skip fit
+            for name, kw in [("init 8192 ridge 1e-6", {"skip_ridge": 1e-6}), ("init 8192 ridge 0.1", {"skip_ridge": 0.1}),
+                             ("init 32768 ridge 1e-6", {"init_tokens": 32768, "skip_ridge": 1e-6}),
+                             ("init 32768 ridge 0.1", {"init_tokens": 32768, "skip_ridge": 0.1})]:
                 d = trained(replace(BASE, **kw), tr[x], tr[y])
                 row[name] = round(fvu(ev[y], d(ev[x])), 4)
-            trainer_module.fit_linear = plain
+        elif part == "batch":  # the same 100k tokens in smaller batches: more steps per token
+            big = activations(model, "train", 100_000, 12, layers=(layer,))
+            for name, kw in [("batch 254", {}), ("batch 127", {"batch_size": 127, "tokens": 127 * 788}),
+                             ("batch 127 lr 2e-3", {"batch_size": 127, "tokens": 127 * 788, "lr": 2e-3}),
+                             ("batch 64", {"batch_size": 64, "tokens": 64 * 1563})]:
+                t0 = time.time()
+                d = trained(replace(BASE, **kw), big[x], big[y])
+                row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "seconds": round(time.time() - t0, 1)}
         elif part == "refit":
             d = trained(BASE, tr[x], tr[y])
             row["trained"] = round(fvu(ev[y], d(ev[x])), 4)
