@@ -248,6 +248,7 @@ def budget_part(a, model, train_docs) -> dict:
                 peer = json.loads((folder / "peer_run.json").read_text())
                 dicts = _as_transcoders(sparsify_transcoders(folder, model), a.device)
                 train_s, tokens = round(peer["train_s"], 1), peer["tokens"]
+                precision = "sparsify's"
             else:
                 tc = recipe_config(kind, a, model)
                 folder = Path(a.out_dir) / name
@@ -257,11 +258,12 @@ def budget_part(a, model, train_docs) -> dict:
                                  calibrate_tokens(kind, tc, model, train_docs, minutes * 60, a.threads))
                 r = run_train(kind, tc, model, train_docs, folder, a.threads)
                 dicts, train_s, tokens = _as_transcoders(r["dicts"], a.device), r["seconds"], r["tokens"]
+                precision = next(iter(r["dicts"].values())).cfg.training.get("precision_used", "?")
             ev = eval_samples({f"layer{l}": d for l, d in dicts.items()} if isinstance(dicts, dict) else {"clt": dicts},
                               model, samples)
             gs = graph_scores(model, dicts, prompts)
             results[name] = {"kind": kind, "minutes": minutes, "train_seconds": train_s, "tokens": tokens,
-                             "eval": ev, "graphs": gs}
+                             "precision": precision, "eval": ev, "graphs": gs}
             print(json.dumps({k: v for k, v in results[name].items() if k not in ("eval", "graphs")} |
                              {"kl": ev["kl"]["mean"], "mean_fvu": ev["mean_fvu"]["mean"],
                               "replacement": gs["replacement"], "completeness": gs["completeness"]}), flush=True)
@@ -302,7 +304,9 @@ def run_train(kind: str, tc: TrainConfig, model, train_docs, folder: Path, threa
 def budget_table(results: dict, a) -> str:
     lines = [f"\n## The replacement model at fixed CPU budgets (started {getattr(a, 'started', '?')}, recorded "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
-             f"Machine: {os.cpu_count()}-core {cpu_name()}, torch {torch.__version__}, fp32. Command: `{a.command}`. "
+             f"Machine: {os.cpu_count()}-core {cpu_name()}, torch {torch.__version__}; training in the precision of each "
+             f"row (`auto`: bf16 autocast where the hardware has fast bf16, AMX / AVX512-BF16 or a bf16 GPU), model "
+             f"forwards and evaluation in fp32. Command: `{a.command}`. "
              f"Every row: 30 layers, TopK k {a.tc_k}, trained for the budget straight from the model (tokens chosen "
              f"from a timed probe of the same recipe; `train s` is what the run took), then evaluated the same way: "
              f"{a.eval_tokens:,} held-out tokens in 4 disjoint samples drawn at random across the held-out split "
@@ -317,14 +321,15 @@ def budget_table(results: dict, a) -> str:
              f"every 25 steps; `skip-shuffle-keep-outliers` = that, no token left out of the init; `clt` = "
              f"cross-layer transcoder, window 4, same init ideas where they apply; `sparsify` = "
              f"EleutherAI sparsify 1.3.3 (`benchmarks/peer_sparsify.py`, its defaults), same hooks and budget.\n",
-             "| recipe | budget min | train s | tokens | mean FVU | max layer FVU | layers dead > 10% (8k / 32k) | "
+             "| recipe | budget min | train precision | train s | tokens | mean FVU | max layer FVU | layers dead > 10% (8k / 32k) | "
              "max layer dead (32k) | KL (range) | CE-loss score | replacement (min) | completeness | median nodes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         ev, gs = r["eval"], r["graphs"]
         dead = sum(1 for d in ev["per_layer"].values() if d["dead_eval"] > 0.1)
         dead_all = [d.get("dead_all", float("nan")) for d in ev["per_layer"].values()]  # older records lack it
-        lines.append(f"| {r['kind']} | {r['minutes']:g} | {r['train_seconds']} | {r['tokens']:,} | "
+        lines.append(f"| {r['kind']} | {r['minutes']:g} | {r.get('precision', '?')} | {r['train_seconds']} | "
+                     f"{r['tokens']:,} | "
                      f"{ev['mean_fvu']['mean']:.3f} | {ev['max_layer_fvu']:.3f} | {dead} / "
                      f"{sum(1 for v in dead_all if v > 0.1)} | {max(dead_all):.3f} | {ev['kl']['mean']:.2f} "
                      f"({ev['kl']['min']:.2f}-{ev['kl']['max']:.2f}) | {ev['ce_loss_score']['mean']:.3f} | "
