@@ -9,7 +9,7 @@ the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmark
   .venv/bin/python benchmarks/single_layer_probes.py refit    # a least-squares refit of decoder, skip, bias
   .venv/bin/python benchmarks/single_layer_probes.py ridge    # least squares alone, by sample size and ridge
   .venv/bin/python benchmarks/single_layer_probes.py order    # reading order and dead-latent re-seeding (layers 2, 15, 25)
-  .venv/bin/python benchmarks/single_layer_probes.py batch    # the same 100k tokens in batches of 254, 127, 64
+  .venv/bin/python benchmarks/single_layer_probes.py batch    # the same 100k tokens in batches of 254, 127, 64; lr at 254
 
 BASE follows the demo's recipe, so its skip fit is damped (skip_ridge 0.1) since 2026-12-04 20:30 UTC; the probes
 recorded before that ran with 1e-6.
@@ -153,7 +153,8 @@ def main() -> None:
             big = activations(model, "train", 100_000, 12, layers=(layer,))
             for name, kw in [("batch 254", {}), ("batch 127", {"batch_size": 127, "tokens": 127 * 788}),
                              ("batch 127 lr 2e-3", {"batch_size": 127, "tokens": 127 * 788, "lr": 2e-3}),
-                             ("batch 64", {"batch_size": 64, "tokens": 64 * 1563})]:
+                             ("batch 64", {"batch_size": 64, "tokens": 64 * 1563}),
+                             ("batch 254 lr 2e-3", {"lr": 2e-3}), ("batch 254 lr 1.5e-3", {"lr": 1.5e-3})]:
                 t0 = time.time()
                 d = trained(replace(BASE, **kw), big[x], big[y])
                 row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "seconds": round(time.time() - t0, 1)}
