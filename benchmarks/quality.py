@@ -110,6 +110,9 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
                          skip=True, skip_fit=True, init="data", shuffle=True),  # sequences from across the corpus
     "skip-shuffle-rs25": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
                               skip=True, skip_fit=True, init="data", shuffle=True, resample_every=25),
+    "skip-shuffle-rs25-until50": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean",
+                                      mix=16, skip=True, skip_fit=True, init="data", shuffle=True, resample_every=25,
+                                      resample_until=0.5),  # re-seeded latents get half the run to settle
     "skip-keep-outliers": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
                                skip=True, skip_fit=True, init="data", init_outlier=0),  # as before 2026-12-03 18:23
     "skip-shuffle-keep-outliers": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean",
@@ -318,7 +321,7 @@ def budget_table(results: dict, a) -> str:
              f"of consecutive tokens); `skip` = skip fitted by least squares (ridge 0.1 relative since 2026-12-04 "
              f"20:30 UTC, 1e-6 before), latents seeded on tokens, 16 batches mixed; `skip-shuffle` = skip with the "
              f"corpus's sequences read in a seeded random order; `skip-shuffle-rs25` = that, dead latents re-seeded "
-             f"every 25 steps; `skip-shuffle-keep-outliers` = that, no token left out of the init; `clt` = "
+             f"every 25 steps (`-until50`: in the first half of the run only); `skip-shuffle-keep-outliers` = that, no token left out of the init; `clt` = "
              f"cross-layer transcoder, window 4, same init ideas where they apply; `sparsify` = "
              f"EleutherAI sparsify 1.3.3 (`benchmarks/peer_sparsify.py`, its defaults), same hooks and budget.\n",
              "| recipe | budget min | train precision | train s | tokens | mean FVU | max layer FVU | layers dead > 10% (8k / 32k) | "
