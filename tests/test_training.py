@@ -926,3 +926,29 @@ def test_train_options_are_the_config_fields_and_the_config_is_not_changed(tmp_p
     train(tc, TensorSource({"h": _data()}, 64, model="m"), tmp_path / "o")  # a source whose batches hold 64 rows
     assert dataclasses.asdict(tc) == before
     assert load(tmp_path / "o").cfg.training["batch_size"] == 64 and load(tmp_path / "o").cfg.model == "m"
+
+
+@pytest.mark.parametrize("skip_fit", [False, True])
+def test_checkpoint_from_before_skip_ridge_resumes_as_it_was_trained(tmp_path, skip_fit):
+    """A checkpoint without skip_ridge: an SAE (no skip fit) resumes under today's default; a fitted skip was fitted
+    at 1e-6, so resuming it under the default 0.1 is refused and at 1e-6 it resumes."""
+    import json
+    from safetensors import safe_open
+    from glasswork.training.checkpoint import save_checkpoint
+    from glasswork.training.trainer import CHECKPOINT, Trainer
+    extra = {**TRANSCODER, "skip_fit": True, "init_tokens": 320} if skip_fit else {}
+    acts = _resume_data(extra)
+    src = lambda: TensorSource(acts, 64, seed=1)  # noqa: E731
+    t = Trainer(_cfg(**extra, tokens=64 * 30), src(), tmp_path / "o")
+    t._checkpoint()
+    with safe_open(str(tmp_path / "o" / CHECKPOINT), framework="pt") as f:
+        meta = json.loads(f.metadata()["glasswork_checkpoint"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    del meta["train_config"]["skip_ridge"]  # as written before the option existed
+    save_checkpoint(tmp_path / "o" / CHECKPOINT, tensors, meta)
+    if skip_fit:
+        with pytest.raises(GlassworkError, match="skip_ridge=1e-06"):
+            Trainer(_cfg(**extra, tokens=64 * 30), src(), tmp_path / "o", resume=True)
+        Trainer(_cfg(**extra, tokens=64 * 30, skip_ridge=1e-6), src(), tmp_path / "o", resume=True)
+    else:
+        Trainer(_cfg(**extra, tokens=64 * 30), src(), tmp_path / "o", resume=True)

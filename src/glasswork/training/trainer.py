@@ -222,9 +222,11 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
         # checkpoints from before these options trained without them
+        # (skip_ridge: 1e-6 where a skip was fitted; elsewhere it did nothing, so any value resumes)
+        old = meta["train_config"]
         saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_tokens": 0, "mix": 1,
-                 "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False, "skip_ridge": 1e-6,
-                 **meta["train_config"]}
+                 "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False,
+                 "skip_ridge": 1e-6 if old.get("skip_fit") else self.tc.skip_ridge, **old}
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
                     "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix", "repeat", "resample_every",
                     "resample_until", "shuffle", "skip_ridge"):
