@@ -96,27 +96,19 @@ def run(kind: str, tc: TrainConfig, model, train_docs, eval_docs, eval_tokens: i
 
 PROMPTS = Path(__file__).parent / "data" / "heldout_prompts.txt"
 PLOT = Path(__file__).parent / "img" / "replacement_vs_minutes.png"
+SKIP = dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16, skip=True,
+            skip_fit=True, init="data")  # the skip recipe; the others below change one or two things of it
 RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2026-12-01
     "before": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=1),
-    "skip": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16, skip=True,
-                 skip_fit=True, init="data"),  # the demo's
-    "skip-repeat2": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
-                         skip=True, skip_fit=True, init="data", repeat=2),  # each model forward trained on twice
-    "skip-repeat4": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
-                         skip=True, skip_fit=True, init="data", repeat=4),
-    "skip-scaled": dict(kind="transcoder", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16,
-                        skip=True, skip_fit=True, init="data", init_scale="on"),
-    "skip-shuffle": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
-                         skip=True, skip_fit=True, init="data", shuffle=True),  # sequences from across the corpus
-    "skip-shuffle-rs25": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
-                              skip=True, skip_fit=True, init="data", shuffle=True, resample_every=25),
-    "skip-shuffle-rs25-until50": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean",
-                                      mix=16, skip=True, skip_fit=True, init="data", shuffle=True, resample_every=25,
-                                      resample_until=0.5),  # re-seeded latents get half the run to settle
-    "skip-keep-outliers": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16,
-                               skip=True, skip_fit=True, init="data", init_outlier=0),  # as before 2026-12-03 18:23
-    "skip-shuffle-keep-outliers": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean",
-                                       mix=16, skip=True, skip_fit=True, init="data", shuffle=True, init_outlier=0),
+    "skip": SKIP,
+    "skip-repeat2": {**SKIP, "repeat": 2},  # each model forward trained on twice
+    "skip-repeat4": {**SKIP, "repeat": 4},
+    "skip-scaled": {**SKIP, "lr": 2e-3, "init_scale": "on"},
+    "skip-shuffle": {**SKIP, "shuffle": True},  # sequences from across the corpus (the demo's)
+    "skip-shuffle-rs25": {**SKIP, "shuffle": True, "resample_every": 25},
+    "skip-shuffle-rs25-until50": {**SKIP, "shuffle": True, "resample_every": 25, "resample_until": 0.5},
+    "skip-keep-outliers": {**SKIP, "init_outlier": 0},  # as before 2026-12-03 18:23
+    "skip-shuffle-keep-outliers": {**SKIP, "shuffle": True, "init_outlier": 0},
     "clt": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
 }
 
@@ -321,8 +313,9 @@ def budget_table(results: dict, a) -> str:
              f"of consecutive tokens); `skip` = skip fitted by least squares (ridge 0.1 relative since 2026-12-04 "
              f"20:30 UTC, 1e-6 before), latents seeded on tokens, 16 batches mixed; `skip-shuffle` = skip with the "
              f"corpus's sequences read in a seeded random order; `skip-shuffle-rs25` = that, dead latents re-seeded "
-             f"every 25 steps (`-until50`: in the first half of the run only); `skip-shuffle-keep-outliers` = that, no token left out of the init; `clt` = "
-             f"cross-layer transcoder, window 4, same init ideas where they apply; `sparsify` = "
+             f"every 25 steps (`-until50`: in the first half of the run only); `skip-shuffle-keep-outliers` = "
+             f"`skip-shuffle` with no token left out of the init; `clt` = cross-layer transcoder, window 4, same init "
+             f"ideas where they apply; `sparsify` = "
              f"EleutherAI sparsify 1.3.3 (`benchmarks/peer_sparsify.py`, its defaults), same hooks and budget.\n",
              "| recipe | budget min | train precision | train s | tokens | mean FVU | max layer FVU | layers dead > 10% (8k / 32k) | "
              "max layer dead (32k) | KL (range) | CE-loss score | replacement (min) | completeness | median nodes |",
@@ -409,7 +402,7 @@ def main():
                    "rows (runs on another device at a CPU's --tokens-per-minute count as that CPU's minutes)")
     a = p.parse_args()
     if a.tokens_per_minute < 0:
-        fail(f"--tokens-per-minute must be positive (got {a.tokens_per_minute})")
+        fail(f"--tokens-per-minute must be >= 0 (0: a timed probe sets each budget's tokens; got {a.tokens_per_minute})")
     if a.plot_from:
         rows = {}
         for i, f in enumerate(a.plot_from.split(",")):
