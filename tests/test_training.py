@@ -781,6 +781,40 @@ def test_model_source_mix_shuffles_within_blocks_and_resumes_exactly(default_mod
 
 
 @pytest.mark.model
+def test_model_source_reads_the_model_in_its_precision_and_a_resume_keeps_it(tmp_path, default_model):
+    """precision bf16: the forward runs under bf16 autocast (close to fp32's activations, not equal to them); fp32 is
+    the plain forward, exactly. A checkpoint records the forward's precision, and a resume that would read the model
+    in another one is refused with the option that fixes it."""
+    from dataclasses import replace
+    from glasswork.data.corpus import token_rows
+    from glasswork.hooks import capture
+    from glasswork.training import ModelSource
+    from glasswork.training.trainer import Trainer
+    m = default_model
+    texts = [" ".join(f"word{i} and {j}" for j in range(30)) for i in range(8)]
+    hooks = ["blocks.2.hook_mlp_out"]
+    fp32 = next(ModelSource(m, texts, hooks, batch_size=30, ctx=16).batches())[hooks[0]]
+    bf16 = next(ModelSource(m, texts, hooks, batch_size=30, ctx=16, precision="bf16").batches())[hooks[0]]
+    ids = torch.stack([r for _, r in zip(range(2), token_rows(m, iter(texts), 16))])
+    assert torch.equal(fp32, capture(m, ids, hooks)[1][hooks[0]][:, 1:].reshape(-1, m.d_model))
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    assert float((bf16 - fp32).norm() / fp32.norm()) < 0.03
+    tc = TrainConfig(kind="sae", arch="topk", hooks=hooks, k=4, d_sae=64, tokens=30 * 20, batch_size=30, ctx=16,
+                     checkpoint_every=10 ** 9, precision="bf16")
+    assert ModelSource.from_config(m, texts, tc).precision == "bf16"
+    assert ModelSource(m, texts, hooks, 30, precision="auto").precision == gw.precision.resolve("auto")
+    run = Trainer(tc, ModelSource.from_config(m, texts, tc), tmp_path / "o")
+    for _, batch in zip(range(2), run.source.batches(0)):
+        run.train_step(batch)
+    run.step = 2
+    run._checkpoint()
+    with pytest.raises(GlassworkError, match="read the model in bf16.*--precision bf16"):
+        Trainer(replace(tc, precision="auto"), ModelSource(m, texts, hooks, 30, ctx=16, precision="fp32"),
+                tmp_path / "o", resume=True)
+    Trainer(tc, ModelSource.from_config(m, texts, tc), tmp_path / "o", resume=True)  # the same precision resumes
+
+
+@pytest.mark.model
 def test_model_source_shuffle_reads_every_sequence_once_in_a_seeded_order(default_model):
     from glasswork.data.corpus import token_rows
     from glasswork.training import ModelSource

@@ -15,6 +15,7 @@ import torch
 
 from ..data.corpus import token_rows
 from ..io import GlassworkError
+from ..precision import autocast, resolve
 
 
 class TensorSource:
@@ -57,16 +58,22 @@ class ModelSource:
     steps per model forward, on fewer distinct tokens. It helps a single layer at a fixed step count, but for the
     demo's 30 transcoders at a fixed wall-clock budget it did not (benchmarks/RESULTS.md, "The replacement model at
     fixed CPU budgets", 2026-12-03): off by default. repeat = 1 gives exactly the batches it gave before the option
-    existed."""
+    existed.
+
+    precision: the model's forward runs under bf16 autocast when it resolves to bf16 (`glasswork.precision`: the
+    hardware has fast bf16), as the dictionaries' training does. On an AMX CPU that forward is ~2.4x faster than fp32
+    and it was ~35% of each step; a bf16 MLP output differs from fp32's by ~0.4% per element, far below what any
+    dictionary here explains (benchmarks/RESULTS.md, "The model forward in bf16"). Captured values are fp32 tensors."""
 
     def __init__(self, model, texts, hooks: list[str], batch_size: int, ctx: int = 128, device: str = "cpu",
-                 mix: int = 1, seed: int = 0, repeat: int = 1, shuffle: bool = False):
+                 mix: int = 1, seed: int = 0, repeat: int = 1, shuffle: bool = False, precision: str = "fp32"):
         if mix < 1:
             raise GlassworkError(f"model source: mix must be at least 1 batch per block (got {mix})")
         if repeat < 1:
             raise GlassworkError(f"model source: repeat must be at least 1 pass per block (got {repeat})")
         self.model, self.texts, self.hooks, self.ctx, self.device = model, texts, list(hooks), ctx, device
         self.mix, self.seed, self.repeat, self.shuffle = mix, seed, repeat, shuffle
+        self.precision = resolve(precision, device)  # "fp32" | "bf16"
         self._shuffled: torch.Tensor | None = None  # [n, ctx]: every sequence of the texts (with shuffle; made once)
         self.seqs = max(1, round(batch_size / (ctx - 1)))
         self.batch_size = self.seqs * (ctx - 1)
@@ -74,9 +81,9 @@ class ModelSource:
 
     @classmethod
     def from_config(cls, model, texts, tc, device: str | None = None) -> "ModelSource":
-        """The source a TrainConfig describes (its hooks, batch, ctx, mix, repeat and seed)."""
+        """The source a TrainConfig describes (its hooks, batch, ctx, mix, repeat, seed and precision)."""
         return cls(model, texts, tc.input_hooks(), tc.batch_size, ctx=tc.ctx, device=device or tc.device, mix=tc.mix,
-                   seed=tc.seed, repeat=tc.repeat, shuffle=tc.shuffle)
+                   seed=tc.seed, repeat=tc.repeat, shuffle=tc.shuffle, precision=tc.precision)
 
     def _texts(self):
         return self.texts() if callable(self.texts) else iter(self.texts)
@@ -102,7 +109,8 @@ class ModelSource:
         from ..hooks import capture
         parts: dict[str, list] = {h: [] for h in self.hooks}
         for i in range(0, ids.shape[0], max(self.seqs, 8)):
-            _, acts = capture(self.model, ids[i:i + max(self.seqs, 8)].to(self.device), self.hooks)
+            with autocast(self.device, self.precision):
+                _, acts = capture(self.model, ids[i:i + max(self.seqs, 8)].to(self.device), self.hooks)
             for h, a in acts.items():
                 parts[h].append(a[:, 1:].reshape(-1, a.shape[-1]).float())
         return {h: p[0] if len(p) == 1 else torch.cat(p) for h, p in parts.items()}

@@ -257,6 +257,10 @@ class Trainer:
             raise GlassworkError(f"{path}: checkpoint trained in {recorded}, this run asks for precision "
                                  f"{self.tc.precision}; resume with the same precision or choose another --out")
         self.precision = recorded
+        read_in, forward = meta.get("forward_precision"), getattr(self.source, "precision", None)
+        if read_in and forward and read_in != forward:  # older checkpoints did not record it: no check
+            raise GlassworkError(f"{path}: checkpoint read the model in {read_in}, this run would read it in {forward} "
+                                 f"(precision auto follows the hardware); resume with --precision {read_in}")
 
     def _checkpoint(self) -> None:
         if not dist.is_main():
@@ -270,7 +274,7 @@ class Trainer:
             tensors[f"track.{u.name}.thresholds"] = torch.tensor(self.thresholds[u.name], dtype=torch.float64)
         meta = {"step": self.step, "skipped": self.skipped, "window_tokens": self.window_tokens, "scale": self.scale,
                 "recent": self.recent, "train_config": asdict(self.tc), "precision": self.precision,
-                "glasswork_version": __version__}
+                "forward_precision": getattr(self.source, "precision", None), "glasswork_version": __version__}
         save_checkpoint(self.out / CHECKPOINT, tensors, meta)
 
     # --- the loop --------------------------------------------------------------------------------------------
@@ -420,7 +424,8 @@ class Trainer:
             folded.cfg.training = {**asdict(tc), "scale_in": [self.scale[h] for h in u.x_hooks],
                                    "scale_out": [self.scale[h] for h in u.y_hooks], "seconds": round(seconds, 1),
                                    "tokens_per_second": round(tokens_run / max(seconds, 1e-9), 1), "world_size": self.world,
-                                   "precision_used": self.precision}
+                                   "precision_used": self.precision,
+                                   "forward_precision": getattr(self.source, "precision", None)}
             dicts[u.name] = folded
             summary[u.name] = metrics
         if dist.is_main():
