@@ -109,6 +109,9 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "skip-shuffle-rs25-until50": {**SKIP, "shuffle": True, "resample_every": 25, "resample_until": 0.5},
     "skip-keep-outliers": {**SKIP, "init_outlier": 0},  # as before 2026-12-03 18:23
     "skip-shuffle-keep-outliers": {**SKIP, "shuffle": True, "init_outlier": 0},
+    "skip-shuffle-decay50": {**SKIP, "shuffle": True, "decay_start": 0.5},  # the lr decays over the second half
+    "skip-shuffle-noaux": {**SKIP, "shuffle": True, "aux_coeff": 0.0},  # no AuxK loss on dead latents
+    "skip-shuffle-decay50-noaux": {**SKIP, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0},
     "clt": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
 }
 
@@ -300,8 +303,9 @@ def budget_table(results: dict, a) -> str:
     lines = [f"\n## The replacement model at fixed CPU budgets (started {getattr(a, 'started', '?')}, recorded "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
              f"Machine: {os.cpu_count()}-core {cpu_name()}, torch {torch.__version__}; training in the precision of each "
-             f"row (`auto`: bf16 autocast where the hardware has fast bf16, AMX / AVX512-BF16 or a bf16 GPU), model "
-             f"forwards and evaluation in fp32. Command: `{a.command}`. "
+             f"row (`auto`: bf16 autocast where the hardware has fast bf16, AMX / AVX512-BF16 or a bf16 GPU), the model "
+             f"forwards that feed training in the same precision (fp32 before 2026-12-04 23:15 UTC), evaluation and "
+             f"graphs in fp32. Command: `{a.command}`. "
              f"Every row: 30 layers, TopK k {a.tc_k}, trained for the budget straight from the model (tokens chosen "
              f"from a timed probe of the same recipe; `train s` is what the run took), then evaluated the same way: "
              f"{a.eval_tokens:,} held-out tokens in 4 disjoint samples drawn at random across the held-out split "

@@ -10,6 +10,7 @@ the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmark
   .venv/bin/python benchmarks/single_layer_probes.py ridge    # least squares alone, by sample size and ridge
   .venv/bin/python benchmarks/single_layer_probes.py order    # reading order and dead-latent re-seeding (layers 2, 15, 25)
   .venv/bin/python benchmarks/single_layer_probes.py batch    # the same 100k tokens in batches of 254, 127, 64; lr at 254
+  .venv/bin/python benchmarks/single_layer_probes.py schedule # where the lr's linear decay starts, and a higher peak
 
 BASE follows the demo's recipe, so its skip fit is damped (skip_ridge 0.1) since 2026-12-04 20:30 UTC; the probes
 recorded before that ran with 1e-6.
@@ -133,7 +134,7 @@ def main() -> None:
         return
     tr = activations(model, "train", 32768, 0)
     for layer in {"steps": (3, 25), "init": (3, 15, 25), "refit": (15, 3, 25), "ridge": (3, 15, 25),
-                  "batch": (3, 15, 25)}[part]:
+                  "batch": (3, 15, 25), "schedule": (3, 15, 25)}[part]:
         x, y = mlp_hooks(layer)
         row: dict = {"layer": layer}
         if part == "steps":
@@ -158,6 +159,13 @@ def main() -> None:
                 t0 = time.time()
                 d = trained(replace(BASE, **kw), big[x], big[y])
                 row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "seconds": round(time.time() - t0, 1)}
+        elif part == "schedule":  # the same 100k tokens and 394 steps; the lr decays linearly to 0 from decay_start
+            big = activations(model, "train", 100_000, 12, layers=(layer,))
+            for name, kw in [("decay from 80%", {}), ("decay from 50%", {"decay_start": 0.5}),
+                             ("decay from 0%", {"decay_start": 0.0}),
+                             ("decay from 0%, lr 5e-3", {"decay_start": 0.0, "lr": 5e-3})]:
+                d = trained(replace(BASE, **kw), big[x], big[y])
+                row[name] = round(fvu(ev[y], d(ev[x])), 4)
         elif part == "refit":
             d = trained(BASE, tr[x], tr[y])
             row["trained"] = round(fvu(ev[y], d(ev[x])), 4)
