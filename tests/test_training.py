@@ -962,6 +962,20 @@ def test_train_options_are_the_config_fields_and_the_config_is_not_changed(tmp_p
     assert load(tmp_path / "o").cfg.training["batch_size"] == 64 and load(tmp_path / "o").cfg.model == "m"
 
 
+@pytest.mark.parametrize("change", [{"decay_start": 0.5}, {"aux_coeff": 0.0}])
+def test_resume_refuses_another_schedule_or_auxk(tmp_path, change):
+    """The lr's decay start and AuxK's weight change what the remaining steps do: a resume that asks for others is
+    refused, naming the option; the same settings resume."""
+    from glasswork.training.trainer import Trainer
+    acts = _resume_data({})
+    t = Trainer(_cfg(tokens=64 * 30), TensorSource(acts, 64, seed=1), tmp_path / "o")
+    t._checkpoint()
+    name = next(iter(change))
+    with pytest.raises(GlassworkError, match=f"made with {name}="):
+        Trainer(_cfg(tokens=64 * 30, **change), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
+    Trainer(_cfg(tokens=64 * 30), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
+
+
 @pytest.mark.parametrize("skip_fit", [False, True])
 def test_checkpoint_from_before_skip_ridge_resumes_as_it_was_trained(tmp_path, skip_fit):
     """A checkpoint without skip_ridge: an SAE (no skip fit) resumes under today's default; a fitted skip was fitted

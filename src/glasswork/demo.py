@@ -40,13 +40,15 @@ class DemoConfig:
     sae_k: int = 32
     sae_epochs: int = 3  # passes over the harvested store
     sae_batch: int = 512
-    tc_tokens: int = 100_000
+    tc_tokens: int = 300_000  # ~8 minutes of training on a 2-core AMX Xeon (benchmarks/RESULTS.md, 2026-12-05)
     tc_d: int = 2304
     tc_k: int = 16
     tc_batch: int = 254  # two 128-token sequences (BOS dropped): many small steps beat few large ones at this budget
     tc_mix: int = 16  # batches whose tokens are shuffled together (one batch of 2 sequences is 1-2 documents)
     tc_skip: bool = True  # skip transcoders: the skip fitted by least squares, the sparse part learns what it leaves
     tc_shuffle: bool = True  # sequences from across the corpus, not its first ~100 documents: lower FVU, fewer dead
+    tc_decay_start: float = 0.5  # the lr decays over the second half: lower FVU and KL at the same tokens
+    tc_aux_coeff: float = 0.0  # no AuxK: it revives nothing in so few steps and took a third of each step
     index_contexts: int = 512
     index_ctx: int = 64
     tc_index_contexts: int = 256  # the 30 transcoder layers are indexed in one pass over these contexts
@@ -190,11 +192,12 @@ def transcoders_stage(run: DemoRun) -> dict:
     from .training.sources import ModelSource
     model, cfg, tc_dir = run.model, run.cfg, run.out / TRANSCODERS
     # measured in benchmarks/RESULTS.md ("Why the transcoders explain little", "Shuffled sequences for all 30
-    # layers"): the fitted skip, latents seeded on tokens, mixed and shuffled batches cut FVU and dead latents
+    # layers", the budget rows of 2026-12-05): the fitted skip, latents seeded on tokens, mixed and shuffled batches,
+    # the lr's decay over the second half and no AuxK cut FVU and KL at a fixed CPU budget
     tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(model.n_layers)), d_sae=cfg.tc_d, k=cfg.tc_k,
                      tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=3e-3, warmup_steps=10,
-                     b_dec_init="mean", skip=cfg.tc_skip, skip_fit=cfg.tc_skip, init="data", mix=cfg.tc_mix,
-                     shuffle=cfg.tc_shuffle, model=model.name)
+                     decay_start=cfg.tc_decay_start, aux_coeff=cfg.tc_aux_coeff, b_dec_init="mean", skip=cfg.tc_skip,
+                     skip_fit=cfg.tc_skip, init="data", mix=cfg.tc_mix, shuffle=cfg.tc_shuffle, model=model.name)
     source = ModelSource.from_config(model, corpus.default_texts, tc)
     res = _train(tc, source, tc_dir)
     tcs = load_transcoders(tc_dir)

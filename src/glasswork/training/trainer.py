@@ -229,7 +229,7 @@ class Trainer:
                  "skip_ridge": 1e-6 if old.get("skip_fit") else self.tc.skip_ridge, **old}
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
                     "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix", "repeat", "resample_every",
-                    "resample_until", "shuffle", "skip_ridge"):
+                    "resample_until", "shuffle", "skip_ridge", "decay_start", "aux_coeff"):
             mine = asdict(self.tc)[key]
             if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
                 raise GlassworkError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run asks for "
