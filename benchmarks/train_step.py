@@ -21,6 +21,8 @@ from pathlib import Path
 
 from _machine import cpu_name, record
 
+from glasswork.precision import resolve
+
 ROOT = Path(__file__).resolve().parents[1]
 
 STEP = r"""
@@ -113,7 +115,7 @@ def main() -> None:
         subprocess.run(["git", "worktree", "remove", "--force", str(tmp)], cwd=ROOT, capture_output=True)
     lines = [f"## The training step: {head} (with local changes, if any) against {rev} "
              f"({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-             f"Machine: {os.cpu_count()}-core {cpu_name()}, fp32, load average {os.getloadavg()[0]:.1f} at the end. "
+             f"Machine: {os.cpu_count()}-core {cpu_name()}, precision {resolve('auto')} (`auto`), load average {os.getloadavg()[0]:.1f} at the end. "
              f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`. Fastest of {a.steps} timed "
              f"steps after 2 warm-up steps over {a.rounds} rounds of alternating old/new processes, seeded Gaussian "
              f"activations; the demo's stage: its whole run divided by its steps, fastest round.", "",

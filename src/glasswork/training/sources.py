@@ -62,8 +62,10 @@ class ModelSource:
 
     precision: the model's forward runs under bf16 autocast when it resolves to bf16 (`glasswork.precision`: the
     hardware has fast bf16), as the dictionaries' training does. On an AMX CPU that forward is ~2.4x faster than fp32
-    and it was ~35% of each step; a bf16 MLP output differs from fp32's by ~0.4% per element, far below what any
-    dictionary here explains (benchmarks/RESULTS.md, "The model forward in bf16"). Captured values are fp32 tensors."""
+    and it was ~35% of each step. A bf16 MLP output differs from fp32's by 0.4-1.8% in norm at 27 of the default
+    model's 30 layers, 4-10% at layers 11, 28 and 29 (an FVU of at most 0.01); at equal wall-clock the transcoders
+    still came out better on every score (benchmarks/RESULTS.md, "The training step: eed4a43 ... against f274e0e",
+    2026-12-05). Captured values are fp32 tensors."""
 
     def __init__(self, model, texts, hooks: list[str], batch_size: int, ctx: int = 128, device: str = "cpu",
                  mix: int = 1, seed: int = 0, repeat: int = 1, shuffle: bool = False, precision: str = "fp32"):
