@@ -208,9 +208,7 @@ def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: flo
     from glasswork.training.trainer import Trainer
     from dataclasses import replace
     probe = replace(tc, tokens=tc.batch_size * 40, checkpoint_every=10 ** 9)
-    src = LoadAwareSource(model, _texts(train_docs, probe), probe.input_hooks(), probe.batch_size, ctx=probe.ctx,
-                          device=probe.device, mix=probe.mix, seed=probe.seed, repeat=probe.repeat,
-                          shuffle=probe.shuffle, precision=probe.precision, threads=threads)
+    src = LoadAwareSource.from_config(model, _texts(train_docs, probe), probe, threads=threads)
     from tempfile import mkdtemp
     t = Trainer(probe, src, Path(mkdtemp()) / "probe")
     batches = src.batches(0)
@@ -286,9 +284,7 @@ def run_sparsify(a, folder: Path, seconds: float) -> None:
 
 
 def run_train(kind: str, tc: TrainConfig, model, train_docs, folder: Path, threads: int) -> dict:
-    src = LoadAwareSource(model, _texts(train_docs, tc), tc.input_hooks(), tc.batch_size, ctx=tc.ctx,
-                          device=tc.device, mix=tc.mix, seed=tc.seed, repeat=tc.repeat, shuffle=tc.shuffle,
-                          precision=tc.precision, threads=threads)
+    src = LoadAwareSource.from_config(model, _texts(train_docs, tc), tc, threads=threads)
     tc.batch_size = src.batch_size
     if (folder / "set.json").exists() or (folder / "config.json").exists():  # trained before: reuse
         from glasswork.dictionaries.saving import load, load_set

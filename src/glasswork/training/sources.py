@@ -82,10 +82,11 @@ class ModelSource:
         self.dims = {h: self.model.d_model for h in self.hooks}  # every hook point is in the residual's width
 
     @classmethod
-    def from_config(cls, model, texts, tc, device: str | None = None) -> "ModelSource":
-        """The source a TrainConfig describes (its hooks, batch, ctx, mix, repeat, seed and precision)."""
+    def from_config(cls, model, texts, tc, device: str | None = None, **extra) -> "ModelSource":
+        """The source a TrainConfig describes (its hooks, batch, ctx, mix, repeat, seed and precision); `extra`: a
+        subclass's own arguments."""
         return cls(model, texts, tc.input_hooks(), tc.batch_size, ctx=tc.ctx, device=device or tc.device, mix=tc.mix,
-                   seed=tc.seed, repeat=tc.repeat, shuffle=tc.shuffle, precision=tc.precision)
+                   seed=tc.seed, repeat=tc.repeat, shuffle=tc.shuffle, precision=tc.precision, **extra)
 
     def _texts(self):
         return self.texts() if callable(self.texts) else iter(self.texts)

@@ -122,6 +122,7 @@ class Trainer:
         # sequences, and the model's name comes from the source when the config has none
         tc = replace(tc, batch_size=getattr(source, "batch_size", tc.batch_size), model=tc.model or src_model)
         self.tc, self.source, self.out = tc, source, Path(out)
+        self.forward_precision = getattr(source, "precision", None)  # a model source's; None: activations given
         keep_freed_memory()
         dist.init(tc.device)
         self.rank, self.world = dist.rank(), dist.world()
@@ -257,7 +258,7 @@ class Trainer:
             raise GlassworkError(f"{path}: checkpoint trained in {recorded}, this run asks for precision "
                                  f"{self.tc.precision}; resume with the same precision or choose another --out")
         self.precision = recorded
-        read_in, forward = meta.get("forward_precision"), getattr(self.source, "precision", None)
+        read_in, forward = meta.get("forward_precision"), self.forward_precision
         if read_in and forward and read_in != forward:  # older checkpoints did not record it: no check
             raise GlassworkError(f"{path}: checkpoint read the model in {read_in}, this run would read it in {forward} "
                                  f"(precision auto follows the hardware); resume with --precision {read_in}")
@@ -274,7 +275,7 @@ class Trainer:
             tensors[f"track.{u.name}.thresholds"] = torch.tensor(self.thresholds[u.name], dtype=torch.float64)
         meta = {"step": self.step, "skipped": self.skipped, "window_tokens": self.window_tokens, "scale": self.scale,
                 "recent": self.recent, "train_config": asdict(self.tc), "precision": self.precision,
-                "forward_precision": getattr(self.source, "precision", None), "glasswork_version": __version__}
+                "forward_precision": self.forward_precision, "glasswork_version": __version__}
         save_checkpoint(self.out / CHECKPOINT, tensors, meta)
 
     # --- the loop --------------------------------------------------------------------------------------------
@@ -425,7 +426,7 @@ class Trainer:
                                    "scale_out": [self.scale[h] for h in u.y_hooks], "seconds": round(seconds, 1),
                                    "tokens_per_second": round(tokens_run / max(seconds, 1e-9), 1), "world_size": self.world,
                                    "precision_used": self.precision,
-                                   "forward_precision": getattr(self.source, "precision", None)}
+                                   "forward_precision": self.forward_precision}
             dicts[u.name] = folded
             summary[u.name] = metrics
         if dist.is_main():
