@@ -10,6 +10,11 @@ once from random 128-token contexts of each split and cached in $GLASSWORK_HOME/
 
   python benchmarks/diagnose_transcoders.py stats [--train-tokens 32768 --eval-tokens 16384]
   python benchmarks/diagnose_transcoders.py ablate --layers 3,15,25 [--steps 394]
+  python benchmarks/diagnose_transcoders.py layer-kl --dictionary DIR [--eval-tokens 1524]
+
+3. `layer-kl`: which layers' transcoders cost the most KL: each spliced alone, and all but that one spliced, against
+   all of them at once (KL(clean || spliced) per token on the first held-out contexts, BOS and last position left
+   out, as `evals.evaluate` does).
 """
 from __future__ import annotations
 
@@ -167,9 +172,43 @@ def throughput(model, train_acts) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def layer_kl(model, folder: str, tokens: int) -> list[dict]:
+    from glasswork.data.corpus import heldout_texts, token_rows
+    from glasswork.evals import _Splice, _as_dicts
+    from glasswork.hooks import intervene
+    dicts = _as_dicts(folder)
+    for d in dicts.values():
+        d.eval()
+    rows = token_rows(model, heldout_texts(), 128)
+    ids = torch.stack([next(rows) for _ in range(max(1, tokens // 127))])
+
+    def logp(subset: dict) -> torch.Tensor:  # [seqs, 126, vocab]
+        out = []
+        with intervene(model, _Splice(subset).edits()):
+            for b in ids.split(6):
+                out.append(model.hf(b).logits.float()[:, 1:-1].log_softmax(-1))
+        return torch.cat(out)
+
+    clean = logp({})
+
+    def kl(subset: dict) -> float:
+        lq = logp(subset)
+        return round(float((clean.exp() * (clean - lq)).sum(-1).mean()), 4)
+
+    out = [{"layer": "all", "alone": kl(dicts), "all_but": 0.0}]
+    print(json.dumps(out[-1]), flush=True)
+    for name in sorted(dicts):
+        out.append({"layer": name, "alone": kl({name: dicts[name]}),
+                    "all_but": kl({n: d for n, d in dicts.items() if n != name})})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=["stats", "ablate", "throughput"])
+    ap.add_argument("part", choices=["stats", "ablate", "throughput", "layer-kl"])
+    ap.add_argument("--dictionary", default="", help="layer-kl: a folder of transcoders")
     ap.add_argument("--train-tokens", type=int, default=32768)
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--layers", default="3,15,25")
@@ -180,6 +219,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     model = gw.load_model()
+    if args.part == "layer-kl":
+        if not args.dictionary:
+            ap.error("layer-kl needs --dictionary DIR (a folder of transcoders)")
+        rows = layer_kl(model, args.dictionary, args.eval_tokens if args.eval_tokens != 16384 else 1524)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(rows, indent=1))
+        return
     train_acts = cached_activations(model, "train", args.train_tokens, seed=0)
     eval_acts = cached_activations(model, "heldout", args.eval_tokens, seed=1)
     if args.part == "stats":

@@ -11,6 +11,8 @@ the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmark
   .venv/bin/python benchmarks/single_layer_probes.py order    # reading order and dead-latent re-seeding (layers 2, 15, 25)
   .venv/bin/python benchmarks/single_layer_probes.py batch    # the same 100k tokens in batches of 254, 127, 64; lr at 254
   .venv/bin/python benchmarks/single_layer_probes.py schedule # where the lr's linear decay starts, and a higher peak
+  .venv/bin/python benchmarks/single_layer_probes.py anneal   # k annealed from 32 / 64 / 128 to 16; Adam's beta2
+  .venv/bin/python benchmarks/single_layer_probes.py width    # 2,304 / 3,072 / 4,608 latents at equal training time
 
 BASE follows the demo's recipe, so its skip fit is damped (skip_ridge 0.1) since 2026-12-04 20:30 UTC; the probes
 recorded before that ran with 1e-6.
@@ -134,7 +136,8 @@ def main() -> None:
         return
     tr = activations(model, "train", 32768, 0)
     for layer in {"steps": (3, 25), "init": (3, 15, 25), "refit": (15, 3, 25), "ridge": (3, 15, 25),
-                  "batch": (3, 15, 25), "schedule": (3, 15, 25)}[part]:
+                  "batch": (3, 15, 25), "schedule": (3, 15, 25), "anneal": (3, 15, 25),
+                  "width": (3, 15, 25)}[part]:
         x, y = mlp_hooks(layer)
         row: dict = {"layer": layer}
         if part == "steps":
@@ -166,6 +169,31 @@ def main() -> None:
                              ("decay from 0%, lr 5e-3", {"decay_start": 0.0, "lr": 5e-3})]:
                 d = trained(replace(BASE, **kw), big[x], big[y])
                 row[name] = round(fvu(ev[y], d(ev[x])), 4)
+        elif part == "anneal":  # the demo's recipe of 2026-12-05 (decay from 50%, no AuxK); the same 100k tokens
+            big = activations(model, "train", 100_000, 12, layers=(layer,))
+            demo = replace(BASE, decay_start=0.5, aux_coeff=0.0)
+            for name, kw in [("k 16", {}), ("k 32 -> 16 over 50%", {"k_start": 32}),
+                             ("k 64 -> 16 over 50%", {"k_start": 64}), ("k 64 -> 16 over 25%", {"k_start": 64, "k_anneal": 0.25}),
+                             ("k 128 -> 16 over 50%", {"k_start": 128}), ("beta2 0.99", {"betas": (0.9, 0.99)})]:
+                t0 = time.time()
+                d = trained(replace(demo, **kw), big[x], big[y])
+                with torch.no_grad():
+                    dead = float((~(d.encode(ev[x]) != 0).any(0)).float().mean())
+                row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "dead_16k": round(dead, 3),
+                             "seconds": round(time.time() - t0, 1)}
+        elif part == "width":  # the demo's recipe at the 8-minute budget's ~1,182 steps (3 passes over 100k tokens);
+            # wider runs get fewer steps, by the 30-layer step time measured on this CPU (train_step.py-style
+            # timing: 297 / 340 / 450 ms of dictionary step + ~100 ms of model forward per 254 tokens)
+            big = activations(model, "train", 100_000, 12, layers=(layer,))
+            demo = replace(BASE, decay_start=0.5, aux_coeff=0.0)
+            for name, kw in [("2304 x 1182 steps", {"tokens": 254 * 1182}),
+                             ("2304 x 1182 steps, beta2 0.99", {"tokens": 254 * 1182, "betas": (0.9, 0.99)}),
+                             ("3072 x 1062 steps", {"d_sae": 3072, "tokens": 254 * 1062}),
+                             ("4608 x 852 steps", {"d_sae": 4608, "tokens": 254 * 852})]:
+                d = trained(replace(demo, **kw), big[x], big[y])
+                with torch.no_grad():
+                    dead = float((~(d.encode(ev[x]) != 0).any(0)).float().mean())
+                row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "dead_16k": round(dead, 3)}
         elif part == "refit":
             d = trained(BASE, tr[x], tr[y])
             row["trained"] = round(fvu(ev[y], d(ev[x])), 4)

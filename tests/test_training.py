@@ -338,8 +338,9 @@ def _load_trained(out, extra):
                                    {"kind": "clt", "hooks": [], "layers": [0], "arch": "relu", "init": "data",
                                     "init_tokens": 128},
                                    {**TRANSCODER, "skip_fit": True, "init": "data", "init_tokens": 320,
-                                    "resample_every": 2, "dead_tokens": 64}],
-                         ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip", "clt", "resample"])
+                                    "resample_every": 2, "dead_tokens": 64},
+                                   {"k_start": 12, "k_anneal": 0.5}],
+                         ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip", "clt", "resample", "k-anneal"])
 def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     """Every run in a fresh single-threaded process, so all three use the same kernels and reduction order."""
     env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
@@ -465,6 +466,30 @@ def test_bad_inputs_clear_errors(tmp_path):
     sae = SparseCoder(DictionaryConfig(kind="sae", d_in=16, d_sae=32))
     with pytest.raises(GlassworkError, match="d_in = 16"):
         sae(torch.randn(3, 17))
+
+
+def test_k_anneal_falls_linearly_and_each_step_uses_its_k(tmp_path):
+    """--k-start: k falls linearly from k_start to k over the first k_anneal of the steps, and a step's codes have
+    that many active latents; k_start below k, or on an arch without a k, is refused."""
+    from glasswork.training.trainer import Trainer
+    tc = _cfg(k=4, k_start=16, k_anneal=0.5, tokens=64 * 20)  # 20 steps: k reaches 4 at step 10
+    ks = [tc.k_at(s) for s in range(20)]
+    assert ks[0] == 16 and ks[5] == 10 and ks[10:] == [4] * 10
+    assert all(a >= b for a, b in zip(ks, ks[1:]))
+    assert _cfg(k=4).k_at(0) == 4  # off: k throughout
+    x = _data() + 3  # inputs off the origin: every pre-activation of the top k is positive, so l0 counts k
+    t = Trainer(tc, TensorSource({"h": x}, 64, seed=1), tmp_path / "o")
+    batches = t.source.batches(0)
+    for step in range(12):
+        t.step = step
+        l0 = float(t.train_step(next(batches))["h"]["l0"])
+        assert l0 == pytest.approx(ks[step], abs=0.5), step
+    with pytest.raises(GlassworkError, match="k_start must be 0 or at least k=4"):
+        _cfg(k=4, k_start=2)
+    with pytest.raises(GlassworkError, match="needs arch topk or batchtopk"):
+        _cfg(arch="relu", k_start=16)
+    with pytest.raises(GlassworkError, match="k_anneal must be in"):
+        _cfg(k_start=16, k_anneal=1.5)
 
 
 def test_matryoshka_bad_prefixes_clear_errors(tmp_path):
@@ -962,7 +987,7 @@ def test_train_options_are_the_config_fields_and_the_config_is_not_changed(tmp_p
     assert load(tmp_path / "o").cfg.training["batch_size"] == 64 and load(tmp_path / "o").cfg.model == "m"
 
 
-@pytest.mark.parametrize("change", [{"decay_start": 0.5}, {"aux_coeff": 0.0}])
+@pytest.mark.parametrize("change", [{"decay_start": 0.5}, {"aux_coeff": 0.0}, {"k_start": 8}, {"k_anneal": 0.3}])
 def test_resume_refuses_another_schedule_or_auxk(tmp_path, change):
     """The lr's decay start and AuxK's weight change what the remaining steps do: a resume that asks for others is
     refused, naming the option; the same settings resume."""

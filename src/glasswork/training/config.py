@@ -21,6 +21,12 @@ class TrainConfig:
     """Transcoder/CLT layers, e.g. 0-29."""
     k: int = 32
     """Active latents per token (topk, batchtopk)."""
+    k_start: int = 0
+    """topk / batchtopk: active latents per token at step 0, falling linearly to --k over the first --k-anneal of
+    training (0: --k throughout). More latents get gradient while the dictionary is young (at the demo's budget it
+    did not help: benchmarks/RESULTS.md, "k annealing")."""
+    k_anneal: float = 0.5
+    """With --k-start: the fraction of training over which k falls to --k."""
     expansion: int = 8
     """d_sae = expansion * d_in (unless --d-sae is given)."""
     d_sae: int = 0
@@ -130,6 +136,11 @@ class TrainConfig:
                 raise GlassworkError(f"train config: {name} must be at least {low} (got {getattr(self, name)})")
         if not 0 <= self.seed < 2**32:
             raise GlassworkError(f"train config: seed must be in 0..{2**32 - 1} (got {self.seed})")
+        if self.k_start and (self.k_start < self.k or self.arch not in ("topk", "batchtopk")):
+            raise GlassworkError(f"train config: k_start must be 0 or at least k={self.k}, and needs arch topk or "
+                                 f"batchtopk (got k_start={self.k_start}, arch '{self.arch}')")
+        if not 0 <= self.k_anneal <= 1:
+            raise GlassworkError(f"train config: k_anneal must be in [0, 1] (got {self.k_anneal})")
         for name in ("lr", "decay_start", "resample_until", "init_outlier", "skip_ridge", "grad_clip", "l1_coeff",
                      "l0_coeff", "bandwidth", "aux_coeff", "dense_fraction"):
             value = getattr(self, name)
@@ -188,6 +199,13 @@ class TrainConfig:
     def n_init_tokens(self) -> int:
         """Tokens read before the first step (whole batches of them are reused as the first training batches)."""
         return self.init_tokens or (min(8192, self.tokens) if self.skip_fit or self.init == "data" else 1)
+
+    def k_at(self, step: int) -> int:
+        """Active latents per token at this step (--k-start falling linearly to --k)."""
+        if not self.k_start:
+            return self.k
+        span = max(1, round(self.k_anneal * self.steps))
+        return self.k + round((self.k_start - self.k) * max(0.0, 1 - step / span))
 
     def lr_at(self, step: int, d_sae: int) -> float:
         base = self.lr or 2e-4 / math.sqrt(d_sae / 16384)

@@ -55,13 +55,15 @@ def matryoshka_prefixes(sizes: list[int], d_sae: int | None) -> list[int]:
     return sizes if sizes[-1] == d_sae else sizes + [d_sae]
 
 
-def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tuple[torch.Tensor, dict]:
-    """One SAE/transcoder step. x [batch, d_in] input, y [batch, d_out] target (y is x for an SAE).
+def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc, k: int | None = None) -> tuple[torch.Tensor, dict]:
+    """One SAE/transcoder step. x [batch, d_in] input, y [batch, d_out] target (y is x for an SAE); k: the step's
+    active latents per token (topk, batchtopk; None: the dictionary's own k).
     tc: TrainConfig (l1_coeff, l0_coeff, aux_k, aux_coeff, bandwidth, matryoshka). Extra state: coder.dead
     (bool [d_sae]).
     Matryoshka: the codes are computed once; the loss is the mean over prefixes m_g of the squared error of the
     reconstruction from latents < m_g alone (plus the activation's own penalty / AuxK, from the full reconstruction)."""
     cfg = coder.cfg
+    k = k or cfg.k
     shift = coder.b_dec if cfg.b_dec_in else None
     skip = coder.skip_term(x)
     extra = torch.zeros((), device=x.device)
@@ -69,7 +71,7 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tupl
     use_aux = cfg.activation == "topk" and tc.aux_coeff > 0 and dead is not None and bool(dead.any())
     if cfg.activation == "topk":  # sparse backward; AuxK's dead-latent candidates come from the same encoder matmul
         values, indices, aux_values, aux_indices = topk_encode_with_aux(
-            x, coder.W_enc, coder.b_enc, cfg.k, shift, dead if use_aux else None, tc.aux_k or x.shape[-1] // 2)
+            x, coder.W_enc, coder.b_enc, k, shift, dead if use_aux else None, tc.aux_k or x.shape[-1] // 2)
         recon = sparse_decode(values, indices, coder.W_dec) + coder.b_dec + skip
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[indices[values > 0]] = True
@@ -83,7 +85,7 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tupl
             codes = jumprelu(pre, coder.threshold, tc.bandwidth)
             extra = tc.l0_coeff * step(pre, coder.threshold, tc.bandwidth).sum(-1).mean()
         else:  # batchtopk: the top k * batch over the whole batch; track the threshold for inference
-            codes = batch_topk(pre, cfg.k)
+            codes = batch_topk(pre, k)
             active = codes[codes > 0]
             if active.numel():
                 coder.threshold_estimate.append(active.min().detach())
@@ -106,11 +108,14 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc) -> tupl
     return loss, {"fvu": _at_least_fp32(sq_err.detach()) / total_variance(y), "l0": l0.detach(), "fired": fired}
 
 
-def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc) -> tuple[torch.Tensor, dict]:
-    """x [batch, L, d_in] MLP inputs, y [batch, L, d_out] MLP outputs. TopK is per layer and token."""
+def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc,
+             k: int | None = None) -> tuple[torch.Tensor, dict]:
+    """x [batch, L, d_in] MLP inputs, y [batch, L, d_out] MLP outputs. TopK is per layer and token; k: the step's
+    (None: the CLT's own)."""
     if tc.matryoshka:
         raise GlassworkError(f"train config: matryoshka={tc.matryoshka} is for SAEs and transcoders, not kind 'clt'")
     cfg = clt.cfg
+    k = k or cfg.k
     L = cfg.n_layers
     extra = torch.zeros((), device=x.device)
     recon = clt.b_dec.expand(x.shape[0], -1, -1)
@@ -120,7 +125,7 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc) ->
     W_enc, b_enc = clt.W_enc.unbind(0), clt.b_enc.unbind(0)  # one backward for all layers (indexing: L zero-fills)
     for i in range(L):
         if cfg.activation == "topk":
-            values, indices = topk_encode(x[:, i], W_enc[i], b_enc[i], cfg.k)
+            values, indices = topk_encode(x[:, i], W_enc[i], b_enc[i], k)
             w = clt.W_dec[i]  # [F, n_i, d_out]
             dec = sparse_decode(values, indices, w.reshape(w.shape[0], -1)).view(x.shape[0], w.shape[1], -1)
             fired[i, indices[values > 0]] = True
@@ -135,7 +140,7 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc) ->
                 codes = jumprelu(pre, clt.threshold[i], tc.bandwidth)
                 extra = extra + tc.l0_coeff * step(pre, clt.threshold[i], tc.bandwidth).sum(-1).mean()
             else:
-                codes = batch_topk(pre, cfg.k)
+                codes = batch_topk(pre, k)
             dec = torch.einsum("bf,fnd->bnd", codes, clt.W_dec[i])
             fired[i] = (codes > 0).any(0)
             l0 = l0 + (codes > 0).sum(-1).float().mean()

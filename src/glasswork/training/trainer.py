@@ -226,11 +226,11 @@ class Trainer:
         # (skip_ridge: 1e-6 where a skip was fitted; elsewhere it did nothing, so any value resumes)
         old = meta["train_config"]
         saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_tokens": 0, "mix": 1,
-                 "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False,
+                 "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False, "k_start": 0, "k_anneal": 0.5,
                  "skip_ridge": 1e-6 if old.get("skip_fit") else self.tc.skip_ridge, **old}
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
                     "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix", "repeat", "resample_every",
-                    "resample_until", "shuffle", "skip_ridge", "decay_start", "aux_coeff"):
+                    "resample_until", "shuffle", "skip_ridge", "decay_start", "aux_coeff", "k_start", "k_anneal"):
             mine = asdict(self.tc)[key]
             if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
                 raise GlassworkError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run asks for "
@@ -295,6 +295,7 @@ class Trainer:
         tc = self.tc
         lr = tc.lr_at(self.step, self.units[0].dictionary.cfg.d_sae)
         self.opt.lr = lr
+        k = tc.k_at(self.step)
         total = 0.0
         stats = {}
         with autocast(tc.device, self.precision):
@@ -303,11 +304,11 @@ class Trainer:
                 x = _stack(batch, u.x_hooks, self.scale, u.layered).to(tc.device)
                 y = _stack(batch, u.y_hooks, self.scale, u.layered).to(tc.device)
                 if d.cfg.kind == "clt":
-                    loss, s = clt_loss(d, x, y, tc)
+                    loss, s = clt_loss(d, x, y, tc, k)
                 else:
                     d.dead = self.since_fired[i].to(tc.device) >= self.dead_tokens
                     d.threshold_estimate = self.thresholds[u.name]
-                    loss, s = coder_loss(d, x, y, tc)
+                    loss, s = coder_loss(d, x, y, tc, k)
                 total = total + loss
                 stats[u.name] = s
         total.backward()
