@@ -223,6 +223,10 @@ def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: flo
     return max(probe.batch_size, int(seconds / per_step) * probe.batch_size)
 
 
+PEER_RECIPES = {  # sparsify's recipes: its defaults (32 sequences a step, no skip), and at the demo's batch with a skip
+    "sparsify": [], "sparsify-skip-b2": ["--skip", "--batch-size", "2"]}
+
+
 def recipe_config(kind: str, a, model) -> TrainConfig:
     """The TrainConfig of recipe `kind` for all layers at the command's width, k and device (tokens set later)."""
     return TrainConfig(arch="topk", layers=list(range(model.n_layers)), k=a.tc_k, model=model.name, device=a.device,
@@ -237,10 +241,13 @@ def budget_part(a, model, train_docs) -> dict:
     for kind in a.kinds.split(","):
         for minutes in [float(m) for m in a.budgets.split(",")]:
             name = f"{kind}@{minutes:g}min"
-            if kind == "sparsify":
-                folder = Path(a.sparsify_dir or Path(a.out_dir) / "sparsify") / f"{minutes:g}min"
+            if kind in PEER_RECIPES:
+                # --peer-seconds-from: the peer gets the wall-clock seconds that recipe's row actually trained
+                ours = results.get(f"{a.peer_seconds_from}@{minutes:g}min") if a.peer_seconds_from else None
+                seconds = ours["train_seconds"] if ours else minutes * 60
+                folder = Path(a.sparsify_dir or Path(a.out_dir) / kind) / (f"{seconds:.0f}s" if ours else f"{minutes:g}min")
                 if not (folder / "peer_run.json").exists():
-                    run_sparsify(a, folder, minutes * 60)
+                    run_sparsify(a, folder, seconds, PEER_RECIPES[kind])
                 peer = json.loads((folder / "peer_run.json").read_text())
                 dicts = _as_transcoders(sparsify_transcoders(folder, model), a.device)
                 train_s, tokens = round(peer["train_s"], 1), peer["tokens"]
@@ -268,8 +275,9 @@ def budget_part(a, model, train_docs) -> dict:
     return results
 
 
-def run_sparsify(a, folder: Path, seconds: float) -> None:
-    """The peer in its own venv and process (benchmarks/peer_sparsify.py), same layers, width, k and budget."""
+def run_sparsify(a, folder: Path, seconds: float, extra: list[str]) -> None:
+    """The peer in its own venv and process (benchmarks/peer_sparsify.py), same layers, width, k and budget; `extra`:
+    peer_sparsify.py's flags for the recipe."""
     import subprocess
     from glasswork.models import default_model_folder
     texts = Path(a.out_dir) / "train_texts.jsonl"
@@ -278,7 +286,7 @@ def run_sparsify(a, folder: Path, seconds: float) -> None:
         texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus.default_texts()))
     cmd = [a.sparsify_python, str(Path(__file__).with_name("peer_sparsify.py")), "--model-dir", str(default_model_folder()),
            "--texts", str(texts), "--layers", "0-29", "--num-latents", str(a.tc_d_sae), "--k", str(a.tc_k),
-           "--seconds", str(seconds), "--out", str(folder), "--threads", str(a.threads or os.cpu_count())]
+           "--seconds", str(seconds), "--out", str(folder), "--threads", str(a.threads or os.cpu_count()), *extra]
     print("peer:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -316,7 +324,8 @@ def budget_table(results: dict, a) -> str:
              f"every 25 steps (`-until50`: in the first half of the run only); `skip-shuffle-keep-outliers` = "
              f"`skip-shuffle` with no token left out of the init; `clt` = cross-layer transcoder, window 4, same init "
              f"ideas where they apply; `sparsify` = "
-             f"EleutherAI sparsify 1.3.3 (`benchmarks/peer_sparsify.py`, its defaults), same hooks and budget.\n",
+             f"EleutherAI sparsify 1.3.3 (`benchmarks/peer_sparsify.py`, its defaults), same hooks and budget; "
+             f"`sparsify-skip-b2` = the same with its skip on and 2 sequences a step (the demo's batch).\n",
              "| recipe | budget min | train precision | train s | tokens | mean FVU | max layer FVU | layers dead > 10% (8k / 32k) | "
              "max layer dead (32k) | KL (range) | CE-loss score | replacement (min) | completeness | median nodes |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -383,13 +392,16 @@ def main():
     p.add_argument("--out", default="", help="where the trained dictionaries go (default $GLASSWORK_HOME/benchmarks/quality)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", default="sae,tc,clt", help="sae, tc, clt, or budget (the replacement model at CPU budgets)")
-    p.add_argument("--kinds", default="before,skip", help="budget: recipes (the keys of RECIPES, and sparsify)")
+    p.add_argument("--kinds", default="before,skip", help="budget: recipes (the keys of RECIPES and PEER_RECIPES)")
     p.add_argument("--budgets", default="10", help="budget: minutes of training, comma-separated")
     p.add_argument("--tokens-per-minute", type=float, default=0,
                    help="budget: a budget's tokens are minutes x this rate (measured on the CPU the budget is for: "
                         "`--calibrate`), not a timed probe on this machine: a GPU then trains what the CPU would")
     p.add_argument("--calibrate", action="store_true",
                    help="budget: print each recipe's tokens per minute from a timed probe on this machine, train nothing")
+    p.add_argument("--peer-seconds-from", default="",
+                   help="budget: a recipe of --kinds (listed before the peer): at each budget the peer trains for the "
+                        "seconds that recipe's row actually took, not the budget's minutes")
     p.add_argument("--sparsify-dir", default="", help="budget: folder with sparsify runs named <minutes>min")
     p.add_argument("--sparsify-python", default="/work/peers/sparsify/bin/python",
                    help="budget: the python of a venv with eai-sparsify (recipe in benchmarks/peer_sparsify.py)")
@@ -458,10 +470,10 @@ def main():
     if a.only == "budget":
         a.out_dir = a.out_dir or str(out / "budget")
         results = budget_part(a, model, train_docs)
-        budget_plot(results, PLOT)
         report = budget_table(results, a)
         print(report)
-        if not a.no_record:
+        if not a.no_record:  # the committed plot too (--plot-from draws several runs' rows together)
+            budget_plot(results, PLOT)
             with open(Path(__file__).parent / "RESULTS.md", "a") as f:
                 f.write(report)
         return

@@ -13,6 +13,7 @@ the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmark
   .venv/bin/python benchmarks/single_layer_probes.py schedule # where the lr's linear decay starts, and a higher peak
   .venv/bin/python benchmarks/single_layer_probes.py anneal   # k annealed from 32 / 64 / 128 to 16; Adam's beta2
   .venv/bin/python benchmarks/single_layer_probes.py width    # 2,304 / 3,072 / 4,608 latents at equal training time
+  .venv/bin/python benchmarks/single_layer_probes.py auxk     # AuxK with fewer dead candidates a token (layers 2, 9, 28, 29)
 
 BASE follows the demo's recipe, so its skip fit is damped (skip_ridge 0.1) since 2026-12-04 20:30 UTC; the probes
 recorded before that ran with 1e-6.
@@ -119,12 +120,35 @@ def order(model) -> None:
                               "dead_train": round(d.cfg.metrics["dead_fraction"], 3)}), flush=True)
 
 
+def auxk(model) -> None:
+    """The layers where most latents die without AuxK: AuxK off, on (k_aux = d_in / 2 = 288 dead latents a token),
+    and on with 64 / 16 candidates a token, at the 8-minute budget's 1,182 steps (3 passes over 100k tokens)."""
+    layers = (2, 9, 28, 29)
+    ev = activations(model, "heldout", 16384, 1, layers=layers)
+    big = activations(model, "train", 100_000, 12, layers=layers)
+    demo = replace(BASE, decay_start=0.5, aux_coeff=0.0, tokens=254 * 1182)
+    for layer in layers:
+        x, y = mlp_hooks(layer)
+        row: dict = {"layer": layer}
+        for name, kw in [("no AuxK", {}), ("AuxK 288", {"aux_coeff": 1 / 32}), ("AuxK 64", {"aux_coeff": 1 / 32, "aux_k": 64}),
+                         ("AuxK 16", {"aux_coeff": 1 / 32, "aux_k": 16})]:
+            t0 = time.time()
+            d = trained(replace(demo, **kw), big[x], big[y])
+            seconds = time.time() - t0
+            with torch.no_grad():
+                dead = float((~(d.encode(ev[x]) != 0).any(0)).float().mean())
+            row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "dead_16k": round(dead, 3), "seconds": round(seconds, 1)}
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     part = sys.argv[1] if len(sys.argv) > 1 else "data"
     torch.set_num_threads(2)
     model = gw.load_model()
     if part == "order":
         return order(model)
+    if part == "auxk":
+        return auxk(model)
     ev = activations(model, "heldout", 16384, 1)
     if part == "data":  # layer 3: distinct tokens vs steps
         x, y = mlp_hooks(3)
