@@ -490,6 +490,8 @@ def test_k_anneal_falls_linearly_and_each_step_uses_its_k(tmp_path):
         _cfg(arch="relu", k_start=16)
     with pytest.raises(GlassworkError, match="k_anneal must be in"):
         _cfg(k_start=16, k_anneal=1.5)
+    with pytest.raises(GlassworkError, match="k_start=65 exceeds d_sae=64"):
+        Trainer(_cfg(k_start=65), TensorSource({"h": x}, 64, seed=1), tmp_path / "big")
 
 
 def test_matryoshka_bad_prefixes_clear_errors(tmp_path):

@@ -71,6 +71,9 @@ def make_units(tc: TrainConfig, dims: dict[str, int]) -> list[Unit]:
         units.append(Unit("clt", build(cfg), xs, ys))
     for u in units:
         matryoshka_prefixes(tc.matryoshka, u.dictionary.cfg.d_sae)
+        if tc.k_start > u.dictionary.cfg.d_sae:
+            raise GlassworkError(f"train config: k_start={tc.k_start} exceeds d_sae={u.dictionary.cfg.d_sae} of "
+                                 f"'{u.name}' (at most d_sae latents can be active)")
     for i, u in enumerate(units):
         u.dictionary.reset_parameters(seed=tc.seed * 1000 + i)
     return units
