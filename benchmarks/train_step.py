@@ -5,7 +5,6 @@ then the demo's transcoder stage as it runs, from the default model, for --demo-
 The earlier revision is checked out with `git worktree` into a temp folder; both import their own src/.
 
   python benchmarks/train_step.py --against c2649ba~1 [--steps 8] [--no-record]
-  python benchmarks/train_step.py --profile [--d-sae 2304]   # where this tree's step goes (torch.profiler), no record
 
 Reported: the fastest of --steps timed steps after 2 warm-up steps over --rounds alternating old/new processes (the
 demo's stage: its whole time per step, fastest round), and the ratio old / new."""
@@ -49,12 +48,9 @@ if what == "demo":  # the demo's transcoder stage as it runs: straight from the 
 if what == "transcoders":
     acts = {f"blocks.{l}.{h}": torch.randn(4096, 576, generator=g) for l in range(30)
             for h in ("ln2.hook_normalized", "hook_mlp_out")}
-    d_sae = int(os.environ.get("D_SAE", 2304))
-    n_init = 4096 if d_sae <= 2304 else 2 * d_sae  # data init needs a token per latent
-    acts = {h: torch.cat([a, torch.randn(n_init - 4096, 576, generator=g)]) for h, a in acts.items()}
-    tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(30)), d_sae=d_sae, k=16, batch_size=254,
-                     tokens=254 * 1000, lr=3e-3, init_tokens=n_init, checkpoint_every=10 ** 9, skip=True,
-                     skip_fit=True, init="data", aux_coeff=float(os.environ.get("AUX_COEFF", 1 / 32)))
+    tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(30)), d_sae=2304, k=16, batch_size=254,
+                     tokens=254 * 1000, lr=3e-3, init_tokens=4096, checkpoint_every=10 ** 9, skip=True,
+                     skip_fit=True, init="data")
     batch = 254
 else:
     acts = {"h": torch.randn(4096, 576, generator=g)}
@@ -69,12 +65,6 @@ for i in range(steps + 2):
     t0 = time.perf_counter()
     tr.train_step(batches[i % len(batches)])
     times.append(time.perf_counter() - t0)
-if os.environ.get("PROFILE"):
-    from torch.profiler import profile
-    with profile() as p:
-        for i in range(3):
-            tr.train_step(batches[i % len(batches)])
-    print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
 print(json.dumps({"times": times[2:]}))
 """
 
@@ -91,27 +81,12 @@ def measure(src: Path, what: str, steps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--against", default="", help="the earlier git revision to compare with")
-    ap.add_argument("--profile", action="store_true", help="profile this tree's step of the demo's 30 transcoders "
-                    "(no AuxK, as the demo trains) with torch.profiler instead; records nothing")
-    ap.add_argument("--d-sae", type=int, default=2304, help="with --profile: latents per layer")
+    ap.add_argument("--against", required=True, help="the earlier git revision to compare with")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3, help="old/new processes alternated this many times")
     ap.add_argument("--demo-steps", type=int, default=96, help="steps of the demo's stage to time (0: skip it)")
     ap.add_argument("--no-record", action="store_true")
     a = ap.parse_args()
-    if a.profile:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PROFILE": "1", "D_SAE": str(a.d_sae), "AUX_COEFF": "0"}
-        r = subprocess.run([sys.executable, "-c", STEP, "transcoders", str(a.steps)], capture_output=True, text=True,
-                           env=env)
-        if r.returncode:
-            raise SystemExit(r.stderr.strip().splitlines()[-1])
-        print(f"{a.d_sae} latents x 30 layers, batch 254, fastest of {a.steps} steps: "
-              f"{min(json.loads(r.stdout.strip().splitlines()[-1])['times']) * 1e3:.0f} ms")
-        print("\n".join(ln for ln in r.stderr.splitlines() if "Warning" not in ln and "sparse_csr" not in ln))
-        return
-    if not a.against:
-        ap.error("--against REV is needed (or --profile)")
     found = subprocess.run(["git", "rev-parse", "--short", "--verify", "--quiet", f"{a.against}^{{commit}}"], cwd=ROOT,
                            capture_output=True, text=True)
     if found.returncode:
