@@ -357,7 +357,7 @@ def budget_plot(results: dict, path: Path) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kind)
         ax.set_xlim(0, max(float(r["minutes"]) for r in results.values()) * 1.15)
         ax.set_ylim(0, 1)  # the whole range: two close budgets must not look far apart
-        ax.set_xlabel("budget: CPU minutes of training (2 cores)")
+        ax.set_xlabel("budget: CPU minutes (2 cores; seconds trained: RESULTS.md)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()
