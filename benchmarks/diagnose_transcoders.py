@@ -217,11 +217,11 @@ def main() -> None:
     ap.add_argument("--json-out", default="")
     ap.add_argument("--sequential", action="store_true", help="batches of consecutive tokens, as the demo reads")
     args = ap.parse_args()
+    if args.part == "layer-kl" and not args.dictionary:  # before the model loads
+        ap.error("layer-kl needs --dictionary DIR (a folder of transcoders)")
     torch.manual_seed(0)
     model = gw.load_model()
     if args.part == "layer-kl":
-        if not args.dictionary:
-            ap.error("layer-kl needs --dictionary DIR (a folder of transcoders)")
         rows = layer_kl(model, args.dictionary, args.eval_tokens if args.eval_tokens != 16384 else 1524)
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(rows, indent=1))

@@ -42,12 +42,19 @@ CACHE = home() / "benchmarks" / "refit"
 BASE = TrainConfig(kind="transcoder", arch="topk", layers=[0], d_sae=2304, k=16, batch_size=254, tokens=254 * 394,
                    lr=3e-3, warmup_steps=10, b_dec_init="mean", model="smollm2-135m", checkpoint_every=10 ** 9,
                    skip=True, skip_fit=True, init="data")
+DEMO = replace(BASE, decay_start=0.5, aux_coeff=0.0)  # the demo's recipe of 2026-12-05: decay from 50%, no AuxK
 
 
 def activations(model, split: str, tokens: int, seed: int, layers=(3, 15, 25)) -> dict[str, torch.Tensor]:
     """{hook: [tokens, 576]}: MLP inputs and outputs of `layers` on random 128-token contexts (BOS dropped)."""
     suffix = '' if tuple(layers) == (3, 15, 25) else '-' + '-'.join(map(str, layers))
     return cached_activations(model, split, tokens, seed, layers, CACHE, seqs=16, name=f"{split}-{tokens}-{seed}{suffix}")
+
+
+@torch.no_grad()
+def heldout_scores(d, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Held-out FVU and the fraction of latents that never fire on x."""
+    return {"heldout": round(fvu(y, d(x)), 4), "dead_16k": round(float((~(d.encode(x) != 0).any(0)).float().mean()), 3)}
 
 
 def trained(tc: TrainConfig, x: torch.Tensor, y: torch.Tensor):
@@ -126,18 +133,14 @@ def auxk(model) -> None:
     layers = (2, 9, 28, 29)
     ev = activations(model, "heldout", 16384, 1, layers=layers)
     big = activations(model, "train", 100_000, 12, layers=layers)
-    demo = replace(BASE, decay_start=0.5, aux_coeff=0.0, tokens=254 * 1182)
     for layer in layers:
         x, y = mlp_hooks(layer)
         row: dict = {"layer": layer}
         for name, kw in [("no AuxK", {}), ("AuxK 288", {"aux_coeff": 1 / 32}), ("AuxK 64", {"aux_coeff": 1 / 32, "aux_k": 64}),
                          ("AuxK 16", {"aux_coeff": 1 / 32, "aux_k": 16})]:
             t0 = time.time()
-            d = trained(replace(demo, **kw), big[x], big[y])
-            seconds = time.time() - t0
-            with torch.no_grad():
-                dead = float((~(d.encode(ev[x]) != 0).any(0)).float().mean())
-            row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "dead_16k": round(dead, 3), "seconds": round(seconds, 1)}
+            d = trained(replace(DEMO, tokens=254 * 1182, **kw), big[x], big[y])
+            row[name] = {**heldout_scores(d, ev[x], ev[y]), "seconds": round(time.time() - t0, 1)}
         print(json.dumps(row), flush=True)
 
 
@@ -195,29 +198,21 @@ def main() -> None:
                 row[name] = round(fvu(ev[y], d(ev[x])), 4)
         elif part == "anneal":  # the demo's recipe of 2026-12-05 (decay from 50%, no AuxK); the same 100k tokens
             big = activations(model, "train", 100_000, 12, layers=(layer,))
-            demo = replace(BASE, decay_start=0.5, aux_coeff=0.0)
             for name, kw in [("k 16", {}), ("k 32 -> 16 over 50%", {"k_start": 32}),
                              ("k 64 -> 16 over 50%", {"k_start": 64}), ("k 64 -> 16 over 25%", {"k_start": 64, "k_anneal": 0.25}),
                              ("k 128 -> 16 over 50%", {"k_start": 128}), ("beta2 0.99", {"betas": (0.9, 0.99)})]:
                 t0 = time.time()
-                d = trained(replace(demo, **kw), big[x], big[y])
-                with torch.no_grad():
-                    dead = float((~(d.encode(ev[x]) != 0).any(0)).float().mean())
-                row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "dead_16k": round(dead, 3),
-                             "seconds": round(time.time() - t0, 1)}
+                d = trained(replace(DEMO, **kw), big[x], big[y])
+                row[name] = {**heldout_scores(d, ev[x], ev[y]), "seconds": round(time.time() - t0, 1)}
         elif part == "width":  # the demo's recipe at the 8-minute budget's ~1,182 steps (3 passes over 100k tokens);
             # wider runs get fewer steps, by the 30-layer step time measured on this CPU (train_step.py-style
             # timing: 297 / 340 / 450 ms of dictionary step + ~100 ms of model forward per 254 tokens)
             big = activations(model, "train", 100_000, 12, layers=(layer,))
-            demo = replace(BASE, decay_start=0.5, aux_coeff=0.0)
             for name, kw in [("2304 x 1182 steps", {"tokens": 254 * 1182}),
                              ("2304 x 1182 steps, beta2 0.99", {"tokens": 254 * 1182, "betas": (0.9, 0.99)}),
                              ("3072 x 1062 steps", {"d_sae": 3072, "tokens": 254 * 1062}),
                              ("4608 x 852 steps", {"d_sae": 4608, "tokens": 254 * 852})]:
-                d = trained(replace(demo, **kw), big[x], big[y])
-                with torch.no_grad():
-                    dead = float((~(d.encode(ev[x]) != 0).any(0)).float().mean())
-                row[name] = {"heldout": round(fvu(ev[y], d(ev[x])), 4), "dead_16k": round(dead, 3)}
+                row[name] = heldout_scores(trained(replace(DEMO, **kw), big[x], big[y]), ev[x], ev[y])
         elif part == "refit":
             d = trained(BASE, tr[x], tr[y])
             row["trained"] = round(fvu(ev[y], d(ev[x])), 4)
