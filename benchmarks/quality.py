@@ -113,6 +113,11 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "skip-shuffle-noaux": {**SKIP, "shuffle": True, "aux_coeff": 0.0},  # no AuxK loss on dead latents
     "skip-shuffle-decay50-noaux": {**SKIP, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0},
     "clt": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
+    "clt-shuffle-decay50-noaux": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16,
+                                      window=4, init="data", shuffle=True, decay_start=0.5, aux_coeff=0.0),
+    "clt-skip-shuffle-decay50-noaux": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean",
+                                           mix=16, window=4, init="data", shuffle=True, decay_start=0.5, aux_coeff=0.0,
+                                           skip=True, skip_fit=True),  # a fitted skip per layer, as the demo's
 }
 
 
@@ -230,7 +235,7 @@ PEER_RECIPES = {  # sparsify's recipes: its defaults (32 sequences a step, no sk
 def recipe_config(kind: str, a, model) -> TrainConfig:
     """The TrainConfig of recipe `kind` for all layers at the command's width, k and device (tokens set later)."""
     return TrainConfig(arch="topk", layers=list(range(model.n_layers)), k=a.tc_k, model=model.name, device=a.device,
-                       d_sae=a.clt_d_sae if kind == "clt" else a.tc_d_sae, **RECIPES[kind])
+                       d_sae=a.clt_d_sae if RECIPES[kind]["kind"] == "clt" else a.tc_d_sae, **RECIPES[kind])
 
 
 def budget_part(a, model, train_docs) -> dict:

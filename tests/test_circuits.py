@@ -35,13 +35,17 @@ def random_transcoders(m, d_sae=48, missing=(1,), skip_layers=(0,), activation="
     return tcs
 
 
-def random_clt(m, d_sae=24, seed=0):
+def random_clt(m, d_sae=24, seed=0, skip=False):
     cfg = gw.DictionaryConfig(kind="clt", d_in=m.d_model, d_sae=d_sae, activation="relu", n_layers=m.n_layers,
-                              model=m.name)
+                              model=m.name, skip=skip)
     clt = gw.CrossLayerTranscoder(cfg)
     clt.reset_parameters(seed=seed)
     with torch.no_grad():
         clt.b_enc.fill_(-0.05)
+        if clt.W_skip is not None:
+            # small: a random skip on every layer of these tiny models (a small residual stream, large norm scales)
+            # multiplies the frozen pass's fp32 rounding ~20x a layer at 0.1
+            clt.W_skip.normal_(0, 0.02, generator=torch.Generator().manual_seed(seed + 1))
     return clt.requires_grad_(False)
 
 
@@ -56,7 +60,10 @@ def _skip_consts(r, c):
     out = []
     for layer in range(r.model.n_layers):
         tc = r.transcoders.get(layer)
-        skip = c.mlp_in[layer] @ tc.W_skip if tc is not None and tc.W_skip is not None else 0.0
+        if r.clt is not None:
+            skip = c.mlp_in[layer] @ r.clt.W_skip[layer] if r.clt.W_skip is not None else 0.0
+        else:
+            skip = c.mlp_in[layer] @ tc.W_skip if tc is not None and tc.W_skip is not None else 0.0
         out.append(c.mlp_out[layer] - skip)
     return out
 
@@ -131,8 +138,9 @@ def test_replacement_forward_reproduces_logits(kind):
     m = make_tiny(kind)
     tcs = random_transcoders(m)
     ids = prompt(m, 10)
-    frozen = _frozen_logits(m, tcs, ids, [])
-    torch.testing.assert_close(frozen, m.logits(ids.view(1, -1))[0, -1].float(), rtol=1e-4, atol=1e-4)
+    for coders in (tcs, random_clt(m, skip=True)):  # the skip runs live in the frozen pass; errors carry the rest
+        frozen = _frozen_logits(m, coders, ids, [])
+        torch.testing.assert_close(frozen, m.logits(ids.view(1, -1))[0, -1].float(), rtol=1e-4, atol=1e-4)
     r = ReplacementModel(m, tcs)
     c = r.clean(ids.view(1, -1))
     torch.testing.assert_close(c.logits, m.logits(ids.view(1, -1))[0].float(), rtol=1e-4, atol=1e-4)
@@ -148,6 +156,7 @@ def test_edges_are_exact_effects(kind):
 def test_edges_exact_with_cross_layer_transcoder_and_budget():
     m = make_tiny("llama")
     check_exactness(m, random_clt(m), prompt(m, 7), batch_size=8)
+    check_exactness(m, random_clt(m, skip=True), prompt(m, 7), batch_size=8)
     g = check_exactness(m, random_transcoders(m), prompt(m, 7), batch_size=8, max_features=40)
     assert g.n_features == 40
 
@@ -159,7 +168,7 @@ def test_sweep_engine_equals_autograd_engine(kind):
     m = make_tiny(kind)
     ids = prompt(m, 9)
     cases = [(random_transcoders(m, skip_layers=(0, 2)), {}), (random_transcoders(m), {"bos_nodes": True}),
-             (random_clt(m), {}), (random_transcoders(m), {"target": 3}),
+             (random_clt(m), {}), (random_clt(m, skip=True), {}), (random_transcoders(m), {"target": 3}),
              (random_transcoders(m), {"max_features": 30, "batch_size": 4})]  # budget rounds of 16: same picks
     for coders, kw in cases:
         a = attribute(m, coders, ids, engine="sweep", **{"batch_size": 5, **kw})

@@ -97,3 +97,36 @@ def test_transcoders_all_spliced_at_once():
     for key, want in zip(["ce_clean", "ce_spliced", "ce_zero_ablation", "kl"], ref):
         assert abs(got[key] - want) < 1e-5, (key, got[key], want)
     assert set(got["dictionaries"]) == set(tcs)
+
+
+@torch.no_grad()
+def test_clt_with_skip_spliced_equals_brute_force():
+    """A skip CLT spliced in: MLP i's output becomes sum_{j<=i} codes_j @ W_dec[j][:, i-j] + b_dec[i] + x_i @ W_skip[i],
+    each layer's codes from its live (spliced-run) input: brute force keeps the inputs and decodes by hand."""
+    from glasswork.dictionaries import CrossLayerTranscoder
+    model = make_tiny("llama")
+    torch.manual_seed(3)
+    cfg = DictionaryConfig(kind="clt", d_in=32, d_sae=40, activation="relu", n_layers=3, window=2, skip=True,
+                           b_dec_in=False, hook_in=[f"blocks.{l}.ln2.hook_normalized" for l in range(3)],
+                           hook_out=[f"blocks.{l}.hook_mlp_out" for l in range(3)])
+    clt = CrossLayerTranscoder(cfg)
+    clt.W_skip.data.normal_(0, 0.1)
+    clt.b_enc.data.normal_(0, 0.5)
+    clt.b_dec.data.normal_(0, 0.1)
+    ids = torch.randint(1, 97, (4, 12))
+    inputs = {}
+
+    def mlp_out(x, i):
+        inputs[i] = x
+        out = clt.b_dec[i] + x @ clt.W_skip[i]
+        for j in range(max(0, i - 1), i + 1):  # window 2: layers i-1 and i write to layer i
+            codes = (inputs[j] @ clt.W_enc[j] + clt.b_enc[j]).relu()
+            out = out + codes @ clt.W_dec[j][:, i - j]
+        return out
+    mlps = [model.hf.model.layers[l].mlp for l in range(3)]
+    ref = _reference(model, ids, [(m, _fn(lambda x, i=l: mlp_out(x, i), True)) for l, m in enumerate(mlps)],
+                     [(m, _fn(lambda x: torch.zeros_like(x), True)) for m in mlps])
+    got = evals.evaluate(clt, model, ids, batch_seqs=4)
+    for key, want in zip(["ce_clean", "ce_spliced", "ce_zero_ablation", "kl"], ref):
+        assert abs(got[key] - want) < 1e-5, (key, got[key], want)
+    assert ref[3] > 1e-3  # the splice changes the model: the comparison is not between two clean runs

@@ -155,6 +155,14 @@ def test_circuit_tracer_clt(tmp_path, window):
     torch.testing.assert_close(back(x), want, rtol=0, atol=1e-5)
 
 
+def test_circuit_tracer_refuses_a_clt_with_a_skip(tmp_path):
+    clt = CrossLayerTranscoder(DictionaryConfig(kind="clt", d_in=6, d_sae=10, n_layers=2, activation="jumprelu",
+                                                b_dec_in=False, skip=True, model="m"))
+    with pytest.raises(GlassworkError, match="no place for a skip"):
+        export_circuit_tracer(clt, tmp_path / "ct")
+    assert not (tmp_path / "ct").exists()
+
+
 def test_circuit_tracer_needs_every_layer(tmp_path):
     tcs = _transcoders("relu", False)
     del tcs[1]

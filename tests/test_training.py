@@ -242,12 +242,15 @@ def test_training_learns_and_folds_scale(tmp_path):
     assert abs(fvu_fn(x, sae(x)) - r["dictionaries"]["h"]["train_fvu"]) < 0.15
 
 
-@pytest.mark.parametrize("kind", ["sae", "transcoder", "clt"])
+@pytest.mark.parametrize("kind", ["sae", "transcoder", "clt", "clt-skip"])
 def test_fold_scale_exact(kind):
     torch.manual_seed(0)
-    if kind == "clt":
-        d = CrossLayerTranscoder(DictionaryConfig(kind="clt", d_in=8, d_sae=20, n_layers=3, activation="relu", b_dec_in=False))
+    if kind.startswith("clt"):
+        d = CrossLayerTranscoder(DictionaryConfig(kind="clt", d_in=8, d_sae=20, n_layers=3, activation="relu", b_dec_in=False,
+                                                  window=2, skip=kind == "clt-skip"))
         d.b_dec.data.normal_()
+        if d.W_skip is not None:
+            d.W_skip.data.normal_()
         x = torch.randn(5, 3, 8, dtype=torch.float64)
         s_in, s_out = [0.5, 2.0, 3.0], [1.5, 0.25, 4.0]
         d, f = d.double(), fold_scale(d, s_in, s_out).double()
@@ -337,10 +340,13 @@ def _load_trained(out, extra):
                                    {**TRANSCODER, "skip_fit": True, "freeze_skip": True, "init_tokens": 640},
                                    {"kind": "clt", "hooks": [], "layers": [0], "arch": "relu", "init": "data",
                                     "init_tokens": 128},
+                                   {"kind": "clt", "hooks": [], "layers": [0], "arch": "topk", "init": "data",
+                                    "init_tokens": 320, "skip": True, "skip_fit": True},
                                    {**TRANSCODER, "skip_fit": True, "init": "data", "init_tokens": 320,
                                     "resample_every": 2, "dead_tokens": 64},
                                    {"k_start": 12, "k_anneal": 0.5}],
-                         ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip", "clt", "resample", "k-anneal"])
+                         ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip", "clt", "clt-skip-fit", "resample",
+                              "k-anneal"])
 def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     """Every run in a fresh single-threaded process, so all three use the same kernels and reduction order."""
     env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
@@ -585,7 +591,7 @@ def test_skip_fit_needs_more_samples_than_d_in(tmp_path):
         TrainConfig(kind="transcoder", layers=[0], skip_fit=True)
     with pytest.raises(GlassworkError, match="init must be random or data"):
         TrainConfig(kind="transcoder", layers=[0], init="kmeans")
-    with pytest.raises(GlassworkError, match="skip_fit is for transcoders"):
+    with pytest.raises(GlassworkError, match="skip is for transcoders and CLTs"):
         TrainConfig(kind="sae", hooks=["h"], skip=True, skip_fit=True)
 
 
@@ -769,6 +775,36 @@ def test_clt_data_init_seeds_each_layer_on_its_own_output(tmp_path):
             recon = clt.encode_layer(xs[:, i], i) @ own
             err = ys[:, i] - clt.b_dec[i] - recon
         assert abs(float((err * recon).sum())) < 1e-4 * float(recon.pow(2).sum())
+
+
+def test_clt_skip_fit_is_each_layers_least_squares_and_seeds_what_it_leaves(tmp_path):
+    """A CLT with --skip --skip-fit: layer i's skip and b_dec are the least-squares fit of that layer's output on its
+    own input over the init sample (float64 reference), and layer i's latents are seeded on what that fit leaves."""
+    from glasswork.training.trainer import Trainer
+    g = torch.Generator().manual_seed(5)
+    acts = {}
+    for l in range(3):
+        x = torch.randn(640, 8, generator=g) + l
+        acts[f"blocks.{l}.ln2.hook_normalized"] = x
+        acts[f"blocks.{l}.hook_mlp_out"] = x @ torch.randn(8, 8, generator=g) + (x @ torch.randn(8, 8, generator=g)).relu()
+    tc = _cfg(kind="clt", hooks=[], layers=[0, 1, 2], window=2, d_sae=24, skip=True, skip_fit=True, init="data",
+              init_tokens=512, normalize=False, b_dec_init="mean", skip_ridge=0.0)
+    trainer = Trainer(tc, TensorSource(acts, 64, seed=1), tmp_path / "o")
+    clt = trainer.units[0].dictionary.requires_grad_(False)
+    sample = {h: torch.cat([b[h] for b in trainer._prefetched]) for h in acts}
+    for i in range(3):
+        x, y = sample[f"blocks.{i}.ln2.hook_normalized"], sample[f"blocks.{i}.hook_mlp_out"]
+        xd, yd = x.double(), y.double()
+        ref = torch.linalg.lstsq(torch.cat([xd, torch.ones(len(xd), 1, dtype=torch.float64)], 1), yd).solution
+        torch.testing.assert_close(clt.W_skip[i].double(), ref[:-1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(clt.b_dec[i].double(), ref[-1], rtol=1e-5, atol=1e-5)
+        r = y - x @ clt.W_skip[i] - clt.b_dec[i]  # each latent's own write is the direction of one token's residual
+        cos = clt.W_dec[i][:, 0] @ (r / r.norm(dim=-1, keepdim=True).clamp_min(1e-8)).T
+        assert torch.allclose(cos.max(1).values, torch.ones(24), atol=1e-5)
+    with torch.no_grad():  # the skip is part of the CLT's prediction
+        xs = torch.stack([sample[f"blocks.{i}.ln2.hook_normalized"] for i in range(3)], 1)
+        codes = clt.encode(xs)
+        torch.testing.assert_close(clt(xs), clt.decode(codes) + torch.einsum("nld,lde->nle", xs, clt.W_skip))
 
 
 @pytest.mark.model

@@ -121,6 +121,8 @@ class _Splice:
                 for j in range(w.shape[1]):
                     prev = state["out"][i + j]
                     state["out"][i + j] = contrib[..., j, :] if prev is None else prev + contrib[..., j, :]
+                if clt.W_skip is not None:  # layer i's own linear skip, from its input
+                    state["out"][i] = state["out"][i] + act.float() @ clt.W_skip[i]
                 return act
 
             def write(act, i=i):

@@ -151,7 +151,7 @@ def flop_estimate(model, r: ReplacementModel, feats: Features, seq: int, n_logit
     pos = torch.cat([feats.pos, torch.full((n_logit,), seq - 1)]).double()
     width = (pos + 1 - int(sink_bos)).clamp_min(1)  # positions the sweep carries
     attn = (layer + 1).clamp_max(L) * (width * 2 * d * (H + KV) * hd + 2 * H * width * (pos + 1) * hd)
-    has_skip = [float(r.transcoders.get(j) is not None and r.transcoders[j].W_skip is not None) for j in range(L)]
+    has_skip = [float(r.skip_weight(j) is not None) for j in range(L)]
     skips_below = torch.tensor([0.0] + has_skip).cumsum(0)[layer.long()]
     sources = torch.ones(L, seq, dtype=torch.float64)  # one error node per (layer, position), plus its features
     sources.index_put_((feats.layer, feats.pos), torch.ones(len(feats), dtype=torch.float64), accumulate=True)

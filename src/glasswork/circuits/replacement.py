@@ -147,6 +147,11 @@ class ReplacementModel:
     def d_sae(self) -> int:
         return self.clt.d_sae if self.clt is not None else next(iter(self.transcoders.values())).d_sae
 
+    def skip_weight(self, layer: int) -> torch.Tensor | None:
+        """Layer `layer`'s linear skip [d_in, d_out] (its transcoder's, or the CLT's for that layer), or None."""
+        coder = self.clt if self.clt is not None else self.transcoders.get(layer)
+        return None if coder is None else coder.skip_weight(layer)
+
     # --- the clean pass ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def clean(self, input_ids: torch.Tensor) -> Clean:
@@ -182,7 +187,7 @@ class ReplacementModel:
             if self.clt is not None:
                 x = torch.stack(c.mlp_in, dim=-2)  # [seq, L, d]
                 codes = self.clt.encode(x)  # [seq, L, F]
-                recon = list(self.clt.decode(codes).unbind(-2))
+                recon = list((self.clt.decode(codes) + self.clt.skip_term(x)).unbind(-2))
                 per_layer = codes.unbind(-2)
             else:
                 per_layer = []
@@ -255,9 +260,8 @@ class ReplacementModel:
         minus the skip, which the pass applies live)."""
         out = []
         for layer in range(self.model.n_layers):
-            tc = self.transcoders.get(layer)
-            skip = tc is not None and tc.W_skip is not None
-            out.append(c.mlp_out[layer] - (c.mlp_in[layer] @ tc.W_skip.detach() if skip else 0.0))
+            W_skip = self.skip_weight(layer)
+            out.append(c.mlp_out[layer] - (c.mlp_in[layer] @ W_skip.detach() if W_skip is not None else 0.0))
         return out
 
     def probed(self, c: Clean, input_ids: torch.Tensor, heads: bool = False, taps: dict | None = None):
@@ -324,15 +328,14 @@ class ReplacementModel:
         return mlp_in, final["out"]
 
     def _mlp_replacement(self, layer, const, probe, mlp_in):
-        tc = self.transcoders.get(layer)
-        skip = tc is not None and tc.W_skip is not None
+        W_skip = self.skip_weight(layer)
 
         def replace(x):
             mlp_in[layer] = x
             p = x.shape[1]
             out = const[:p].to(x.dtype).expand_as(x)
-            if skip:
-                out = out + x @ tc.W_skip.detach()
+            if W_skip is not None:
+                out = out + x @ W_skip.detach()
             if probe is not None:
                 out = out + probe
             return out

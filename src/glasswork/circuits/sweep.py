@@ -56,14 +56,13 @@ class SweepEngine:
         self.layers = []
         for j in range(self.L):
             block, attn = r.layers[j], r.attns[j]
-            tc = r.transcoders.get(j)
+            W_skip = r.skip_weight(j)
             self.layers.append({
                 "gain1": _gain(c, block.input_layernorm), "gain2": _gain(c, block.post_attention_layernorm),
                 "W_O": attn.o_proj.weight.detach().float(),  # [d, H * hd]: out = z @ W_O^T
                 "W_V": attn.v_proj.weight.detach().float(),  # [KV * hd, d]: v = x @ W_V^T
                 "pattern": c.patterns[attn][0].float(),  # [H, seq, seq] (query, key)
-                "W_skip_T": tc.W_skip.detach().float().T.contiguous() if tc is not None and tc.W_skip is not None
-                else None})
+                "W_skip_T": W_skip.detach().float().T.contiguous() if W_skip is not None else None})
         self.gain_final = _gain(c, model.hf.get_submodule(r.arch.final_norm))
         self.writers = r.writers_by_position(feats, self.seq)  # fp32 vectors, as decoder_vectors gives them
         self.bos_values = self._bos_values() if self.sink else None

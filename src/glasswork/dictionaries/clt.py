@@ -2,6 +2,7 @@
 the MLP outputs of layers i .. i + n_i - 1 (all later layers, or a window of them to keep the cost down).
 
 Weights: W_enc [L, d_in, F], b_enc [L, F], W_dec[i] [F, n_i, d_out] (n_i = min(L - i, window)), b_dec [L, d_out],
+W_skip [L, d_in, d_out] (with skip: layer i's MLP output gets x_i @ W_skip[i], as a skip transcoder's),
 threshold [L, F] (jumprelu; batchtopk at inference). Inputs and outputs are [..., L, d]."""
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class CrossLayerTranscoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(L, F))
         self.W_dec = nn.ParameterList([nn.Parameter(torch.empty(F, self.n_targets(i), d_out)) for i in range(L)])
         self.b_dec = nn.Parameter(torch.zeros(L, d_out))
+        self.W_skip = nn.Parameter(torch.zeros(L, d_in, d_out)) if cfg.skip else None
         if cfg.activation == "jumprelu":
             self.threshold = nn.Parameter(torch.full((L, F), 1e-3))
         elif cfg.activation == "batchtopk":
@@ -90,5 +92,14 @@ class CrossLayerTranscoder(nn.Module):
             out[..., i:i + n, :] += torch.einsum("...f,fnd->...nd", codes[..., i, :], w_dec)
         return out
 
+    def skip_term(self, x: torch.Tensor) -> torch.Tensor | float:
+        """x [..., L, d_in] -> each layer's linear skip [..., L, d_out] (0.0 without a skip)."""
+        return torch.einsum("...ld,lde->...le", x, self.W_skip) if self.W_skip is not None else 0.0
+
+    def skip_weight(self, layer: int) -> torch.Tensor | None:
+        """Layer `layer`'s skip [d_in, d_out], or None."""
+        return self.W_skip[layer] if self.W_skip is not None else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        """MLP-output predictions [..., L, d_out]: decoded features, b_dec and the skip."""
+        return self.decode(self.encode(x)) + self.skip_term(x)

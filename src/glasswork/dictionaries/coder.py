@@ -31,7 +31,7 @@ class DictionaryConfig:
     d_out: int = 0  # 0: same as d_in
     activation: str = "topk"  # relu | topk | batchtopk | jumprelu
     k: int = 32  # topk / batchtopk: active latents per token
-    skip: bool = False  # transcoder: linear skip connection W_skip
+    skip: bool = False  # transcoder, clt: linear skip connection W_skip (MLP input -> output, per layer)
     b_dec_in: bool = True  # subtract b_dec from the input before encoding (SAEs)
     n_layers: int = 1  # clt: layers it reads (one encoder each)
     window: int = 0  # clt: later layers each feature writes to, itself included (0: all)
@@ -166,6 +166,10 @@ class SparseCoder(nn.Module):
 
     def skip_term(self, x: torch.Tensor) -> torch.Tensor | float:
         return x @ self.W_skip if self.W_skip is not None else 0.0
+
+    def skip_weight(self, layer: int | None = None) -> torch.Tensor | None:
+        """The skip [d_in, d_out], or None (`layer` is for the CLT's signature)."""
+        return self.W_skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction (SAE) or prediction of the MLP output (transcoder): [..., d_out]."""

@@ -157,6 +157,9 @@ def _export_clt(clt: CrossLayerTranscoder, folder: Path, scan: str) -> dict:
     cfg = clt.cfg
     if cfg.activation not in ("relu", "jumprelu", "batchtopk"):
         raise GlassworkError(f"circuit-tracer CLTs are ReLU or JumpReLU; this CLT is {cfg.activation}")
+    if clt.W_skip is not None:  # its load_clt reads W_enc_i / W_dec_i files only: a skip would be dropped silently
+        raise GlassworkError("circuit-tracer's CLT files have no place for a skip (its load_clt reads W_enc_i and W_dec_i "
+                             "only); this CLT has one, so the export would not reproduce it")
     L, files = cfg.n_layers, []
     for i in range(L):
         enc = {f"W_enc_{i}": clt.W_enc[i].T, f"b_enc_{i}": clt.b_enc[i], f"b_dec_{i}": clt.b_dec[i]}

@@ -32,7 +32,7 @@ class TrainConfig:
     d_sae: int = 0
     """Latents (overrides --expansion)."""
     skip: bool = False
-    """Transcoders: learn a linear skip connection."""
+    """Transcoders and CLTs: learn a linear skip connection (MLP input -> output, one per layer)."""
     window: int = 0
     """CLT: later layers each feature writes to (0: all)."""
     tokens: int = 1_000_000
@@ -76,7 +76,7 @@ class TrainConfig:
     b_dec_init: str = "median"
     """Where b_dec starts: median | mean | zero (of the first batch)."""
     skip_fit: bool = False
-    """Transcoders with --skip: start the skip at the least-squares fit of MLP output on input (over --init-tokens),
+    """Transcoders and CLTs with --skip: start the skip at the least-squares fit of MLP output on input (over --init-tokens),
     the sparse part learns the rest."""
     skip_ridge: float = 0.1
     """With --skip-fit: ridge damping of the skip's least-squares fit, relative to the mean diagonal of the centred
@@ -162,8 +162,8 @@ class TrainConfig:
             raise GlassworkError(f"train config: init must be random or data (got '{self.init}')")
         if (self.skip_fit or self.freeze_skip) and not self.skip:
             raise GlassworkError("train config: skip_fit / freeze_skip need skip=True (a transcoder with a skip)")
-        if self.skip_fit and self.kind != "transcoder":
-            raise GlassworkError(f"train config: skip_fit is for transcoders (kind is '{self.kind}')")
+        if self.skip and self.kind == "sae":
+            raise GlassworkError("train config: skip is for transcoders and CLTs (an SAE reconstructs its own input)")
         if self.freeze_skip and not self.skip_fit:
             raise GlassworkError("train config: freeze_skip needs skip_fit (a skip kept at zero would do nothing)")
         if self.init_tokens < 0:

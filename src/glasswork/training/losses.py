@@ -146,7 +146,7 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc,
             l0 = l0 + (codes > 0).sum(-1).float().mean()
         for j, part in enumerate(dec.unbind(1)):  # unbind: one stacked backward (dec[:, j]: a zero-fill per j)
             outs[i + j].append(part)
-    recon = recon + torch.stack([torch.stack(o).sum(0) for o in outs], 1)
+    recon = recon + torch.stack([torch.stack(o).sum(0) for o in outs], 1) + clt.skip_term(x)
     sq_err = (recon - y).pow(2).sum()
     nmse = _at_least_fp32(sq_err.detach()) / total_variance(y)
     return sq_err / x.shape[0] + extra, {"fvu": nmse, "l0": (l0 / L).detach(), "fired": fired.flatten()}

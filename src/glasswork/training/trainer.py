@@ -67,7 +67,7 @@ def make_units(tc: TrainConfig, dims: dict[str, int]) -> list[Unit]:
     else:
         xs, ys = [mlp_hooks(l)[0] for l in tc.layers], [mlp_hooks(l)[1] for l in tc.layers]
         cfg = dcfg(kind="clt", d_in=dims[xs[0]], d_out=dims[ys[0]], n_layers=len(tc.layers), window=tc.window,
-                   b_dec_in=False, hook_in=xs, hook_out=ys)
+                   skip=tc.skip, b_dec_in=False, hook_in=xs, hook_out=ys)
         units.append(Unit("clt", build(cfg), xs, ys))
     for u in units:
         matryoshka_prefixes(tc.matryoshka, u.dictionary.cfg.d_sae)
@@ -205,14 +205,16 @@ class Trainer:
             y = torch.cat([_stack(b, u.y_hooks, self.scale, u.layered).float() for b in batches])
             keep = _typical_rows(y, tc.init_outlier)
             x, y = x[keep], y[keep]
-            if tc.skip_fit:
-                W, b = fit_linear(x, y, ridge=tc.skip_ridge)
-                d.W_skip.copy_(W)
-                d.b_dec.copy_(b)
+            if tc.skip_fit:  # a CLT: one fit per layer, on that layer's input and output
+                for W_skip, b_dec, xs, ys in (zip(d.W_skip, d.b_dec, x.unbind(1), y.unbind(1)) if u.layered
+                                              else [(d.W_skip, d.b_dec, x, y)]):
+                    W, b = fit_linear(xs, ys, ridge=tc.skip_ridge)
+                    W_skip.copy_(W)
+                    b_dec.copy_(b)
             if tc.init == "data" and u.layered:  # a CLT: each layer's latents seeded on its own layer's output
                 for i, w_dec in enumerate(d.W_dec):
                     w_dec[:, 1:].zero_()  # cross-layer writes start at zero and are learned
-                    residual = y[:, i] - d.b_dec[i]
+                    residual = y[:, i] - d.b_dec[i] - (x[:, i] @ d.W_skip[i] if d.W_skip is not None else 0.0)
                     seed_latents_on_tokens(d.W_enc[i], d.b_enc[i], w_dec[:, 0], x[:, i], residual, gen)
                     if scale_codes:
                         codes = _training_codes(d, x[:, i] @ d.W_enc[i] + d.b_enc[i], i)
@@ -458,6 +460,8 @@ def fold_scale(d, s_in: list[float], s_out: list[float]):
         for i, w in enumerate(f.W_dec):  # W_dec[i] [F, n_i, d_out] writes to layers i .. i+n_i-1
             w.div_(so[i:i + w.shape[1]][None, :, None])
         f.b_dec.div_(so[:, None])
+        if f.W_skip is not None:
+            f.W_skip.mul_(si / so[:, None, None])
         return f
     f.W_enc.mul_(s_in[0])
     f.W_dec.div_(s_out[0])
