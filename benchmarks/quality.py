@@ -137,23 +137,39 @@ def heldout_samples(model, n: int, tokens: int, seed: int) -> list[torch.Tensor]
     return [ctx[order[i * per:(i + 1) * per]] for i in range(n)]
 
 
+def per_layer(ev: dict, counts: dict) -> tuple[dict, dict]:
+    """One evaluate() result's FVU and fire counts [d_sae] per layer: a CLT's split into its layers ('clt.i'), so
+    that its mean FVU is a mean over layers as for per-layer transcoders (its pooled FVU weighs the loud layers)."""
+    fvus, fired = {}, {}
+    for n, d in ev["dictionaries"].items():
+        if "fvu_per_layer" in d:
+            layers = len(d["fvu_per_layer"])
+            for i, (f, c) in enumerate(zip(d["fvu_per_layer"], counts[n].view(layers, -1))):
+                fvus[f"{n}.{i}"], fired[f"{n}.{i}"] = f, c
+        else:
+            fvus[n], fired[n] = d["fvu"], counts[n]
+    return fvus, fired
+
+
 def eval_samples(dicts, model, samples: list[torch.Tensor]) -> dict:
     """evaluate() on each sample: the mean and the range over samples of each figure, per-layer FVU and dead (on
     the smallest sample's count, dead_eval, and never fired on all samples together, dead_all)."""
     evs = [gw.evaluate(dicts, model, s, tokens=s.shape[0] * 126, fire_counts=True) for s in samples]
-    counts = [e.pop("fire_counts") for e in evs]
-    fired_all = {n: sum(c[n] for c in counts) for n in counts[0]}
+    split = [per_layer(e, e.pop("fire_counts")) for e in evs]  # [(fvu, fire counts) by layer] per sample
 
     def spread(vals):
         return {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)}
-    names = list(evs[0]["dictionaries"])
-    per = {n: {"fvu": sum(e["dictionaries"][n]["fvu"] for e in evs) / len(evs),
-               "dead_eval": min(e["dictionaries"][n]["dead_fraction"] for e in evs),
-               "dead_all": float((fired_all[n] == 0).double().mean())} for n in names}
-    mean_fvu = [sum(e["dictionaries"][n]["fvu"] for n in names) / len(names) for e in evs]
+    names = list(split[0][0])
+    per = {n: {"fvu": sum(f[n] for f, _ in split) / len(split),
+               "dead_eval": min(float((c[n] == 0).double().mean()) for _, c in split),
+               "dead_all": float((sum(c[n] for _, c in split) == 0).double().mean())} for n in names}
+    mean_fvu = [sum(f[n] for n in names) / len(names) for f, _ in split]
+    pooled = {n: spread([e["dictionaries"][n]["fvu"] for e in evs]) for n in evs[0]["dictionaries"]
+              if "fvu_per_layer" in evs[0]["dictionaries"][n]}
     return {"tokens": sum(e["tokens"] for e in evs), "samples": len(evs), "kl": spread([e["kl"] for e in evs]),
             "ce_loss_score": spread([e["ce_loss_score"] for e in evs]), "mean_fvu": spread(mean_fvu),
-            "max_layer_fvu": max(d["fvu"] for d in per.values()), "per_layer": per}
+            "max_layer_fvu": max(d["fvu"] for d in per.values()), "per_layer": per,
+            **({"pooled_fvu": pooled} if pooled else {})}
 
 
 def graph_scores(model, dicts, prompts: list[str], max_features: int = 4096) -> dict:
@@ -328,7 +344,9 @@ def budget_table(results: dict, a) -> str:
              f"corpus's sequences read in a seeded random order; `skip-shuffle-rs25` = that, dead latents re-seeded "
              f"every 25 steps (`-until50`: in the first half of the run only); `skip-shuffle-keep-outliers` = "
              f"`skip-shuffle` with no token left out of the init; `clt` = cross-layer transcoder, window 4, same init "
-             f"ideas where they apply; `sparsify` = "
+             f"ideas where they apply (`clt-shuffle-decay50-noaux`: with the demo's shuffle, decay and no AuxK; "
+             f"`clt-skip-...`: and a fitted skip per layer; a CLT's FVU and dead are per layer, as for the per-layer "
+             f"rows, since 2026-12-05); `sparsify` = "
              f"EleutherAI sparsify 1.3.3 (`benchmarks/peer_sparsify.py`, its defaults), same hooks and budget; "
              f"`sparsify-skip-b2` = the same with its skip on and 2 sequences a step (the demo's batch).\n",
              "| recipe | budget min | train precision | train s | tokens | mean FVU | max layer FVU | layers dead > 10% (8k / 32k) | "

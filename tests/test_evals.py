@@ -130,3 +130,16 @@ def test_clt_with_skip_spliced_equals_brute_force():
     for key, want in zip(["ce_clean", "ce_spliced", "ce_zero_ablation", "kl"], ref):
         assert abs(got[key] - want) < 1e-5, (key, got[key], want)
     assert ref[3] > 1e-3  # the splice changes the model: the comparison is not between two clean runs
+    # per-layer FVU on the clean model's inputs (positions 1..), against the clean forward's own MLP inputs/outputs
+    caught = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, i=l: caught.__setitem__(i, (a[0][:, 1:], out[:, 1:])))
+             for l, m in enumerate(mlps)]
+    model.hf(ids)
+    for h in hooks:
+        h.remove()
+    x = torch.stack([caught[i][0] for i in range(3)], -2).flatten(0, 1)  # [n, L, d]
+    y = torch.stack([caught[i][1] for i in range(3)], -2).flatten(0, 1)
+    pred = clt(x)
+    want = [float((y[:, i] - pred[:, i]).pow(2).sum() / (y[:, i] - y[:, i].mean(0)).pow(2).sum()) for i in range(3)]
+    got_layers = got["dictionaries"]["dictionary"]["fvu_per_layer"]
+    assert len(got_layers) == 3 and max(abs(a / b - 1) for a, b in zip(got_layers, want)) < 1e-4, (got_layers, want)

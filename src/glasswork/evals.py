@@ -168,6 +168,7 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
     rows = {n: 0 for n in dicts}
     fvus: dict[str, list] = {n: [] for n in dicts}  # on the clean model's inputs (the usual FVU)
     fvus_spliced: dict[str, list] = {n: [] for n in dicts}  # with every dictionary spliced in upstream too
+    fvus_layer: dict[str, list] = {n: [] for n in dicts}  # a CLT's: per layer [L], on the clean model's inputs
     l0s: dict[str, list] = {n: [] for n in dicts}
     with progress("eval", total=tokens) as bar:
         while n_tok < tokens:
@@ -198,6 +199,8 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
                 recon = torch.cat([r for _, r, _ in recs])
                 codes = torch.cat([c for _, _, c in recs])
                 fvus[name].append(fvu(target, recon))
+                if target.dim() == 3:  # a CLT's [n, L, d]: each layer's FVU too (the pooled one weighs loud layers)
+                    fvus_layer[name].append([fvu(t, r) for t, r in zip(target.unbind(1), recon.unbind(1))])
                 l0s[name].append(l0(codes))
                 f = (codes != 0).flatten(1).sum(0)
                 fired[name] = f if fired[name] is None else fired[name] + f
@@ -214,6 +217,9 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
                      "fvu_spliced": sum(fvus_spliced[name]) / len(fvus_spliced[name]), "l0": sum(l0s[name]) / len(l0s[name]),
                      "dead_fraction": float((fired[name] == 0).double().mean()),
                      "dense_fraction": float((freq > dense_fraction).double().mean())}
+        if fvus_layer[name]:
+            per[name]["fvu_per_layer"] = [sum(b[i] for b in fvus_layer[name]) / len(fvus_layer[name])
+                                          for i in range(len(fvus_layer[name][0]))]
     out = {"tokens": n_tok, "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablation": ce["zero"],
            "ce_loss_score": ce_loss_score(ce["clean"], ce["spliced"], ce["zero"]), "kl": sums["kl"] / n_tok,
            "dictionaries": per}

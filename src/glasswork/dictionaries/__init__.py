@@ -1,4 +1,4 @@
-"""One family of sparse dictionaries: SAE, transcoder (optionally with skip), cross-layer transcoder."""
+"""One family of sparse dictionaries: SAE, transcoder and cross-layer transcoder (both optionally with a skip)."""
 from .activations import ACTIVATIONS
 from .clt import CrossLayerTranscoder
 from .coder import KINDS, DictionaryConfig, SparseCoder
