@@ -9,7 +9,7 @@ average, the exact command); the trained dictionaries stay in $GLASSWORK_HOME/be
   python benchmarks/quality.py [--only sae,tc,clt] [--sae-tokens 2000000 --tc-tokens ... --device cuda]
   python benchmarks/quality.py --only sae --source-dtype bf16 --json-out sae.json --no-record   # then:
   python benchmarks/quality.py --report-from sae.json            # append the section from a finished run
-  python benchmarks/quality.py --plot-from a.json,b.json         # one replacement-vs-minutes plot of budget runs
+  python benchmarks/quality.py --plot-from a.json,b.json [--plot-out P]  # one replacement-vs-minutes plot of budget runs
 On a CPU with fast bf16, --source-dtype bf16 reads training activations from a bf16 copy of the model (~2.5x faster
 here; evaluation always uses the fp32 model). With few steps, small batches and a high lr train best (measured here:
 batch 1024 and lr 2e-3 for the SAE, batch 256-512 and lr 3e-3 for transcoders)."""
@@ -435,6 +435,7 @@ def main():
     p.add_argument("--command", default="", help="with --report-from: the command that made the file, if it lacks one")
     p.add_argument("--plot-from", default="", help="budget --json-out files, comma-separated: one plot of all their "
                    "rows (runs on another device at a CPU's --tokens-per-minute count as that CPU's minutes)")
+    p.add_argument("--plot-out", default=str(PLOT), help="where --plot-from draws (default: the committed plot)")
     a = p.parse_args()
     if a.tokens_per_minute < 0:
         fail(f"--tokens-per-minute must be >= 0 (0: a timed probe sets each budget's tokens; got {a.tokens_per_minute})")
@@ -448,7 +449,7 @@ def main():
             if not budget:
                 fail(f"{f}: no budget results (results.budget); --plot-from takes `--only budget` files")
             rows |= {f"{name} {i}": r for name, r in budget.items()}
-        budget_plot(rows, PLOT)
+        budget_plot(rows, Path(a.plot_out))
         return
     if a.report_from:
         saved = json.loads(Path(a.report_from).read_text())
