@@ -76,8 +76,8 @@ class TrainConfig:
     b_dec_init: str = "median"
     """Where b_dec starts: median | mean | zero (of the first batch)."""
     skip_fit: bool = False
-    """Transcoders and CLTs with --skip: start the skip at the least-squares fit of MLP output on input (over --init-tokens),
-    the sparse part learns the rest."""
+    """Transcoders and CLTs with --skip: start the skip at the least-squares fit of MLP output on input (over
+    --init-tokens; a CLT: one fit per layer), the sparse part learns the rest."""
     skip_ridge: float = 0.1
     """With --skip-fit: ridge damping of the skip's least-squares fit, relative to the mean diagonal of the centred
     Gram matrix (0: plain least squares). Near 0 the skip grows 10-40x in norm and the sparse code cancels it."""
@@ -161,7 +161,7 @@ class TrainConfig:
         if self.init not in ("random", "data"):
             raise GlassworkError(f"train config: init must be random or data (got '{self.init}')")
         if (self.skip_fit or self.freeze_skip) and not self.skip:
-            raise GlassworkError("train config: skip_fit / freeze_skip need skip=True (a transcoder with a skip)")
+            raise GlassworkError("train config: skip_fit / freeze_skip need skip=True (a transcoder or CLT with a skip)")
         if self.skip and self.kind == "sae":
             raise GlassworkError("train config: skip is for transcoders and CLTs (an SAE reconstructs its own input)")
         if self.freeze_skip and not self.skip_fit:
