@@ -112,6 +112,8 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "skip-shuffle-decay50": {**SKIP, "shuffle": True, "decay_start": 0.5},  # the lr decays over the second half
     "skip-shuffle-noaux": {**SKIP, "shuffle": True, "aux_coeff": 0.0},  # no AuxK loss on dead latents
     "skip-shuffle-decay50-noaux": {**SKIP, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0},
+    "skip-shuffle-decay50-noaux-b508": {**SKIP, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0,
+                                        "batch_size": 508},  # 4 sequences a step: the step's fixed cost amortized
     "clt": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
     "clt-shuffle-decay50-noaux": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16,
                                       window=4, init="data", shuffle=True, decay_start=0.5, aux_coeff=0.0),
