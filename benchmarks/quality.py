@@ -98,6 +98,7 @@ PROMPTS = Path(__file__).parent / "data" / "heldout_prompts.txt"
 PLOT = Path(__file__).parent / "img" / "replacement_vs_minutes.png"
 SKIP = dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16, skip=True,
             skip_fit=True, init="data")  # the skip recipe; the others below change one or two things of it
+CLT = dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data")
 RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2026-12-01
     "before": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=1),
     "skip": SKIP,
@@ -114,12 +115,10 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "skip-shuffle-decay50-noaux": {**SKIP, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0},
     "skip-shuffle-decay50-noaux-b508": {**SKIP, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0,
                                         "batch_size": 508},  # 4 sequences a step: the step's fixed cost amortized
-    "clt": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data"),
-    "clt-shuffle-decay50-noaux": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16,
-                                      window=4, init="data", shuffle=True, decay_start=0.5, aux_coeff=0.0),
-    "clt-skip-shuffle-decay50-noaux": dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean",
-                                           mix=16, window=4, init="data", shuffle=True, decay_start=0.5, aux_coeff=0.0,
-                                           skip=True, skip_fit=True),  # a fitted skip per layer, as the demo's
+    "clt": CLT,
+    "clt-shuffle-decay50-noaux": {**CLT, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0},
+    "clt-skip-shuffle-decay50-noaux": {**CLT, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0, "skip": True,
+                                       "skip_fit": True},  # a fitted skip per layer, as the demo's
 }
 
 

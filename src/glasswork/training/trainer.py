@@ -206,8 +206,8 @@ class Trainer:
             keep = _typical_rows(y, tc.init_outlier)
             x, y = x[keep], y[keep]
             if tc.skip_fit:  # a CLT: one fit per layer, on that layer's input and output
-                for W_skip, b_dec, xs, ys in (zip(d.W_skip, d.b_dec, x.unbind(1), y.unbind(1)) if u.layered
-                                              else [(d.W_skip, d.b_dec, x, y)]):
+                fits = zip(d.W_skip, d.b_dec, x.unbind(1), y.unbind(1)) if u.layered else [(d.W_skip, d.b_dec, x, y)]
+                for W_skip, b_dec, xs, ys in fits:
                     W, b = fit_linear(xs, ys, ridge=tc.skip_ridge)
                     W_skip.copy_(W)
                     b_dec.copy_(b)
