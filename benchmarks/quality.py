@@ -115,6 +115,8 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "skip-shuffle-noaux": {**SKIP, "shuffle": True, "aux_coeff": 0.0},  # no AuxK loss on dead latents
     "skip-shuffle-decay50-noaux": SKIP_SD,
     "skip-shuffle-decay50-noaux-b508": {**SKIP_SD, "batch_size": 508},  # 4 sequences a step: fixed costs amortized
+    "skip-shuffle-decay50-noaux-s1": {**SKIP_SD, "seed": 1},  # another data order and init: the seed-to-seed spread
+    "skip-shuffle-decay50-noaux-b508-s1": {**SKIP_SD, "batch_size": 508, "seed": 1},
     "skip-shuffle-decay50-noaux-b508-lr4": {**SKIP_SD, "batch_size": 508, "lr": 4e-3},
     "skip-shuffle-decay50-noaux-b1016-lr4": {**SKIP_SD, "batch_size": 1016, "mix": 8, "lr": 4e-3},  # mix: same 64 seqs
     "clt": CLT,
