@@ -44,7 +44,7 @@ class DemoConfig:
     tc_d: int = 2304
     tc_k: int = 16
     tc_batch: int = 508  # four 128-token sequences (BOS dropped): at equal time, a higher replacement score than 2 or 8
-    tc_mix: int = 16  # batches whose tokens are shuffled together (one batch of 4 sequences is 2-4 documents)
+    tc_mix: int = 16  # batches whose tokens are shuffled together (one batch of 4 sequences is 1-4 documents)
     tc_skip: bool = True  # skip transcoders: the skip fitted by least squares, the sparse part learns what it leaves
     tc_shuffle: bool = True  # sequences from across the corpus, not its first ~100 documents: lower FVU, fewer dead
     tc_decay_start: float = 0.5  # the lr decays over the second half: lower FVU and KL at the same tokens
