@@ -98,7 +98,8 @@ PROMPTS = Path(__file__).parent / "data" / "heldout_prompts.txt"
 PLOT = Path(__file__).parent / "img" / "replacement_vs_minutes.png"
 SKIP = dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=16, skip=True,
             skip_fit=True, init="data")  # the skip recipe; the others below change one or two things of it
-SKIP_SD = {**SKIP, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0}  # + shuffled, lr decay over half, no AuxK
+SD = dict(shuffle=True, decay_start=0.5, aux_coeff=0.0)  # shuffled sequences, lr decay over the 2nd half, no AuxK
+SKIP_SD = {**SKIP, **SD}
 CLT = dict(kind="clt", batch_size=254, lr=2e-3, warmup_steps=10, b_dec_init="mean", mix=16, window=4, init="data")
 RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2026-12-01
     "before": dict(kind="transcoder", batch_size=254, lr=3e-3, warmup_steps=10, b_dec_init="mean", mix=1),
@@ -120,9 +121,8 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "skip-shuffle-decay50-noaux-b508-lr4": {**SKIP_SD, "batch_size": 508, "lr": 4e-3},
     "skip-shuffle-decay50-noaux-b1016-lr4": {**SKIP_SD, "batch_size": 1016, "mix": 8, "lr": 4e-3},  # mix: same 64 seqs
     "clt": CLT,
-    "clt-shuffle-decay50-noaux": {**CLT, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0},
-    "clt-skip-shuffle-decay50-noaux": {**CLT, "shuffle": True, "decay_start": 0.5, "aux_coeff": 0.0, "skip": True,
-                                       "skip_fit": True},  # a fitted skip per layer, as the demo's
+    "clt-shuffle-decay50-noaux": {**CLT, **SD},
+    "clt-skip-shuffle-decay50-noaux": {**CLT, **SD, "skip": True, "skip_fit": True},  # a fitted skip per layer
 }
 
 
