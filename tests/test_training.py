@@ -500,6 +500,54 @@ def test_k_anneal_falls_linearly_and_each_step_uses_its_k(tmp_path):
         Trainer(_cfg(k_start=65), TensorSource({"h": x}, 64, seed=1), tmp_path / "big")
 
 
+def test_k_anneal_reseeds_on_the_step_k_and_batchtopk_threshold_uses_the_final_k_only(tmp_path, monkeypatch):
+    """While k anneals, a re-seed measures the error of the step's own codes (k_at(step) latents a token, not the
+    final k), and BatchTopK's inference threshold is estimated from the batches trained at the final k only: the
+    mean of their smallest kept activations, recomputed here from the saved per-batch pre-activations."""
+    from glasswork.training import trainer as trainer_mod
+    from glasswork.training.trainer import Trainer, _training_codes
+    x = _data() + 3
+    pre = torch.randn(8, 64)
+    for k in (2, 9):  # a k other than the dictionary's own
+        d = Trainer(_cfg(k=4), TensorSource({"h": x}, 64, seed=1), tmp_path / f"c{k}").units[0].dictionary
+        assert ((_training_codes(d, pre, k) != 0).sum(-1) <= k).all() and (_training_codes(d, pre.abs() + 1, k) != 0).sum(-1).eq(k).all()
+    # re-seeding at step 2 of a 16 -> 4 anneal: the error handed to reseed_latents is y - recon with k_at(2) codes
+    seen = {}
+    real = trainer_mod.reseed_latents
+    def spy(W_enc, b_enc, W_dec, latents, xs, error, gen, enc_norm):
+        seen["error"] = error.clone()
+        return real(W_enc, b_enc, W_dec, latents, xs, error, gen, enc_norm)
+    monkeypatch.setattr(trainer_mod, "reseed_latents", spy)
+    tc = _cfg(k=4, k_start=16, k_anneal=0.5, tokens=64 * 20, dead_tokens=64, precision="fp32")
+    t = Trainer(tc, TensorSource({"h": x}, 64, seed=1), tmp_path / "r")
+    batch = next(t.source.batches(0))
+    t.step = 2
+    t.since_fired[0][:8] = 10**6  # eight dead latents
+    d = t.units[0].dictionary
+    with torch.no_grad():
+        xs = batch["h"] * t.scale["h"]
+        values, indices = d.pre_acts(xs).topk(tc.k_at(2), dim=-1)
+        codes = torch.zeros(xs.shape[0], 64).scatter(-1, indices, values.relu())
+        expect = xs - (codes @ d.W_dec + d.b_dec)
+    t._reseed_dead(batch)
+    assert tc.k_at(2) == 14 and torch.allclose(seen["error"], expect, atol=1e-4)
+    # BatchTopK: 20 steps, k reaches 4 at step 10; the threshold is the mean over steps 10..19 only
+    tc = _cfg(arch="batchtopk", k=4, k_start=16, k_anneal=0.5, tokens=64 * 20, checkpoint_every=0, lr=1e-3,
+              precision="fp32")
+    t = Trainer(tc, TensorSource({"h": x}, 64, seed=1), tmp_path / "b")
+    batches, mins = t.source.batches(0), []
+    for step in range(20):
+        t.step = step
+        batch = next(batches)
+        d = t.units[0].dictionary
+        with torch.no_grad():
+            pre = d.pre_acts(batch["h"] * t.scale["h"])
+            kept = trainer_mod.batch_topk(pre, tc.k_at(step))
+            mins.append(float(kept[kept > 0].min()))
+        t.train_step(batch)
+    assert t.thresholds["h"] == pytest.approx(mins[10:], rel=1e-5)
+
+
 def test_matryoshka_bad_prefixes_clear_errors(tmp_path):
     from glasswork.cli.training import parse_sizes
     for sizes, why in [([0, 8], "sizes must be positive integers"), ([-4], "sizes must be positive integers"),
@@ -1025,18 +1073,22 @@ def test_train_options_are_the_config_fields_and_the_config_is_not_changed(tmp_p
     assert load(tmp_path / "o").cfg.training["batch_size"] == 64 and load(tmp_path / "o").cfg.model == "m"
 
 
-@pytest.mark.parametrize("change", [{"decay_start": 0.5}, {"aux_coeff": 0.0}, {"k_start": 8}, {"k_anneal": 0.3}])
-def test_resume_refuses_another_schedule_or_auxk(tmp_path, change):
-    """The lr's decay start and AuxK's weight change what the remaining steps do: a resume that asks for others is
-    refused, naming the option; the same settings resume."""
+@pytest.mark.parametrize("base,change", [({}, {"decay_start": 0.5}), ({}, {"aux_coeff": 0.0}), ({}, {"k_start": 8}),
+                                         ({"k_start": 8}, {"k_anneal": 0.3})])
+def test_resume_refuses_another_schedule_or_auxk(tmp_path, base, change):
+    """The lr's decay start, AuxK's weight and the k schedule change what the remaining steps do: a resume that asks
+    for others is refused, naming the option; the same settings resume. Without k annealing (k_start 0), k_anneal
+    changes nothing, so another value resumes."""
     from glasswork.training.trainer import Trainer
     acts = _resume_data({})
-    t = Trainer(_cfg(tokens=64 * 30), TensorSource(acts, 64, seed=1), tmp_path / "o")
+    t = Trainer(_cfg(tokens=64 * 30, **base), TensorSource(acts, 64, seed=1), tmp_path / "o")
     t._checkpoint()
     name = next(iter(change))
     with pytest.raises(GlassworkError, match=f"made with {name}="):
-        Trainer(_cfg(tokens=64 * 30, **change), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
-    Trainer(_cfg(tokens=64 * 30), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
+        Trainer(_cfg(tokens=64 * 30, **{**base, **change}), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
+    Trainer(_cfg(tokens=64 * 30, **base), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
+    if not base:
+        Trainer(_cfg(tokens=64 * 30, k_anneal=0.3), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
 
 
 @pytest.mark.parametrize("skip_fit", [False, True])

@@ -16,7 +16,7 @@ import torch
 
 from ..version import __version__
 from ..allocator import keep_freed_memory
-from ..dictionaries.activations import batch_topk
+from ..dictionaries.activations import batch_topk, topk
 from ..dictionaries.coder import DictionaryConfig
 from ..dictionaries.saving import build, is_set, save, save_set
 from ..io import GlassworkError
@@ -107,11 +107,14 @@ def _typical(y: torch.Tensor, factor: float) -> torch.Tensor:
     return y[_typical_rows(y, factor)]
 
 
-def _training_codes(d, pre: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-    """Codes as a training step makes them from pre-activations [n, F] (batchtopk: over the batch, not the
-    inference threshold)."""
+def _training_codes(d, pre: torch.Tensor, k: int, layer: int | None = None) -> torch.Tensor:
+    """Codes as a training step with k active latents a token makes them from pre-activations [n, F] (batchtopk:
+    over the batch, not the inference threshold; k matters while --k-start anneals it)."""
     if d.cfg.activation == "batchtopk":
-        return batch_topk(pre, d.cfg.k)
+        return batch_topk(pre, k)
+    if d.cfg.activation == "topk":  # k per token (a CLT's: per layer and token)
+        values, indices = topk(pre, k)
+        return torch.zeros_like(pre).scatter(-1, indices, values)
     return d.activate(pre) if layer is None else d.activate(pre, layer)
 
 
@@ -217,13 +220,13 @@ class Trainer:
                     residual = y[:, i] - d.b_dec[i] - (x[:, i] @ d.W_skip[i] if d.W_skip is not None else 0.0)
                     seed_latents_on_tokens(d.W_enc[i], d.b_enc[i], w_dec[:, 0], x[:, i], residual, gen)
                     if scale_codes:
-                        codes = _training_codes(d, x[:, i] @ d.W_enc[i] + d.b_enc[i], i)
+                        codes = _training_codes(d, x[:, i] @ d.W_enc[i] + d.b_enc[i], tc.k_at(0), i)
                         fit_code_scale(d.W_enc[i], d.b_enc[i], codes @ w_dec[:, 0], residual)
             elif tc.init == "data":
                 residual = y - d.skip_term(x) - d.b_dec
                 seed_latents_on_tokens(d.W_enc, d.b_enc, d.W_dec, x - d.b_dec if d.cfg.b_dec_in else x, residual, gen)
                 if scale_codes:
-                    fit_code_scale(d.W_enc, d.b_enc, _training_codes(d, d.pre_acts(x)) @ d.W_dec, residual)
+                    fit_code_scale(d.W_enc, d.b_enc, _training_codes(d, d.pre_acts(x), tc.k_at(0)) @ d.W_dec, residual)
 
     def _restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
@@ -233,6 +236,8 @@ class Trainer:
         saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_tokens": 0, "mix": 1,
                  "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False, "k_start": 0, "k_anneal": 0.5,
                  "skip_ridge": 1e-6 if old.get("skip_fit") else self.tc.skip_ridge, **old}
+        if not saved["k_start"] and not self.tc.k_start:  # k_anneal only says how fast k_start falls
+            saved["k_anneal"] = self.tc.k_anneal
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
                     "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix", "repeat", "resample_every",
                     "resample_until", "shuffle", "skip_ridge", "decay_start", "aux_coeff", "k_start", "k_anneal"):
@@ -301,6 +306,9 @@ class Trainer:
         lr = tc.lr_at(self.step, self.units[0].dictionary.cfg.d_sae)
         self.opt.lr = lr
         k = tc.k_at(self.step)
+        if self.step and k != tc.k_at(self.step - 1):  # batchtopk's threshold is estimated at the final k only
+            for th in self.thresholds.values():
+                th.clear()
         total = 0.0
         stats = {}
         with autocast(tc.device, self.precision):
@@ -359,7 +367,7 @@ class Trainer:
             with autocast(tc.device, self.precision):
                 x = _stack(batch, u.x_hooks, self.scale).to(tc.device).float()
                 y = _stack(batch, u.y_hooks, self.scale).to(tc.device).float()
-                recon = _training_codes(d, d.pre_acts(x)) @ d.W_dec + d.skip_term(x) + d.b_dec
+                recon = _training_codes(d, d.pre_acts(x), tc.k_at(self.step)) @ d.W_dec + d.skip_term(x) + d.b_dec
             gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + self.step)  # no state: a resume draws the same
             alive = self.since_fired[i] < self.dead_tokens
             # encoders as long as a typical live one's: |error| / |input| overshoots where the input is near the mean
