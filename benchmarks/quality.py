@@ -377,13 +377,24 @@ def budget_plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-    panels = ((lambda r: r["graphs"]["replacement"], "mean replacement score (24 held-out prompts)"),
-              (lambda r: r["eval"]["mean_fvu"]["mean"], "mean per-layer FVU (32k held-out tokens)"))
-    for ax, (value, label) in zip(axes, panels):
+    # issue 15's targets: at the demo's ~10 minutes, and after 2 hours
+    panels = ((lambda r: r["graphs"]["replacement"], "mean replacement score (24 held-out prompts)", (0.55, 0.65)),
+              (lambda r: r["eval"]["mean_fvu"]["mean"], "mean per-layer FVU (32k held-out tokens)", (0.30, 0.15)))
+    for ax, (value, label, targets) in zip(axes, panels):
+        for t, when in zip(targets, ("10 min", "2 h")):
+            ax.axhline(t, color="grey", ls=":", lw=1)
+            ax.annotate(f"target at {when}", (0.45, t), xycoords=("axes fraction", "data"), fontsize=7,
+                        color="grey", va="bottom")
         for kind in sorted({r["kind"] for r in results.values()}):
             pts = sorted((float(r["minutes"]), value(r)) for r in results.values() if r["kind"] == kind)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kind)
-        ax.set_xlim(0, max(float(r["minutes"]) for r in results.values()) * 1.15)
+        minutes = sorted({float(r["minutes"]) for r in results.values()})
+        if minutes[-1] > 8 * minutes[0]:  # budgets from minutes to hours: doublings evenly spaced
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(minutes, [f"{m:g}" for m in minutes])
+            ax.set_xlim(minutes[0] / 1.3, minutes[-1] * 1.3)
+        else:
+            ax.set_xlim(0, minutes[-1] * 1.15)
         ax.set_ylim(0, 1)  # the whole range: two close budgets must not look far apart
         ax.set_xlabel("budget: CPU minutes (2 cores; seconds trained: RESULTS.md)")
         ax.set_ylabel(label)
