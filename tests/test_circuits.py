@@ -435,6 +435,42 @@ def test_edit_positions_are_absolute_in_generation(coders_of):
     assert (edited - m.hf(input_ids=seq).logits).abs().max() > 1e-3  # the edits matter
 
 
+def test_influence_and_scores_in_row_blocks_equal_the_dense_formulas(monkeypatch):
+    """Influence and scores work on the adjacency in place, a few rows at a time: they equal the dense formulas
+    (|A| row-normalized as a square matrix, the series summed in float64), whatever the block size; a budgeted
+    graph, whose rounds use the same influence, keeps the features of highest influence among those computed."""
+    from glasswork.circuits import graph as graph_mod
+    m = make_tiny("llama")
+    tcs = random_transcoders(m)
+    g = attribute(m, tcs, prompt(m, 8), batch_size=16, show_progress=False)
+    n = g.n_nodes
+    square = torch.zeros(n, n, dtype=torch.float64)
+    square[g.row_nodes] = g.adjacency.double()
+    B = square.abs() / square.abs().sum(1, keepdim=True).clamp_min(graph_mod.NORM_FLOOR)
+    w = torch.zeros(n, dtype=torch.float64)
+    w[n - g.n_logits:] = g.logit_weight.double()
+    ref, v = torch.zeros(n, dtype=torch.float64), w @ B
+    while v.any():
+        ref, v = ref + v, v @ B
+    kind = g.node_kind
+    tok, err = ref[kind == TOKEN].sum(), ref[kind == ERROR].sum()
+    rows = g.row_nodes  # nodes with inputs: features and logits
+    out = (ref + w)[rows]
+    completeness = ((1 - B[rows][:, kind == ERROR].sum(1)) * out).sum() / out.sum()
+    for rows_per_block in (1, 3, n):
+        monkeypatch.setattr(graph_mod, "CHUNK_BYTES", 4 * n * rows_per_block)
+        fresh = Graph(g.adjacency, g.node_kind, g.node_layer, g.node_pos, g.node_index, g.node_activation,
+                      g.logit_weight, g.input_ids, meta=dict(g.meta))
+        assert torch.allclose(fresh.node_influence().double(), ref, rtol=1e-5, atol=1e-9)
+        s = fresh.scores()
+        assert s["replacement"] == pytest.approx(float(tok / (tok + err)), rel=1e-5)
+        assert s["completeness"] == pytest.approx(float(completeness), rel=1e-5)
+    monkeypatch.setattr(graph_mod, "CHUNK_BYTES", 4 * n * 2)
+    small = attribute(m, tcs, prompt(m, 8), batch_size=16, max_features=g.n_features // 3, show_progress=False)
+    assert small.n_features == g.n_features // 3 and torch.isfinite(small.adjacency).all()
+    assert small.meta["scores"]["replacement"] == pytest.approx(small.scores()["replacement"])
+
+
 def test_max_memory_stops_before_the_work_and_says_what_fits():
     from glasswork.circuits.attribution import memory_estimate
     m = make_tiny("llama")

@@ -19,7 +19,7 @@ import torch
 
 from ..io import GlassworkError
 from ..progress import progress
-from .graph import ERROR, FEATURE, LOGIT, TOKEN, Graph, influence
+from .graph import CHUNK_BYTES, ERROR, FEATURE, LOGIT, TOKEN, Graph, influence
 from . import sweep
 from .replacement import Clean, Features, ReplacementModel, position_runs
 
@@ -123,10 +123,11 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
 def memory_estimate(model, r: ReplacementModel, seq: int, n_feat: int, budget: int, n_logit: int,
                     batch_size: int, use_sweep: bool = False) -> dict[str, int]:
     """Bytes of the largest tensors `attribute` holds at once (the model's weights not counted): the adjacency
-    [budget + n_logit, n_nodes] fp32 with the copy its budget rounds, the reordering and the scores make (3 at the
-    peak with a budget, 2 without), every active feature's decoder vector at each layer it writes to, and one
-    backward pass's gradients ([batch, prefix, d] per layer, and the attention scores' [batch, heads, seq, seq]; the
-    sweep holds four [batch, prefix, d] buffers and no per-layer graph) and its rows [batch, n_nodes]."""
+    [budget + n_logit, n_nodes] fp32, held once (influence and scores work on it in place, in row blocks of
+    graph.CHUNK_BYTES), with a budget the two copies of the kept graph that the reordering makes ([budget + n_logit,
+    budget + errors + tokens + logits] each), every active feature's decoder vector at each layer it writes to, and
+    one backward pass's gradients ([batch, prefix, d] per layer, and the attention scores' [batch, heads, seq, seq];
+    the sweep holds four [batch, prefix, d] buffers and no per-layer graph) and its rows [batch, n_nodes]."""
     L, d = model.n_layers, model.d_model
     n_nodes = n_feat + L * seq + seq + n_logit
     adjacency = 4 * (budget + n_logit) * n_nodes
@@ -134,9 +135,10 @@ def memory_estimate(model, r: ReplacementModel, seq: int, n_feat: int, budget: i
     decoders = 4 * n_feat * d * min(writes, L)
     heads = getattr(model.hf.config, "num_attention_heads", 1) or 1
     backward = 4 * batch_size * (seq * (4 * d if use_sweep else L * (8 * d + heads * seq)) + n_nodes)
-    copies = 3 if budget < n_feat else 2
+    kept = 2 * 4 * (budget + n_logit) * (budget + L * seq + seq + n_logit) if budget < n_feat else 0
+    blocks = 3 * min(CHUNK_BYTES, adjacency)  # a row block, its |.| and a column selection of it
     return {"adjacency": adjacency, "decoders": decoders, "backward": backward,
-            "total": copies * adjacency + decoders + backward}
+            "total": adjacency + kept + blocks + decoders + backward}
 
 
 def flop_estimate(model, r: ReplacementModel, feats: Features, seq: int, n_logit: int, sink_bos: bool) -> float:
@@ -199,11 +201,8 @@ def _budgeted(engine, r, feats, adjacency, row_node, targets, budget, bar) -> to
     filled = 0
     chunk = max(engine.batch_size * 4, 1)
     while filled < budget:
-        rows = torch.cat([torch.arange(filled), torch.arange(budget, n_rows)])
-        norm = adjacency[rows].abs_()  # one copy of the rows filled so far, normalized in place
-        norm /= norm.sum(1, keepdim=True).clamp_min(1e-30)
-        infl = influence(norm, row_node[rows], weights)[:len(feats)]
-        del norm
+        # rows not filled yet are zeros, so they add nothing: the whole adjacency is used in place, with no copy
+        infl = influence(adjacency, row_node.clamp_min(0), weights, normalize=True)[:len(feats)]
         infl[done] = -1.0
         take = min(chunk, budget - filled)
         pick = torch.sort(torch.topk(infl, take).indices).values  # sorted: grouped by layer then position
@@ -312,7 +311,7 @@ def _assemble(model, r, ids, prompt: str, feats, targets, adjacency, row_node, o
         feat_rows[row_node[:budget]] = torch.arange(budget)
         cols = torch.cat([order, torch.arange(len(feats), n_all)])
         rows = torch.cat([feat_rows[order], torch.arange(budget, budget + n_logit)])
-        adjacency = adjacency[rows][:, cols]
+        adjacency = adjacency.index_select(1, cols).index_select(0, rows)  # columns first: both copies are small
     adj = adjacency
     nf = len(order)
     kind = torch.cat([torch.full((nf,), FEATURE), torch.full((L * seq,), ERROR), torch.full((seq,), TOKEN),

@@ -88,17 +88,11 @@ class Graph:
                 f"completeness={s.get('completeness', float('nan')):.3f})")
 
     # --- influence and scores ----------------------------------------------------------------------------------
-    def normalized(self) -> torch.Tensor:
-        """|A| with each row scaled to sum 1 (rows of zeros stay zero): [n_rows, n_nodes]."""
-        if "norm" not in self._cache:
-            a = self.adjacency.float().abs()
-            self._cache["norm"] = a.div_(a.sum(1, keepdim=True).clamp_min(NORM_FLOOR))  # in place: one n_rows x n copy
-        return self._cache["norm"]
-
     def node_influence(self) -> torch.Tensor:
-        """Influence of every node on the logits: sum over k >= 1 of w^T B^k, w = logit weights, B = normalized |A|."""
+        """Influence of every node on the logits: sum over k >= 1 of w^T B^k, w = logit weights, B = |A| with each
+        row scaled to sum 1 (no normalized copy of A is made: see `influence`)."""
         if "influence" not in self._cache:
-            self._cache["influence"] = influence(self.normalized(), self.row_nodes, self._logit_vector())
+            self._cache["influence"] = influence(self.adjacency, self.row_nodes, self._logit_vector(), normalize=True)
         return self._cache["influence"]
 
     def total_effects(self, target: int = 0) -> torch.Tensor:
@@ -126,8 +120,9 @@ class Graph:
         infl = self.node_influence()
         kind = self.node_kind
         token_infl, error_infl = float(infl[kind == TOKEN].sum()), float(infl[kind == ERROR].sum())
-        norm = self.normalized()
-        non_error = 1.0 - norm[:, kind == ERROR].sum(1)  # [n_rows]
+        is_error = kind == ERROR
+        error_in = torch.cat([a[:, is_error].abs().sum(1) for a in _row_chunks(self.adjacency)])  # [n_rows]
+        non_error = 1.0 - error_in / row_abs_sums(self.adjacency).clamp_min(NORM_FLOOR)  # [n_rows]
         out_infl = (infl + self._logit_vector())[self.row_nodes]
         return {"replacement": token_infl / max(token_infl + error_infl, 1e-30),
                 "completeness": float((non_error * out_infl).sum() / out_infl.sum().clamp_min(1e-30))}
@@ -160,7 +155,7 @@ class Graph:
         local = torch.full((self.n_nodes,), -1, dtype=torch.long)
         local[kept] = torch.arange(len(kept))
         sub_rows = local[rows[row_sel]]  # [k_rows] local index of each row's target
-        sub = self.adjacency[row_sel][:, kept].float()  # [k_rows, k]
+        sub = self.adjacency[row_sel[:, None], kept[None, :]].float()  # [k_rows, k], no [k_rows, n_nodes] step
         norm = sub.abs()
         norm = norm / norm.sum(1, keepdim=True).clamp_min(NORM_FLOOR)
         w = self._logit_vector()[kept]
@@ -362,14 +357,46 @@ def _slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "graph"
 
 
-def influence(norm: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, max_iter: int = 10_000) -> torch.Tensor:
-    """sum_{k>=1} w^T B^k for B the square matrix whose rows `rows` are `norm` [n_rows, n] (other rows zero).
+CHUNK_BYTES = 64 * 2**20  # row blocks of the adjacency worked on at once: temporaries stay this small
+
+
+def _row_chunks(a: torch.Tensor):
+    """Blocks of whole rows of a [n_rows, n] (views, no copies), each about CHUNK_BYTES in fp32."""
+    step = max(1, CHUNK_BYTES // (4 * max(1, a.shape[1])))
+    for s in range(0, a.shape[0], step):
+        yield a[s:s + step].float()
+
+
+def row_abs_sums(a: torch.Tensor) -> torch.Tensor:
+    """sum_j |a_ij| of each row of a [n_rows, n], block by block: [n_rows] float32."""
+    return torch.cat([c.abs().sum(1) for c in _row_chunks(a)]) if a.shape[0] else torch.zeros(0)
+
+
+def influence(matrix: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, normalize: bool = False,
+              max_iter: int = 10_000) -> torch.Tensor:
+    """sum_{k>=1} w^T B^k for B the square matrix whose rows `rows` are `matrix` [n_rows, n] (other rows zero);
+    normalize: B's rows are |matrix| with each row scaled to sum 1 (sums clamped at NORM_FLOOR), applied as a scale
+    on the vector and |.| block by block, so no normalized copy of the matrix is held.
 
     A graph is acyclic, so B is nilpotent and the series ends after at most depth steps."""
+    if normalize:
+        scale = row_abs_sums(matrix).clamp_min(NORM_FLOOR).reciprocal()  # [n_rows]
+
+        def step(v: torch.Tensor) -> torch.Tensor:
+            u, out, s = v[rows] * scale, torch.zeros_like(v), 0
+            for block in _row_chunks(matrix):
+                e = s + block.shape[0]
+                if bool(u[s:e].any()):
+                    out += u[s:e] @ block.abs()
+                s = e
+            return out
+    else:
+        def step(v: torch.Tensor) -> torch.Tensor:
+            return v[rows] @ matrix.float()
     total = torch.zeros_like(weights)
     v = weights
     for _ in range(max_iter):
-        v = v[rows] @ norm  # [n]
+        v = step(v)  # [n]
         if not bool(v.any()):
             return total
         total = total + v
