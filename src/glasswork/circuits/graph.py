@@ -380,7 +380,8 @@ def influence(matrix: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, n
 
     A graph is acyclic, so B is nilpotent and the series ends after at most depth steps."""
     if normalize:
-        scale = row_abs_sums(matrix).clamp_min(NORM_FLOOR).reciprocal()  # [n_rows]
+        sums = row_abs_sums(matrix)
+        scale = torch.where(sums > 0, sums.clamp_min(NORM_FLOOR).reciprocal(), 0.0)  # [n_rows]; rows of zeros: skipped
 
         def step(v: torch.Tensor) -> torch.Tensor:
             u, out, s = v[rows] * scale, torch.zeros_like(v), 0
