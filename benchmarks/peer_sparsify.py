@@ -47,7 +47,15 @@ k decay. The first batch sets the encoder bias to -mean(x) @ W_enc^T and b_dec t
 [d, d], initialised to zero. The model is the LlamaModel without lm_head (AutoModel, as sparsify's CLI loads it
 for loss_fn=fvu). By default it holds only layers 0..max(--layers), which matches glasswork's
 capture(stop_early=True). `--full-model` keeps all 30 layers, which is what sparsify itself does. For --layers 0-29
-the two are the same. Periodic saves are turned off (save_every huge), and the one save comes at the end.
+the two are the same. Periodic saves are off unless `--save-every N` (then sparsify saves every N steps, to OUT/resume0 and OUT/resume1 in
+turn), and the one save to OUT comes at the end.
+- Resume (`--resume`, a run longer than a session): sparsify's own `Trainer.load_state` on the last periodic save,
+  with two things mended so a resumed run equals an uninterrupted one bit for bit (checked on 4 layers, 20 steps,
+  killed after step 3): its state.pt is written inside a step before the step is counted, so its resume would train
+  that batch twice; and the weights it saves are schedule-free's averaged ones, which its resume loads as the
+  training point (the wrapper moves them back with the optimizer's own train()). Seconds, steps and the data order go
+  on from where they were; a budget in steps (`--max-steps`, what `quality.py --peer-tokens-per-minute` gives) makes
+  the result independent of what else runs beside it.
 
 It measures: trained tokens per second of training wall-clock (BOS excluded) for the whole sparsify loop (model
 forward + all transcoders), steps, and each layer's FVU averaged over the last steps. This script must not import
@@ -112,6 +120,10 @@ def main() -> None:
     ap.add_argument("--full-model", action="store_true",
                     help="run all model layers (sparsify's own behaviour) even after the last trained layer")
     ap.add_argument("--max-steps", type=int, default=0, help="also stop after this many steps (0: no limit)")
+    ap.add_argument("--save-every", type=int, default=0,
+                    help="sparsify's own periodic save to OUT every N steps (0: only at the end)")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on from sparsify's last periodic save in OUT (its Trainer.load_state), if there is one")
     args = ap.parse_args()
 
     # Threads first: before torch is imported.
@@ -130,7 +142,10 @@ def main() -> None:
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
-    log_path.write_text("")
+    progress_path = out / "peer_progress.json"  # steps and training seconds at sparsify's last periodic save
+    resuming = args.resume and progress_path.exists() and not (out / "peer_run.json").exists()
+    if not resuming:
+        log_path.write_text("")
 
     # ---- a stand-in for wandb: sparsify logs its metrics (fvu/<hook>, dead_pct/<hook>, k) only there
     clock = {"t0": None, "stop": None}
@@ -141,7 +156,7 @@ def main() -> None:
         return None
 
     def _log(info: dict, step: int | None = None):
-        el = time.monotonic() - clock["t0"] if clock["t0"] else 0.0
+        el = state["train_s_before"] + (time.monotonic() - clock["t0"] if clock["t0"] else 0.0)
         rec = {"step": step, "elapsed_s": round(el, 3), **info}
         with log_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -195,27 +210,38 @@ def main() -> None:
     print(f"[peer_sparsify] sparsify {sparsify.__version__}, torch {torch.__version__}, threads {args.threads}; "
           f"{len(texts)} texts -> {n_rows} rows x {args.ctx_len} tokens ({len(ids):,} tokens)", flush=True)
 
-    state = {"steps": 0, "epochs": 0.0}
+    state = {"steps": 0, "epochs": 0.0, "train_s_before": 0.0}
 
     class TimedRows(IterableDataset):
-        """Rows of token ids, whole batches at a time, until the wall-clock budget (or the data) runs out."""
+        """Rows of token ids, whole batches at a time, until the wall-clock budget (or the data) runs out.
+        `skip_rows`: rows trained before a resume; the order is drawn again and they are passed over."""
+
+        def __init__(self, skip_rows: int = 0):
+            self.skip_rows = skip_rows
 
         def __len__(self):  # sparsify needs a Sized dataset; used for tqdm's total and adam's schedule length
             if args.max_steps:
-                return args.max_steps * args.batch_size
+                return args.max_steps * args.batch_size - self.skip_rows
             if args.no_cycle:
-                return rows_per_epoch
-            return 10 ** 7 * args.batch_size
+                return rows_per_epoch - self.skip_rows
+            return 10 ** 7 * args.batch_size - self.skip_rows
+
+        def select(self, indices):  # sparsify's resume asks for rows global_step * batch_size onwards
+            return TimedRows(self.skip_rows + indices[0])
 
         def __iter__(self):
             epoch, g = 0, torch.Generator().manual_seed(args.seed)
+            to_skip = self.skip_rows
             while True:
                 order = torch.arange(n_rows) if epoch == 0 else torch.randperm(n_rows, generator=g)
                 for start in range(0, rows_per_epoch, args.batch_size):
+                    if to_skip > 0:  # trained before the resume
+                        to_skip -= args.batch_size
+                        continue
                     now = time.monotonic()
                     if clock["t0"] is None:
                         clock["t0"] = now
-                    elif now - clock["t0"] >= args.seconds or (args.max_steps and state["steps"] >= args.max_steps):
+                    elif state["train_s_before"] + now - clock["t0"] >= args.seconds or (args.max_steps and state["steps"] >= args.max_steps):
                         clock["stop"] = now
                         return
                     state["steps"] += 1
@@ -237,18 +263,51 @@ def main() -> None:
         exclude_tokens=[] if args.keep_bos else [int(bos)],
         hookpoints=[f"layers.{l}.mlp" for l in layers],
         init_seeds=[args.seed],
-        save_every=10 ** 9,
+        save_every=args.save_every or 10 ** 9,
         log_to_wandb=True,  # goes to the stand-in above
         wandb_log_frequency=1,
         save_dir=str(out.parent),
         run_name=out.name,
     )
     trainer = Trainer(cfg, TimedRows(), model)
+    if resuming:
+        progress = json.loads(progress_path.read_text())
+        trainer.load_state(str(out / progress["folder"]))  # sparsify's own resume: weights, optimizer, step, counters
+        # two things its own resume gets wrong, mended so a resumed run equals an uninterrupted one: state.pt is
+        # written inside a step, before that step is counted (so the step would run twice), and the weights saved
+        # are schedule-free's averaged ("eval") ones, loaded where it trains from its "train" point
+        trainer.global_step = state["steps"] = progress["steps"]
+        state["train_s_before"] = progress["train_s"]
+        for optimizer in trainer.optimizers:
+            if hasattr(optimizer, "train_mode"):  # schedule-free: move the loaded eval weights to the train point
+                optimizer.train_mode = False
+                optimizer.train()
+    sparsify_save = trainer.save
+
+    def save_with_progress():
+        """sparsify's save. A periodic one goes to OUT/resume0 or OUT/resume1 in turn (sparsify writes in place, so a
+        kill during a save spoils only the folder being written), then OUT/peer_progress.json names the folder and
+        the steps and seconds it holds; the final save goes to OUT itself."""
+        if clock["stop"] is not None or not args.save_every:
+            sparsify_save()
+            return
+        folder = f"resume{(state['steps'] // args.save_every) % 2}"
+        cfg.save_dir, cfg.run_name = str(out), folder
+        try:
+            sparsify_save()
+        finally:
+            cfg.save_dir, cfg.run_name = str(out.parent), out.name
+        train_s = state["train_s_before"] + (time.monotonic() - clock["t0"] if clock["t0"] else 0.0)
+        tmp = progress_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"folder": folder, "steps": state["steps"], "train_s": train_s}))
+        os.replace(tmp, progress_path)
+
+    trainer.save = save_with_progress
     trainer.fit()  # ends with sparsify's own save to OUT
     t_end = time.monotonic()
     if clock["stop"] is None:
         clock["stop"] = t_end
-    train_s = clock["stop"] - clock["t0"]
+    train_s = state["train_s_before"] + clock["stop"] - clock["t0"]
     save_s = t_end - clock["stop"]
 
     steps = state["steps"]

@@ -271,9 +271,15 @@ def budget_part(a, model, train_docs) -> dict:
                 # --peer-seconds-from: the peer gets the wall-clock seconds that recipe's row actually trained
                 ours = results.get(f"{a.peer_seconds_from}@{minutes:g}min") if a.peer_seconds_from else None
                 seconds = ours["train_seconds"] if ours else minutes * 60
-                folder = Path(a.sparsify_dir or Path(a.out_dir) / kind) / (f"{seconds:.0f}s" if ours else f"{minutes:g}min")
+                extra = list(PEER_RECIPES[kind])
+                if a.peer_tokens_per_minute:  # a token budget: load beside it stretches the run, not its result
+                    steps = max(1, round(minutes * a.peer_tokens_per_minute / peer_tokens_per_step(extra)))
+                    folder = Path(a.sparsify_dir or Path(a.out_dir) / kind) / f"{steps}steps"
+                    seconds, extra = 1e9, extra + ["--max-steps", str(steps), "--save-every", "500", "--resume"]
+                else:
+                    folder = Path(a.sparsify_dir or Path(a.out_dir) / kind) / (f"{seconds:.0f}s" if ours else f"{minutes:g}min")
                 if not (folder / "peer_run.json").exists():
-                    run_sparsify(a, folder, seconds, PEER_RECIPES[kind])
+                    run_sparsify(a, folder, seconds, extra)
                 peer = json.loads((folder / "peer_run.json").read_text())
                 dicts = _as_transcoders(sparsify_transcoders(folder, model), a.device)
                 train_s, tokens = round(peer["train_s"], 1), peer["tokens"]
@@ -299,6 +305,12 @@ def budget_part(a, model, train_docs) -> dict:
             if a.json_out:
                 Path(a.json_out).write_text(json.dumps({"args": vars(a), "results": {"budget": results}}, indent=1, default=str))
     return results
+
+
+def peer_tokens_per_step(extra: list[str]) -> int:
+    """Trained tokens in one of peer_sparsify.py's steps: its batch of 128-token rows, BOS left out."""
+    batch = int(extra[extra.index("--batch-size") + 1]) if "--batch-size" in extra else 32
+    return batch * 127
 
 
 def run_sparsify(a, folder: Path, seconds: float, extra: list[str]) -> None:
@@ -441,6 +453,9 @@ def main():
     p.add_argument("--peer-seconds-from", default="",
                    help="budget: a recipe of --kinds (listed before the peer): at each budget the peer trains for the "
                         "seconds that recipe's row actually took, not the budget's minutes")
+    p.add_argument("--peer-tokens-per-minute", type=float, default=0,
+                   help="budget: the peer trains minutes x this many tokens (its rate measured alone on this CPU), "
+                        "whatever else runs beside it, with periodic saves it resumes from; 0: a wall-clock budget")
     p.add_argument("--sparsify-dir", default="", help="budget: folder with sparsify runs named <minutes>min")
     p.add_argument("--sparsify-python", default="/work/peers/sparsify/bin/python",
                    help="budget: the python of a venv with eai-sparsify (recipe in benchmarks/peer_sparsify.py)")
