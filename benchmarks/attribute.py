@@ -80,18 +80,35 @@ def load_coders(folder: str):
 
 
 def run_ours(dictionary: str, ids: str, batch: int, threads: int, out: str, max_features: int | None = None,
-             engine: str = "auto", max_memory: float | None = None) -> dict:
+             engine: str = "auto", max_memory: float | None = None, spill: str = "") -> dict:
     """In a fresh process: load, attribute, save the graph; time and peak memory of that process."""
     cmd = [sys.executable, __file__, "--_ours", dictionary, ids, str(batch), str(threads), out,
-           str(max_features or 0), engine, str(max_memory or 0)]
+           str(max_features or 0), engine, str(max_memory or 0), spill]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "GLASSWORK_PROGRESS": "0"})
     if res.returncode:
         raise SystemExit(f"glasswork run failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _ours_child(dictionary, ids, batch, threads, out, max_features, engine, max_memory):
+def _anon_peak() -> dict:
+    """Sample this process's anonymous and file-backed resident memory (/proc/self/status) every 0.1 s: a mapped
+    adjacency's pages are file-backed (the OS can write them back and drop them), the rest is anonymous."""
+    import threading
+    peak = {"anon_kb": 0, "file_kb": 0}
+
+    def sample():
+        while True:
+            fields = dict(ln.split(":", 1) for ln in Path("/proc/self/status").read_text().splitlines() if ":" in ln)
+            peak["anon_kb"] = max(peak["anon_kb"], int(fields.get("RssAnon", "0 kB").split()[0]))
+            peak["file_kb"] = max(peak["file_kb"], int(fields.get("RssFile", "0 kB").split()[0]))
+            time.sleep(0.1)
+    threading.Thread(target=sample, daemon=True).start()
+    return peak
+
+
+def _ours_child(dictionary, ids, batch, threads, out, max_features, engine, max_memory, spill=""):
     torch.set_num_threads(int(threads))
+    peak = _anon_peak()
     import glasswork as gw
     t0 = time.time()
     model = gw.load_model()
@@ -101,7 +118,7 @@ def _ours_child(dictionary, ids, batch, threads, out, max_features, engine, max_
     t0 = time.time()
     g = gw.attribute(model, tcs, tokens, batch_size=int(batch) or None, show_progress=False,
                      max_features=int(max_features) or None, engine=engine,
-                     max_memory=float(max_memory) * 2**30 if float(max_memory) else None)
+                     max_memory=float(max_memory) * 2**30 if float(max_memory) else None, spill=spill or None)
     seconds = time.time() - t0
     flops = {name: graph_flops(model, tcs, tokens, g.n_logits, name) for name in ("ours", "circuit-tracer")}
     from glasswork.circuits.attribution import memory_estimate
@@ -109,13 +126,15 @@ def _ours_child(dictionary, ids, batch, threads, out, max_features, engine, max_
     n_active = g.meta["n_active_features"]
     est = memory_estimate(model, ReplacementModel(model, tcs), tokens.numel(), n_active, g.n_features, g.n_logits,
                           int(batch) or (SWEEP_BATCH if g.meta["engine"] == "sweep" else AUTOGRAD_BATCH),
-                          g.meta["engine"] == "sweep")["total"]
+                          g.meta["engine"] == "sweep", spill=bool(spill))["total"]
     g.save(out)
-    node_mask, edge_mask, _ = g.prune(0.8, 0.98)
-    print(json.dumps({"pruned_nodes": int(node_mask.sum()), "pruned_edges": int(edge_mask.sum()),
+    node_mask, edge_rows, _, _ = g.pruned_edges(0.8, 0.98)
+    print(json.dumps({"pruned_nodes": int(node_mask.sum()), "pruned_edges": len(edge_rows),
                       "top_logit": g.meta["logit_labels"][0], "seconds": seconds, "load_seconds": load_s, "n_features": g.n_features, "n_nodes": g.n_nodes,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "scores": g.meta["scores"], "edges": int((g.adjacency != 0).sum()),
+                      "peak_anon_mb": peak["anon_kb"] / 1024, "peak_file_mb": peak["file_kb"] / 1024,
+                      "spill": bool(spill), "adjacency_mb": g.adjacency.numel() * 4 / 2**20,
+                      "scores": g.meta["scores"], "edges": g.n_edges,
                       "engine": g.meta["engine"], "flops": flops, "n_active": n_active,
                       "estimate_mb": est / 2**20}))
 
@@ -182,7 +201,9 @@ def main():
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="run the first N of the five prompts")
     ap.add_argument("--long", default="", help="also time these prompt lengths (tokens, e.g. 128,512) from a held-out "
                     "corpus document, with --long-max-features and --max-memory")
-    ap.add_argument("--long-max-features", type=int, default=4096)
+    ap.add_argument("--long-max-features", type=int, default=4096, help="0: the whole graph")
+    ap.add_argument("--spill", default="", help="a folder: glasswork's --spill on the long prompts (the adjacency in a "
+                    "file mapped from there)")
     ap.add_argument("--max-memory", type=float, default=None, help="GiB: glasswork's --max-memory on the long prompts")
     ap.add_argument("--long-peer-max-tokens", type=int, default=128,
                     help="run circuit-tracer (same feature budget) on long prompts up to this length")
@@ -242,7 +263,8 @@ def main():
         for n in [int(x) for x in args.long.split(",") if x]:
             ids = ",".join(map(str, long_prompt_ids(model, n)))
             row = {"tokens": n, "ours": run_ours(dictionary, ids, args.batch, args.threads, str(work / "l.safetensors"),
-                                                 max_features=args.long_max_features, max_memory=args.max_memory)}
+                                                 max_features=args.long_max_features, max_memory=args.max_memory,
+                                                 spill=args.spill)}
             if config is not None and n <= args.long_peer_max_tokens:
                 row["peer"] = run_peer(config, ids, args.peer_batch, args.threads, str(work / "lp.safetensors"),
                                        max_feature_nodes=args.long_max_features)
@@ -304,16 +326,24 @@ def report(args, rows, scaling, width, rate, long_rows=()):
                      f"{o['peak_rss_mb']:.0f} | {p.get('peak_rss_mb', nan):.0f} | {agree} | {o['pruned_nodes']} | "
                      f"{o['scores']['replacement']:.3f} |")
     if long_rows:
+        budget = args.long_max_features or "none (the whole graph)"
         lines += ["", f"Long prompts (a held-out corpus document, cut to length), feature budget "
-                  f"{args.long_max_features} (rows chosen by influence), --max-memory {args.max_memory} GiB; "
+                  f"{budget} (rows chosen by influence), --max-memory {args.max_memory} GiB, "
+                  f"adjacency {'in a file mapped from ' + args.spill + ' (--spill)' if args.spill else 'in RAM'}; "
                   "circuit-tracer with max_feature_nodes at the same budget (its rows are chosen by its own rounds, "
-                  "so the two graphs are not compared edge by edge):", "",
-                  "| tokens | active features | glasswork s | glasswork peak MB | graph MB (estimate) | "
-                  "circuit-tracer TL s | circuit-tracer peak MB |", "|---|---|---|---|---|---|---|"]
+                  "so the two graphs are not compared edge by edge). Peak MB is the process's max RSS, model load "
+                  "included; anonymous / file-backed: the peaks of each part of it (sampled every 0.1 s); the "
+                  "mapped adjacency's pages are file-backed, which the OS writes back and drops under pressure:", "",
+                  "| tokens | active features | feature rows x nodes | adjacency MB | glasswork s | glasswork peak MB "
+                  "(anonymous / file-backed) | estimate MB (RAM + disk) | circuit-tracer TL s | circuit-tracer peak MB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in long_rows:
             o, p = r["ours"], r.get("peer", {})
-            lines.append(f"| {r['tokens']} | {o['n_active']:,} | {o['seconds']:.0f} | {o['peak_rss_mb']:,.0f} | "
-                         f"{o['estimate_mb']:,.0f} | {p.get('seconds', nan):.0f} | {p.get('peak_rss_mb', nan):,.0f} |")
+            lines.append(f"| {r['tokens']} | {o['n_active']:,} | {o['n_features']:,} x {o['n_nodes']:,} | "
+                         f"{o['adjacency_mb']:,.0f} | {o['seconds']:.0f} | {o['peak_rss_mb']:,.0f} "
+                         f"({o['peak_anon_mb']:,.0f} / {o['peak_file_mb']:,.0f}) | {o['estimate_mb']:,.0f}"
+                         f"{' + ' + format(o['adjacency_mb'], ',.0f') if o['spill'] else ''} | "
+                         f"{p.get('seconds', nan):.0f} | {p.get('peak_rss_mb', nan):,.0f} |")
     if scaling:
         lines += ["", "glasswork alone, time vs prompt length and dictionary width:", "",
                   "| varied | tokens | width | features | seconds | peak MB |", "|---|---|---|---|---|---|"]
@@ -328,6 +358,6 @@ def report(args, rows, scaling, width, rate, long_rows=()):
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--_ours":
-        _ours_child(*sys.argv[2:10])
+        _ours_child(*sys.argv[2:11])
     else:
         main()

@@ -3,6 +3,7 @@ source in the frozen model; influence matches a brute-force inverse; pruning, vi
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -489,6 +490,49 @@ def test_max_memory_stops_before_the_work_and_says_what_fits():
     assert small.n_features == fits
     big = attribute(m, tcs, ids, batch_size=16, max_memory=need["total"] * 1.01, show_progress=False)
     assert torch.equal(big.adjacency, g.adjacency)
+
+
+def test_spilled_adjacency_lives_in_a_deleted_file_and_equals_the_graph_in_memory(tmp_path, monkeypatch):
+    """attribute(spill=DIR) writes the adjacency's rows into a file of DIR mapped into memory: the graph equals the
+    in-memory one bit for bit (whole and budgeted), the file is unlinked at once (gone from DIR, still mapped), the
+    save streams it in row blocks to the same bytes, and load_graph(spill=) maps it again; --max-memory counts it as
+    disk, and says so when only the spill fits; a disk without room is a clear error before any work."""
+    import shutil
+    from glasswork.circuits import graph as graph_mod
+    from glasswork.circuits.attribution import memory_estimate
+    m = make_tiny("llama")
+    tcs = random_transcoders(m)
+    ids = prompt(m, 8)
+    g = attribute(m, tcs, ids, batch_size=16, show_progress=False)
+    spill = tmp_path / "spill"
+    h = attribute(m, tcs, ids, batch_size=16, show_progress=False, spill=spill)
+    assert torch.equal(h.adjacency, g.adjacency) and h.meta["scores"] == g.meta["scores"]
+    assert list(spill.iterdir()) == []  # unlinked at once
+    mapped = [ln for ln in Path("/proc/self/maps").read_text().splitlines() if "glasswork-adjacency-" in ln]
+    assert mapped and all(ln.endswith("(deleted)") for ln in mapped)
+    assert h.view() == g.view()
+    whole = g.save(tmp_path / "g.safetensors").read_bytes()
+    monkeypatch.setattr(graph_mod, "CHUNK_BYTES", 4 * g.n_nodes * 3)  # row blocks of 8 (the mask's) and 3 rows
+    assert g.save(tmp_path / "g2.safetensors").read_bytes() == whole  # streamed in many blocks: the same file
+    k = load_graph(h.save(tmp_path / "h.safetensors"), spill=spill)
+    assert torch.equal(k.adjacency, g.adjacency) and list(spill.iterdir()) == []
+    budget = g.n_features // 3
+    b = attribute(m, tcs, ids, batch_size=16, max_features=budget, show_progress=False)
+    b_spilled = attribute(m, tcs, ids, batch_size=16, max_features=budget, show_progress=False, spill=spill)
+    assert torch.equal(b_spilled.adjacency, b.adjacency) and b_spilled.adjacency.is_contiguous()
+    r = ReplacementModel(m, tcs)
+    assert g.meta["engine"] == "sweep"
+    ram = memory_estimate(m, r, ids.numel(), g.n_features, g.n_features, g.n_logits, 16, use_sweep=True)
+    disk = memory_estimate(m, r, ids.numel(), g.n_features, g.n_features, g.n_logits, 16, use_sweep=True, spill=True)
+    assert disk["disk"] == ram["adjacency"] and disk["total"] == ram["total"] - ram["adjacency"]
+    limit = (disk["total"] + ram["total"]) / 2
+    with pytest.raises(gw.GlassworkError, match=r"--spill DIR \(then about .* GiB of memory and .* GiB of disk\)"):
+        attribute(m, tcs, ids, batch_size=16, max_memory=limit, show_progress=False)
+    fits = attribute(m, tcs, ids, batch_size=16, max_memory=limit, spill=spill, show_progress=False)
+    assert torch.equal(fits.adjacency, g.adjacency)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    with pytest.raises(gw.GlassworkError, match=r"spill: the adjacency \[.*\] needs .* GiB on disk; 0.00 GiB are free"):
+        attribute(m, tcs, ids, batch_size=16, spill=spill, show_progress=False)
 
 
 def test_bad_input_is_a_clear_error():

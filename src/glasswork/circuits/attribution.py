@@ -14,12 +14,13 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..io import GlassworkError
 from ..progress import progress
-from .graph import CHUNK_BYTES, ERROR, FEATURE, LOGIT, TOKEN, Graph, influence
+from .graph import CHUNK_BYTES, ERROR, FEATURE, LOGIT, TOKEN, Graph, adjacency_buffer, influence
 from . import sweep
 from .replacement import Clean, Features, ReplacementModel, position_runs
 
@@ -40,7 +41,7 @@ class Target:
 
 def attribute(model, transcoders, prompt, target=None, max_features: int | None = None, batch_size: int | None = None,
               bos_nodes: bool = False, show_progress: bool = True, dictionary: str = "", vmap: bool = True,
-              max_memory: float | None = None, engine: str = "auto") -> Graph:
+              max_memory: float | None = None, engine: str = "auto", spill: str | Path | None = None) -> Graph:
     """The attribution graph of `prompt` (text, or token ids) through the replacement model.
 
     target: None (most probable next tokens to cumulative 0.95, at most 10), a token string, "A-B" (difference of two
@@ -50,6 +51,9 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     outputs are huge and constant, so they are kept as constants, as other tools do).
     max_memory: bytes the graph's own tensors may take (memory_estimate); past it, stop before any backward pass
     with the estimate and what lowers it.
+    spill: a folder: the adjacency lives in a file there, mapped into memory and written back by the OS as its rows
+    are computed, so RAM holds only the blocks in use (the estimate then counts it as disk, not memory); the file is
+    unlinked at once and never outlives the graph. A budgeted graph keeps only its small kept part in RAM.
     engine: "sweep" (the hand-written backward of sweep.py: Llama-family models), "autograd" (any architecture), or
     "auto" (sweep where it applies). batch_size: targets per backward pass (default: 512 sweep, 64 autograd)."""
     t0 = time.time()
@@ -76,28 +80,34 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
     n_feat, n_logit = len(feats), len(targets)
     n_nodes = n_feat + L * seq + seq + n_logit
     budget = n_feat if max_features is None else min(max_features, n_feat)
-    need = memory_estimate(model, r, seq, n_feat, budget, n_logit, batch_size, use_sweep)
+    need = memory_estimate(model, r, seq, n_feat, budget, n_logit, batch_size, use_sweep, spill=spill is not None)
     if show_progress:
         flops = flop_estimate(model, r, feats, seq, n_logit, skip_bos and use_sweep) * budget / max(n_feat, 1)
         rate = matmul_rate(model.device, model.d_model)
+        on_disk = f" (+ {need['disk'] / 2**30:.2f} GiB on disk)" if spill is not None else ""
         print(f"attribution: {seq} tokens, {n_feat:,} active features, {budget:,} feature rows x {n_nodes:,} nodes; "
-              f"about {need['total'] / 2**30:.2f} GiB and {flops / 1e9:,.0f} GFLOP (~{flops / rate:,.0f} s at this "
+              f"about {need['total'] / 2**30:.2f} GiB{on_disk} and {flops / 1e9:,.0f} GFLOP (~{flops / rate:,.0f} s at this "
               f"device's {rate / 1e9:.0f} GFLOP/s fp32 matmul)", file=sys.stderr)
     if max_memory is not None:
         if need["total"] > max_memory:
-            fits = max_features_within(model, r, seq, n_feat, n_logit, batch_size, max_memory, use_sweep)
+            fits = max_features_within(model, r, seq, n_feat, n_logit, batch_size, max_memory, use_sweep,
+                                       spill is not None)
+            spilled = memory_estimate(model, r, seq, n_feat, budget, n_logit, batch_size, use_sweep, spill=True)
             raise GlassworkError(
                 f"this graph needs about {need['total'] / 2**30:.2f} GiB ({seq} tokens, {n_feat:,} active features, "
                 f"{budget:,} feature rows x {n_nodes:,} nodes; adjacency {need['adjacency'] / 2**30:.2f} GiB), over "
                 f"the limit of {max_memory / 2**30:.2f} GiB. Lower it with --max-features "
-                f"{fits if fits else 'N'} (or fewer), a smaller --batch-size, or a shorter prompt")
+                f"{fits if fits else 'N'} (or fewer), a smaller --batch-size, or a shorter prompt"
+                + ("" if spill is not None or spilled["total"] > max_memory else
+                   f"; or keep the adjacency on disk with --spill DIR (then about "
+                   f"{spilled['total'] / 2**30:.2f} GiB of memory and {spilled['disk'] / 2**30:.2f} GiB of disk)"))
     if use_sweep:
         runner = sweep.SweepEngine(r, c, feats, errors, ids, batch_size, sink_bos=skip_bos)
     else:
         runner = _Engine(r, c, feats, r.constants(c), errors, ids, batch_size, vmap)
 
     # Rows: features (in the order computed) then logits; columns: all nodes (logit columns stay zero).
-    adjacency = torch.zeros(budget + n_logit, n_nodes)
+    adjacency = adjacency_buffer(budget + n_logit, n_nodes, spill)
     row_node = torch.full((budget + n_logit,), -1, dtype=torch.long)
     row_node[budget:] = torch.arange(n_nodes - n_logit, n_nodes)
     src = slice(0, n_nodes - n_logit)
@@ -121,13 +131,14 @@ def attribute(model, transcoders, prompt, target=None, max_features: int | None 
 
 
 def memory_estimate(model, r: ReplacementModel, seq: int, n_feat: int, budget: int, n_logit: int,
-                    batch_size: int, use_sweep: bool = False) -> dict[str, int]:
+                    batch_size: int, use_sweep: bool = False, spill: bool = False) -> dict[str, int]:
     """Bytes of the largest tensors `attribute` holds at once (the model's weights not counted): the adjacency
     [budget + n_logit, n_nodes] fp32, held once (influence and scores work on it in place, in row blocks of
     graph.CHUNK_BYTES), with a budget the two copies of the kept graph that the reordering makes ([budget + n_logit,
     budget + errors + tokens + logits] each), every active feature's decoder vector at each layer it writes to, and
     one backward pass's gradients ([batch, prefix, d] per layer, and the attention scores' [batch, heads, seq, seq];
-    the sweep holds four [batch, prefix, d] buffers and no per-layer graph) and its rows [batch, n_nodes]."""
+    the sweep holds four [batch, prefix, d] buffers and no per-layer graph) and its rows [batch, n_nodes].
+    spill: the adjacency is a file mapped into memory (`attribute`'s spill): counted under "disk", not in the total."""
     L, d = model.n_layers, model.d_model
     n_nodes = n_feat + L * seq + seq + n_logit
     adjacency = 4 * (budget + n_logit) * n_nodes
@@ -137,8 +148,8 @@ def memory_estimate(model, r: ReplacementModel, seq: int, n_feat: int, budget: i
     backward = 4 * batch_size * (seq * (4 * d if use_sweep else L * (8 * d + heads * seq)) + n_nodes)
     kept = 2 * 4 * (budget + n_logit) * (budget + L * seq + seq + n_logit) if budget < n_feat else 0
     blocks = 3 * min(CHUNK_BYTES, adjacency)  # a row block, its |.| and a column selection of it
-    return {"adjacency": adjacency, "decoders": decoders, "backward": backward,
-            "total": adjacency + kept + blocks + decoders + backward}
+    return {"adjacency": adjacency, "decoders": decoders, "backward": backward, "disk": adjacency if spill else 0,
+            "total": (0 if spill else adjacency) + kept + blocks + decoders + backward}
 
 
 def flop_estimate(model, r: ReplacementModel, feats: Features, seq: int, n_logit: int, sink_bos: bool) -> float:
@@ -178,12 +189,12 @@ def matmul_rate(device, d: int, seconds: float = 0.02) -> float:
 
 
 def max_features_within(model, r, seq: int, n_feat: int, n_logit: int, batch_size: int, limit: float,
-                        use_sweep: bool = False) -> int:
+                        use_sweep: bool = False, spill: bool = False) -> int:
     """The largest feature budget whose memory_estimate fits in `limit` bytes (0 if none does)."""
     lo, hi = 0, n_feat
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if memory_estimate(model, r, seq, n_feat, mid, n_logit, batch_size, use_sweep)["total"] <= limit:
+        if memory_estimate(model, r, seq, n_feat, mid, n_logit, batch_size, use_sweep, spill)["total"] <= limit:
             lo = mid
         else:
             hi = mid - 1

@@ -23,6 +23,9 @@ Native format (one safetensors file, written atomically; `Graph.save(path)` / `l
   nodes are ordered: features (sorted by layer, pos, index), errors (layer-major: layer * seq + pos), tokens (by
   position), logits. The safetensors header metadata holds one key "glasswork_graph": a JSON object with prompt,
   str_tokens, model, dictionary, n_layers, target labels ("logit_labels"), feature_type, scores, timings, version.
+  The file is written as a stream (the mask and values one row block at a time), so an adjacency mapped from disk
+  (`attribute(..., spill=DIR)`, `load_graph(path, spill=DIR)`: `adjacency_buffer`) is saved and read without being
+  held in RAM; influence, scores and pruning also read it in row blocks.
 Views: `graph.view(node_threshold, edge_threshold) -> dict` prunes the stored graph on demand and returns the JSON of
 Anthropic's attribution-graph viewer (metadata, qParams, nodes, links), so no multi-GB JSON is ever written whole.
 """
@@ -74,6 +77,11 @@ class Graph:
         """Node index of each adjacency row: [n_rows]."""
         n, nf, nl = self.n_nodes, self.n_features, self.n_logits
         return torch.cat([torch.arange(nf), torch.arange(n - nl, n)])
+
+    @property
+    def n_edges(self) -> int:
+        """Non-zero entries of the adjacency (counted block by block)."""
+        return sum(int((b != 0).sum()) for b in _row_chunks(self.adjacency))
 
     def dense(self) -> torch.Tensor:
         """The square adjacency [n_nodes, n_nodes] (rows of error and token nodes are zero)."""
@@ -129,12 +137,21 @@ class Graph:
 
     # --- pruning -----------------------------------------------------------------------------------------------
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, max_nodes: int | None = None):
+        """`pruned_edges` with the kept edges as a dense mask: (node_mask [n_nodes], edge_mask [n_rows, n_nodes],
+        cumulative node influence [n_nodes])."""
+        node_mask, edge_rows, edge_sources, cum = self.pruned_edges(node_threshold, edge_threshold, max_nodes)
+        edge_mask = torch.zeros(self.adjacency.shape, dtype=torch.bool)
+        edge_mask[edge_rows, edge_sources] = True
+        return node_mask, edge_mask, cum
+
+    def pruned_edges(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, max_nodes: int | None = None):
         """Keep the nodes that hold `node_threshold` of the total influence (tokens count in that total, as in
         circuit-tracer's prune_graph; tokens and logits are always kept) and at most `max_nodes` features and errors,
         the most influential; then edges to cumulative edge influence `edge_threshold` on the kept subgraph, and drop
         features without inputs and features or errors without outputs until none is left. With max_nodes None this
         equals circuit-tracer's prune_graph on the same adjacency (tests/test_circuits.py checks a reimplementation).
-        Returns (node_mask [n_nodes], edge_mask [n_rows, n_nodes], cumulative node influence [n_nodes])."""
+        Returns (node_mask [n_nodes], the kept edges' adjacency rows [e] and source nodes [e] in row-major order,
+        cumulative node influence [n_nodes]): nothing the size of the whole adjacency is made."""
         for name, t in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
             if not 0.0 < t <= 1.0:
                 raise GlassworkError(f"{name} must be in (0, 1] (got {t})")
@@ -176,25 +193,23 @@ class Graph:
             sub_mask &= k_mask[sub_rows, None] & k_mask[None, :]
         node_mask = torch.zeros(self.n_nodes, dtype=torch.bool)
         node_mask[kept[k_mask]] = True
-        edge_mask = torch.zeros(self.adjacency.shape, dtype=torch.bool)
-        edge_mask[row_sel[:, None], kept[None, :]] = sub_mask
+        sub_r, sub_c = sub_mask.nonzero(as_tuple=True)
         order = torch.argsort(infl, descending=True)
         cum = torch.zeros_like(infl)
         cum[order] = torch.cumsum(infl[order], 0) / infl.sum().clamp_min(1e-30)
-        return node_mask, edge_mask, cum
+        return node_mask, row_sel[sub_r], kept[sub_c], cum
 
     def view(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, slug: str | None = None,
              labels: dict[str, str] | None = None, max_nodes: int | None = None) -> dict:
         """The pruned graph as the viewer's JSON: {metadata, qParams, nodes, links}. `labels` maps node_id -> clerp.
         metadata.info.influence_kept: the share of the features' and errors' influence on the targets that the kept
         ones carry."""
-        node_mask, edge_mask, cum = self.prune(node_threshold, edge_threshold, max_nodes)
+        node_mask, r, c, cum = self.pruned_edges(node_threshold, edge_threshold, max_nodes)
         keep = node_mask.nonzero().flatten().tolist()
         ids = {i: self.node_id(i) for i in keep}
         labels = labels or {}
         nodes = [self._node_json(i, ids[i], float(cum[i]), labels.get(ids[i], "")) for i in keep]
         rows = self.row_nodes
-        r, c = edge_mask.nonzero(as_tuple=True)
         weights = self.adjacency[r, c].float().tolist()
         links = [{"source": ids[s], "target": ids[t], "weight": w}
                  for s, t, w in zip(c.tolist(), rows[r].tolist(), weights)]
@@ -266,14 +281,12 @@ class Graph:
 
     # --- files -------------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the whole graph once (see the format above): the adjacency exactly, as its fp32 non-zeros."""
-        from safetensors.torch import save_file
-
+        """Write the whole graph once (see the format above): the adjacency exactly, as its fp32 non-zeros, streamed
+        in row blocks, so a graph whose adjacency is mapped from disk is saved without its values in RAM."""
         path = Path(path)
         tensors = {name: getattr(self, name).detach().contiguous().cpu() for name in _NODE_TENSORS}
-        tensors.update(_pack_adjacency(self.adjacency.detach().float().cpu()))
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"glasswork_graph": json.dumps(self.meta, default=float)})
+            _write_packed(tmp, tensors, self.adjacency.detach(), {"glasswork_graph": json.dumps(self.meta, default=float)})
         return path
 
     def to_json(self, path: str | Path, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Path:
@@ -282,57 +295,133 @@ class Graph:
         return Path(path)
 
 
-def load_graph(path: str | Path) -> Graph:
-    """Read a graph written by Graph.save."""
+def load_graph(path: str | Path, spill: str | Path | None = None) -> Graph:
+    """Read a graph written by Graph.save. spill: a folder where the adjacency is unpacked into a file mapped into
+    memory (see `adjacency_buffer`), row block by row block, for graphs larger than RAM."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.exists():
         raise GlassworkError(f"{path}: graph file not found")
+    packed = ("adjacency_shape", "adjacency_mask", "adjacency_values")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("glasswork_graph", "null"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if meta is None:
+                raise GlassworkError(f"{path}: safetensors file without 'glasswork_graph' metadata: not a glasswork "
+                                     f"graph")
+            names = set(f.keys())
+            missing = [k for k in _NODE_TENSORS if k not in names]
+            if "adjacency" not in names:
+                missing += [k for k in packed if k not in names]
+            if missing:
+                raise GlassworkError(f"{path}: graph file lacks tensor(s) {', '.join(missing)}")
+            tensors = {k: f.get_tensor(k) for k in _NODE_TENSORS}
+            if "adjacency" in names:  # a file from before the exact encoding: dense fp32 or bfloat16
+                adjacency = f.get_tensor("adjacency").float()
+            else:
+                adjacency = _unpack_adjacency(f.get_tensor("adjacency_shape"), f.get_tensor("adjacency_mask"),
+                                              f.get_slice("adjacency_values"), path, spill)
+    except GlassworkError:
+        raise
     except Exception as e:
         raise GlassworkError(f"{path}: not a readable graph file ({e})") from None
-    if meta is None:
-        raise GlassworkError(f"{path}: safetensors file without 'glasswork_graph' metadata: not a glasswork graph")
-    packed = ("adjacency_shape", "adjacency_mask", "adjacency_values")
-    missing = [k for k in _NODE_TENSORS if k not in tensors]
-    if "adjacency" not in tensors:
-        missing += [k for k in packed if k not in tensors]
-    if missing:
-        raise GlassworkError(f"{path}: graph file lacks tensor(s) {', '.join(missing)}")
-    if "adjacency" in tensors:  # a file from before the exact encoding: dense fp32 or bfloat16
-        adjacency = tensors["adjacency"].float()
-    else:
-        adjacency = _unpack_adjacency(*(tensors[k] for k in packed), path)
-    return Graph(adjacency=adjacency, **{k: tensors[k] for k in _NODE_TENSORS}, meta=meta)
+    return Graph(adjacency=adjacency, **tensors, meta=meta)
 
 
-def _pack_adjacency(a: torch.Tensor) -> dict[str, torch.Tensor]:
-    """a [n_rows, n_nodes] float32 -> its shape, a bit mask of its non-zeros and their values (exact)."""
+def adjacency_buffer(n_rows: int, n_cols: int, spill: str | Path | None = None) -> torch.Tensor:
+    """A zero [n_rows, n_cols] float32: in RAM, or with `spill` (a folder) in a file there mapped into memory, which
+    the OS writes back as rows fill, so RAM holds only the pages in use. The file is unlinked as soon as it is mapped:
+    nothing is left behind, even after a kill, and its space is freed with the tensor."""
+    import os
+    import shutil
+    import tempfile
+    if spill is None or n_rows * n_cols == 0:
+        return torch.zeros(n_rows, n_cols)
+    folder = Path(spill)
+    folder.mkdir(parents=True, exist_ok=True)
+    need, free = 4 * n_rows * n_cols, shutil.disk_usage(folder).free
+    if need > free:
+        raise GlassworkError(f"{folder}: the adjacency [{n_rows:,} x {n_cols:,}] needs {need / 2**30:.2f} GiB on disk; "
+                             f"{free / 2**30:.2f} GiB are free there")
+    fd, name = tempfile.mkstemp(prefix="glasswork-adjacency-", suffix=".f32", dir=folder)
+    try:
+        os.ftruncate(fd, need)  # a sparse file: reads as zeros, takes disk only where rows are written
+        mapped = torch.from_file(name, shared=True, size=n_rows * n_cols, dtype=torch.float32)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return mapped.view(n_rows, n_cols)
+
+
+def _mask_blocks(n_rows: int, n_cols: int):
+    """Row ranges of about CHUNK_BYTES of fp32, each a multiple of 8 rows, so each block's bits fill whole bytes."""
+    step = max(8, CHUNK_BYTES // (4 * max(1, n_cols)) // 8 * 8)
+    for s in range(0, n_rows, step):
+        yield s, min(n_rows, s + step)
+
+
+_DTYPES = {torch.int8: "I8", torch.int32: "I32", torch.int64: "I64", torch.float32: "F32", torch.uint8: "U8"}
+
+
+def _write_packed(path: Path, tensors: dict[str, torch.Tensor], a: torch.Tensor, metadata: dict[str, str]) -> None:
+    """A safetensors file of `tensors` and the adjacency `a` [n_rows, n_nodes] packed (its shape, a bit mask of its
+    non-zeros, their fp32 values), written as a stream: the mask and the values one row block at a time."""
+    import struct
+
     import numpy as np
-    nonzero = a != 0
-    mask = np.packbits(nonzero.numpy().ravel(), bitorder="little")
-    return {"adjacency_shape": torch.tensor(a.shape, dtype=torch.int64), "adjacency_mask": torch.from_numpy(mask),
-            "adjacency_values": a[nonzero].contiguous()}
+    n_rows, n_nodes = a.shape
+    blocks = list(_mask_blocks(n_rows, n_nodes))
+    n_values = sum(int((a[s:e] != 0).sum()) for s, e in blocks)
+    tensors = {**tensors, "adjacency_shape": torch.tensor([n_rows, n_nodes], dtype=torch.int64)}
+    sizes = {k: (t.dtype, list(t.shape), t.numel() * t.element_size()) for k, t in tensors.items()}
+    sizes["adjacency_mask"] = (torch.uint8, [-(-n_rows * n_nodes // 8)], -(-n_rows * n_nodes // 8))
+    sizes["adjacency_values"] = (torch.float32, [n_values], 4 * n_values)
+    header, offset = {"__metadata__": metadata}, 0
+    for name, (dtype, shape, size) in sizes.items():
+        header[name] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for t in tensors.values():
+            f.write(t.contiguous().numpy().tobytes())
+        for s, e in blocks:
+            f.write(np.packbits((a[s:e] != 0).numpy().ravel(), bitorder="little").tobytes())
+        for s, e in blocks:
+            block = a[s:e].float()
+            f.write(block[block != 0].numpy().tobytes())
 
 
-def _unpack_adjacency(shape: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, path: Path) -> torch.Tensor:
+def _unpack_adjacency(shape: torch.Tensor, mask: torch.Tensor, values, path: Path,
+                      spill: str | Path | None = None) -> torch.Tensor:
+    """The adjacency from its packed form, row block by row block; `values`: a tensor or a safetensors slice."""
     import numpy as np
     n_rows, n_nodes = (int(v) for v in shape.tolist())
     n = n_rows * n_nodes
     if mask.dtype != torch.uint8 or mask.numel() != -(-n // 8):
         raise GlassworkError(f"{path}: adjacency_mask holds {mask.numel()} bytes ({mask.dtype}); a [{n_rows}, "
                              f"{n_nodes}] adjacency needs {-(-n // 8)} uint8")
-    nonzero = torch.from_numpy(np.unpackbits(mask.numpy(), count=n, bitorder="little").astype(bool))
-    if int(nonzero.sum()) != values.numel():
-        raise GlassworkError(f"{path}: adjacency_mask marks {int(nonzero.sum())} non-zero entries but "
-                             f"adjacency_values holds {values.numel()}")
-    a = torch.zeros(n, dtype=torch.float32)
-    a[nonzero] = values.float()
-    return a.view(n_rows, n_nodes)
+    n_values = int(values.get_shape()[0]) if hasattr(values, "get_shape") else values.numel()
+    bits = mask.numpy()
+    pad = np.uint8((1 << (n % 8)) - 1 if n % 8 else 255)  # the last byte's bits past n are padding
+    popcount = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # set bits of each byte value
+    marked = int(popcount[bits[:-1]].sum(dtype=np.int64) + popcount[bits[-1] & pad]) if n else 0
+    if marked != n_values:
+        raise GlassworkError(f"{path}: adjacency_mask marks {marked} non-zero entries but adjacency_values holds "
+                             f"{n_values}")
+    a = adjacency_buffer(n_rows, n_nodes, spill)
+    flat, v = a.view(-1), 0
+    for s, e in _mask_blocks(n_rows, n_nodes):
+        lo, hi = s * n_nodes, e * n_nodes
+        nonzero = torch.from_numpy(np.unpackbits(bits[lo // 8:-(-hi // 8)], count=hi - lo, bitorder="little")
+                                   .astype(bool))
+        k = int(nonzero.sum())
+        flat[lo:hi][nonzero] = values[v:v + k].float()
+        v += k
+    return a
 
 
 NOT_FEATURES = ("embedding", "logit", "mlp reconstruction error")  # the viewer JSON's other feature_types

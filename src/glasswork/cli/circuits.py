@@ -13,7 +13,7 @@ from ..errors import GlassworkError
 def summarize(graph, node_threshold: float, edge_threshold: float, top: int = 10) -> dict:
     """Counts, scores, the targets and the most influential features of a graph (for --json and the README)."""
     from ..circuits.graph import FEATURE
-    node_mask, edge_mask, _ = graph.prune(node_threshold, edge_threshold)
+    node_mask, edge_rows, _, _ = graph.pruned_edges(node_threshold, edge_threshold)
     infl = graph.node_influence()
     feats = (graph.node_kind == FEATURE).nonzero().flatten()
     best = feats[infl[feats].argsort(descending=True)[:top]].tolist()
@@ -22,8 +22,8 @@ def summarize(graph, node_threshold: float, edge_threshold: float, top: int = 10
         "targets": [{"label": lab, "prob": round(float(p), 4)} for lab, p in
                     zip(graph.meta.get("logit_labels", []), graph.node_activation[graph.n_nodes - graph.n_logits:])],
         "active_features": graph.meta.get("n_active_features", graph.n_features), "features": graph.n_features,
-        "nodes": graph.n_nodes, "edges": int((graph.adjacency != 0).sum()),
-        "pruned_nodes": int(node_mask.sum()), "pruned_edges": int(edge_mask.sum()),
+        "nodes": graph.n_nodes, "edges": graph.n_edges,
+        "pruned_nodes": int(node_mask.sum()), "pruned_edges": len(edge_rows),
         "pruned_features": int(node_mask[feats].sum()),
         "scores": {k: round(v, 4) for k, v in graph.meta.get("scores", {}).items()},
         "top_features": [{"node_id": graph.node_id(i), "layer": int(graph.node_layer[i]), "pos": int(graph.node_pos[i]),
@@ -49,6 +49,9 @@ def attribute_cmd(
                                    "autograd (any architecture); both give the same edges."),
         max_memory: Optional[float] = typer.Option(None, min=0.001, help="GiB the graph may take (its estimate is "
                                                    "checked before any backward pass; over it: stop, say what fits)."),
+        spill: Optional[Path] = typer.Option(None, help="Keep the adjacency in a file in this folder, mapped into memory "
+                                             "and written as its rows are computed (RAM holds only the blocks in use; "
+                                             "the file is deleted at once and never outlives the run)."),
         qk: int = typer.Option(0, min=0, max=64, help="Also split the attention scores of this many heads (those with "
                                "the largest effect on the top target) into (query node, key node) pairs; kept in the "
                                "graph, shown by the viewer. 0: off."),
@@ -82,7 +85,7 @@ def attribute_cmd(
         targets = list(target) if target else None
         from ..io import relative_path
         graph = attribute(m, coders, prompt, target=targets, max_features=max_features, batch_size=batch_size,
-                          engine=engine, max_memory=None if max_memory is None else max_memory * 2**30,
+                          engine=engine, max_memory=None if max_memory is None else max_memory * 2**30, spill=spill,
                           dictionary=relative_path(dictionary, Path(out).parent))  # relative to the graph file
         if qk:
             from ..circuits.qk import add_qk
