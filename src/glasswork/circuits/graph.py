@@ -100,7 +100,8 @@ class Graph:
         """Influence of every node on the logits: sum over k >= 1 of w^T B^k, w = logit weights, B = |A| with each
         row scaled to sum 1 (no normalized copy of A is made: see `influence`)."""
         if "influence" not in self._cache:
-            self._cache["influence"] = influence(self.adjacency, self.row_nodes, self._logit_vector(), normalize=True)
+            self._cache["influence"] = influence(self.adjacency, self.row_nodes, self._logit_vector(), normalize=True,
+                                                 row_sums=self._row_abs_sums())
         return self._cache["influence"]
 
     def total_effects(self, target: int = 0) -> torch.Tensor:
@@ -117,6 +118,12 @@ class Graph:
         """The token id of logit target `target` (negative for a logit difference or a direction)."""
         return int(self.node_index[self.n_nodes - self.n_logits + target])
 
+    def _row_abs_sums(self) -> torch.Tensor:
+        """sum_j |A_ij| of each adjacency row [n_rows], read once (influence and scores both need it)."""
+        if "row_abs_sums" not in self._cache:
+            self._cache["row_abs_sums"] = row_abs_sums(self.adjacency)
+        return self._cache["row_abs_sums"]
+
     def _logit_vector(self) -> torch.Tensor:
         w = torch.zeros(self.n_nodes)
         w[self.n_nodes - self.n_logits:] = self.logit_weight.float()
@@ -130,7 +137,7 @@ class Graph:
         token_infl, error_infl = float(infl[kind == TOKEN].sum()), float(infl[kind == ERROR].sum())
         is_error = kind == ERROR
         error_in = torch.cat([a[:, is_error].abs().sum(1) for a in _row_chunks(self.adjacency)])  # [n_rows]
-        non_error = 1.0 - error_in / row_abs_sums(self.adjacency).clamp_min(NORM_FLOOR)  # [n_rows]
+        non_error = 1.0 - error_in / self._row_abs_sums().clamp_min(NORM_FLOOR)  # [n_rows]
         out_infl = (infl + self._logit_vector())[self.row_nodes]
         return {"replacement": token_infl / max(token_infl + error_infl, 1e-30),
                 "completeness": float((non_error * out_infl).sum() / out_infl.sum().clamp_min(1e-30))}
@@ -462,14 +469,15 @@ def row_abs_sums(a: torch.Tensor) -> torch.Tensor:
 
 
 def influence(matrix: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, normalize: bool = False,
-              max_iter: int = 10_000) -> torch.Tensor:
+              max_iter: int = 10_000, row_sums: torch.Tensor | None = None) -> torch.Tensor:
     """sum_{k>=1} w^T B^k for B the square matrix whose rows `rows` are `matrix` [n_rows, n] (other rows zero);
     normalize: B's rows are |matrix| with each row scaled to sum 1 (sums clamped at NORM_FLOOR), applied as a scale
-    on the vector and |.| block by block, so no normalized copy of the matrix is held.
+    on the vector and |.| block by block, so no normalized copy of the matrix is held (row_sums: row_abs_sums(matrix)
+    if already known).
 
     A graph is acyclic, so B is nilpotent and the series ends after at most depth steps."""
     if normalize:
-        sums = row_abs_sums(matrix)
+        sums = row_abs_sums(matrix) if row_sums is None else row_sums
         scale = torch.where(sums > 0, sums.clamp_min(NORM_FLOOR).reciprocal(), 0.0)  # [n_rows]; rows of zeros: skipped
 
         def step(v: torch.Tensor) -> torch.Tensor:
