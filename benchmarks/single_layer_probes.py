@@ -13,6 +13,7 @@ the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmark
   .venv/bin/python benchmarks/single_layer_probes.py schedule # where the lr's linear decay starts, and a higher peak
   .venv/bin/python benchmarks/single_layer_probes.py anneal   # k annealed from 32 / 64 / 128 to 16; Adam's beta2
   .venv/bin/python benchmarks/single_layer_probes.py width    # 2,304 / 3,072 / 4,608 latents at equal training time
+  .venv/bin/python benchmarks/single_layer_probes.py narrow   # fewer latents where most never fire (layers 0, 2, 29)
   .venv/bin/python benchmarks/single_layer_probes.py auxk     # AuxK with fewer dead candidates a token (layers 2, 9, 28, 29)
 
 BASE follows the demo's recipe, so its skip fit is damped (skip_ridge 0.1) since 2026-12-04 20:30 UTC; the probes
@@ -152,7 +153,7 @@ def main() -> None:
         return order(model)
     if part == "auxk":
         return auxk(model)
-    ev = activations(model, "heldout", 16384, 1)
+    ev = activations(model, "heldout", 16384, 1, layers=(0, 2, 29) if part == "narrow" else (3, 15, 25))
     if part == "data":  # layer 3: distinct tokens vs steps
         x, y = mlp_hooks(3)
         big = activations(model, "train", 406_400, 11, layers=(3,))
@@ -164,7 +165,7 @@ def main() -> None:
     tr = activations(model, "train", 32768, 0)
     for layer in {"steps": (3, 25), "init": (3, 15, 25), "refit": (15, 3, 25), "ridge": (3, 15, 25),
                   "batch": (3, 15, 25), "schedule": (3, 15, 25), "anneal": (3, 15, 25),
-                  "width": (3, 15, 25)}[part]:
+                  "width": (3, 15, 25), "narrow": (0, 2, 29)}[part]:
         x, y = mlp_hooks(layer)
         row: dict = {"layer": layer}
         if part == "steps":
@@ -213,6 +214,12 @@ def main() -> None:
                              ("3072 x 1062 steps", {"d_sae": 3072, "tokens": 254 * 1062}),
                              ("4608 x 852 steps", {"d_sae": 4608, "tokens": 254 * 852})]:
                 row[name] = heldout_scores(trained(replace(DEMO, **kw), big[x], big[y]), ev[x], ev[y])
+        elif part == "narrow":  # the layers whose outputs use few directions: 1,182 steps each (so the narrow
+            # ones get less compute than equal time would give them); held-out FVU and never-fired fraction
+            big = activations(model, "train", 100_000, 12, layers=(layer,))
+            for width in (2304, 1152, 576, 288):
+                row[f"{width}"] = heldout_scores(trained(replace(DEMO, d_sae=width, tokens=254 * 1182), big[x], big[y]),
+                                                 ev[x], ev[y])
         elif part == "refit":
             d = trained(BASE, tr[x], tr[y])
             row["trained"] = round(fvu(ev[y], d(ev[x])), 4)
