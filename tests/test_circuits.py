@@ -492,6 +492,26 @@ def test_max_memory_stops_before_the_work_and_says_what_fits():
     assert torch.equal(big.adjacency, g.adjacency)
 
 
+@pytest.mark.parametrize("nf,rows_per_block", [(10, 1), (11, 3), (30, 9), (30, 1000)])
+def test_streamed_file_equals_whole_array_packing_at_any_block_size(tmp_path, monkeypatch, nf, rows_per_block):
+    """Graph.save writes the mask and values block by block: the file holds exactly numpy's packbits of the whole
+    mask and the non-zeros in row-major order (shapes whose entries are not a multiple of 8, blocks of 8 rows and
+    of all rows), safetensors' own reader reads it, and load_graph (in RAM or spilled) gives the graph back."""
+    import numpy as np
+    from safetensors.torch import load_file
+    from glasswork.circuits import graph as graph_mod
+    monkeypatch.setattr(graph_mod, "CHUNK_BYTES", 4 * rows_per_block * (nf + 2 * 4 + 4 + 3))
+    g = _random_graph(nf % 7, nf=nf)
+    a = g.adjacency
+    t = load_file(str(g.save(tmp_path / "g.safetensors")))
+    assert a.numel() % 8 != 0 or nf == 30
+    assert np.array_equal(t["adjacency_mask"].numpy(), np.packbits((a != 0).numpy().ravel(), bitorder="little"))
+    assert torch.equal(t["adjacency_values"], a[a != 0]) and t["adjacency_shape"].tolist() == list(a.shape)
+    for spill in (None, tmp_path / "spill"):
+        h = load_graph(tmp_path / "g.safetensors", spill=spill)
+        assert torch.equal(h.adjacency, a) and torch.equal(h.node_activation, g.node_activation)
+
+
 def test_spilled_adjacency_lives_in_a_deleted_file_and_equals_the_graph_in_memory(tmp_path, monkeypatch):
     """attribute(spill=DIR) writes the adjacency's rows into a file of DIR mapped into memory: the graph equals the
     in-memory one bit for bit (whole and budgeted), the file is unlinked at once (gone from DIR, still mapped), the
