@@ -550,6 +550,9 @@ def test_spilled_adjacency_lives_in_a_deleted_file_and_equals_the_graph_in_memor
         attribute(m, tcs, ids, batch_size=16, max_memory=limit, show_progress=False)
     fits = attribute(m, tcs, ids, batch_size=16, max_memory=limit, spill=spill, show_progress=False)
     assert torch.equal(fits.adjacency, g.adjacency)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(gw.GlassworkError, match=r"a-file: cannot hold the spilled adjacency"):
+        attribute(m, tcs, ids, batch_size=16, spill=tmp_path / "a-file", show_progress=False)
     monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
     with pytest.raises(gw.GlassworkError, match=r"spill: the adjacency \[.*\] needs .* GiB on disk; 0.00 GiB are free"):
         attribute(m, tcs, ids, batch_size=16, spill=spill, show_progress=False)

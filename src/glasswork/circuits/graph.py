@@ -346,7 +346,10 @@ def adjacency_buffer(n_rows: int, n_cols: int, spill: str | Path | None = None) 
     if spill is None or n_rows * n_cols == 0:
         return torch.zeros(n_rows, n_cols)
     folder = Path(spill)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GlassworkError(f"{folder}: cannot hold the spilled adjacency: not a folder that can be made ({e})") from None
     need, free = 4 * n_rows * n_cols, shutil.disk_usage(folder).free
     if need > free:
         raise GlassworkError(f"{folder}: the adjacency [{n_rows:,} x {n_cols:,}] needs {need / 2**30:.2f} GiB on disk; "
