@@ -271,13 +271,13 @@ def budget_part(a, model, train_docs) -> dict:
                 # --peer-seconds-from: the peer gets the wall-clock seconds that recipe's row actually trained
                 ours = results.get(f"{a.peer_seconds_from}@{minutes:g}min") if a.peer_seconds_from else None
                 seconds = ours["train_seconds"] if ours else minutes * 60
-                extra = list(PEER_RECIPES[kind])
+                extra, runs = list(PEER_RECIPES[kind]), Path(a.sparsify_dir or Path(a.out_dir) / kind)
                 if a.peer_tokens_per_minute:  # a token budget: load beside it stretches the run, not its result
                     steps = max(1, round(minutes * a.peer_tokens_per_minute / peer_tokens_per_step(extra)))
-                    folder = Path(a.sparsify_dir or Path(a.out_dir) / kind) / f"{steps}steps"
+                    folder = runs / f"{steps}steps"
                     seconds, extra = 1e9, extra + ["--max-steps", str(steps), "--save-every", "500", "--resume"]
                 else:
-                    folder = Path(a.sparsify_dir or Path(a.out_dir) / kind) / (f"{seconds:.0f}s" if ours else f"{minutes:g}min")
+                    folder = runs / (f"{seconds:.0f}s" if ours else f"{minutes:g}min")
                 if not (folder / "peer_run.json").exists():
                     run_sparsify(a, folder, seconds, extra)
                 peer = json.loads((folder / "peer_run.json").read_text())

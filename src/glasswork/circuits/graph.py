@@ -382,7 +382,11 @@ def _write_packed(path: Path, tensors: dict[str, torch.Tensor], a: torch.Tensor,
     import numpy as np
     n_rows, n_nodes = a.shape
     blocks = list(_mask_blocks(n_rows, n_nodes))
-    n_values = sum(int((a[s:e] != 0).sum()) for s, e in blocks)
+    mask, n_values = [], 0  # one read for the mask (1 bit an entry, held) and the count the header needs
+    for s, e in blocks:
+        nonzero = (a[s:e] != 0).numpy().ravel()
+        mask.append(np.packbits(nonzero, bitorder="little").tobytes())
+        n_values += int(nonzero.sum())
     tensors = {**tensors, "adjacency_shape": torch.tensor([n_rows, n_nodes], dtype=torch.int64)}
     sizes = {k: (t.dtype, list(t.shape), t.numel() * t.element_size()) for k, t in tensors.items()}
     sizes["adjacency_mask"] = (torch.uint8, [-(-n_rows * n_nodes // 8)], -(-n_rows * n_nodes // 8))
@@ -398,8 +402,8 @@ def _write_packed(path: Path, tensors: dict[str, torch.Tensor], a: torch.Tensor,
         f.write(text)
         for t in tensors.values():
             f.write(t.contiguous().numpy().tobytes())
-        for s, e in blocks:
-            f.write(np.packbits((a[s:e] != 0).numpy().ravel(), bitorder="little").tobytes())
+        for m in mask:
+            f.write(m)
         for s, e in blocks:
             block = a[s:e].float()
             f.write(block[block != 0].numpy().tobytes())
