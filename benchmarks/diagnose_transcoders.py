@@ -175,7 +175,8 @@ def throughput(model, train_acts) -> list[dict]:
 @torch.no_grad()
 def layer_kl(model, folder: str, tokens: int) -> list[dict]:
     from glasswork.data.corpus import heldout_texts, token_rows
-    from glasswork.evals import _Splice, _as_dicts
+    from glasswork.evals import _as_dicts
+    from glasswork.dictionaries.splice import Splice
     from glasswork.hooks import intervene
     dicts = _as_dicts(folder)
     for d in dicts.values():
@@ -185,7 +186,7 @@ def layer_kl(model, folder: str, tokens: int) -> list[dict]:
 
     def logp(subset: dict) -> torch.Tensor:  # [seqs, 126, vocab]
         out = []
-        with intervene(model, _Splice(subset).edits()):
+        with intervene(model, Splice(subset).edits()):
             for b in ids.split(6):
                 out.append(model.hf(b).logits.float()[:, 1:-1].log_softmax(-1))
         return torch.cat(out)

@@ -15,6 +15,7 @@ the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmark
   .venv/bin/python benchmarks/single_layer_probes.py width    # 2,304 / 3,072 / 4,608 latents at equal training time
   .venv/bin/python benchmarks/single_layer_probes.py narrow   # fewer latents where most never fire (layers 0, 2, 29)
   .venv/bin/python benchmarks/single_layer_probes.py auxk     # AuxK with fewer dead candidates a token (layers 2, 9, 28, 29)
+  .venv/bin/python benchmarks/single_layer_probes.py batchtopk  # BatchTopK vs TopK at k 16 (layers 3, 15, 25)
 
 BASE follows the demo's recipe, so its skip fit is damped (skip_ridge 0.1) since 2026-12-04 20:30 UTC; the probes
 recorded before that ran with 1e-6.
@@ -55,7 +56,9 @@ def activations(model, split: str, tokens: int, seed: int, layers=(3, 15, 25)) -
 @torch.no_grad()
 def heldout_scores(d, x: torch.Tensor, y: torch.Tensor) -> dict:
     """Held-out FVU and the fraction of latents that never fire on x."""
-    return {"heldout": round(fvu(y, d(x)), 4), "dead_16k": round(float((~(d.encode(x) != 0).any(0)).float().mean()), 3)}
+    codes = d.encode(x)
+    return {"heldout": round(fvu(y, d(x)), 4), "dead_16k": round(float((~(codes != 0).any(0)).float().mean()), 3),
+            "l0": round(float((codes != 0).sum(1).float().mean()), 2)}
 
 
 def trained(tc: TrainConfig, x: torch.Tensor, y: torch.Tensor):
@@ -165,7 +168,7 @@ def main() -> None:
     tr = activations(model, "train", 32768, 0)
     for layer in {"steps": (3, 25), "init": (3, 15, 25), "refit": (15, 3, 25), "ridge": (3, 15, 25),
                   "batch": (3, 15, 25), "schedule": (3, 15, 25), "anneal": (3, 15, 25),
-                  "width": (3, 15, 25), "narrow": (0, 2, 29)}[part]:
+                  "width": (3, 15, 25), "narrow": (0, 2, 29), "batchtopk": (3, 15, 25)}[part]:
         x, y = mlp_hooks(layer)
         row: dict = {"layer": layer}
         if part == "steps":
@@ -220,6 +223,13 @@ def main() -> None:
             for width in (2304, 1152, 576, 288):
                 row[f"{width}"] = heldout_scores(trained(replace(DEMO, d_sae=width, tokens=254 * 1182), big[x], big[y]),
                                                  ev[x], ev[y])
+        elif part == "batchtopk":  # the demo's recipe at the 8-minute budget's 1,182 steps; BatchTopK keeps the
+            # k * batch largest pre-activations of the batch, and a fixed threshold (their mean minimum) at inference
+            big = activations(model, "train", 100_000, 12, layers=(layer,))
+            for name, kw in [("topk", {}), ("batchtopk", {"arch": "batchtopk"})]:
+                t0 = time.time()
+                d = trained(replace(DEMO, tokens=254 * 1182, **kw), big[x], big[y])
+                row[name] = {**heldout_scores(d, ev[x], ev[y]), "seconds": round(time.time() - t0, 1)}
         elif part == "refit":
             d = trained(BASE, tr[x], tr[y])
             row["trained"] = round(fvu(ev[y], d(ev[x])), 4)

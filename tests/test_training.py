@@ -308,18 +308,19 @@ extra = {extra!r}
 train(_cfg(**extra), Slow(_resume_data(extra), 64), {out!r}, resume=True)
 """
 
-def _kill_after_a_checkpoint(proc, out: Path, after_s: float, wait_s: float = 120) -> int:
-    """kill -9 `proc` `after_s` seconds after its first checkpoint appears in `out`; the checkpoint's step (the run
-    must not have finished: no config.json)."""
+def _kill_after_a_checkpoint(proc, out: Path, after_s: float, wait_s: float = 120,
+                             name: str = "checkpoint.safetensors") -> int:
+    """kill -9 `proc` `after_s` seconds after its first checkpoint `name` appears in `out`; the checkpoint's step (the
+    run must not have finished: the checkpoint is still there, and no config.json)."""
     from glasswork.training.checkpoint import load_checkpoint
     deadline = time.time() + wait_s
-    while not (out / "checkpoint.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+    while not (out / name).exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(after_s)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / "checkpoint.safetensors").exists() and not (out / "config.json").exists()
-    return load_checkpoint(out / "checkpoint.safetensors")[1]["step"]
+    assert (out / name).exists() and not (out / "config.json").exists()
+    return load_checkpoint(out / name)[1]["step"]
 
 
 TRANSCODER = dict(kind="transcoder", hooks=[], layers=[0], skip=True)
@@ -1115,3 +1116,84 @@ def test_checkpoint_from_before_skip_ridge_resumes_as_it_was_trained(tmp_path, s
         Trainer(_cfg(**extra, tokens=64 * 30, skip_ridge=1e-6), src(), tmp_path / "o", resume=True)
     else:
         Trainer(_cfg(**extra, tokens=64 * 30), src(), tmp_path / "o", resume=True)
+
+
+KL_SCRIPT = """
+import time, torch
+import glasswork as gw
+from glasswork.data import corpus
+from glasswork.training import ModelSource, TrainConfig, train
+
+model = gw.load_model()
+model.hf.register_forward_pre_hook(lambda *a: time.sleep({pause!r}))  # slow steps, so that the kill lands mid-run
+cfg = TrainConfig(kind="transcoder", arch="topk", layers=[2, 3], k=8, d_sae=64, tokens=60 * 20, batch_size=60, lr=3e-3,
+                  warmup_steps=2, seed=3, skip=True, skip_fit=True, init="data", init_tokens=900, ctx=16, kl_steps=12,
+                  kl_seqs=2, checkpoint_every=2)
+train(cfg, ModelSource.from_config(model, corpus.default_texts, cfg), {out!r}, resume=True)
+"""
+
+
+def _kl_config(**kw):
+    return TrainConfig(kind="transcoder", arch="topk", layers=[2, 3, 4], k=8, d_sae=128, tokens=60 * 20, batch_size=60,
+                       lr=3e-3, warmup_steps=3, seed=3, skip=True, skip_fit=True, init="data", ctx=16, **kw)
+
+
+@pytest.mark.model
+def test_kl_finetune_lowers_the_spliced_kl_and_leaves_the_model_alone(tmp_path, default_model):
+    """The same reconstruction run with and without 30 KL fine-tune steps: on held-out sequences the fine-tuned set's
+    KL(model || spliced) is lower; the model's weights get no gradient and do not change."""
+    from glasswork.data import corpus
+    from glasswork.training import ModelSource
+    m = default_model
+    before = {n: p.detach().clone() for n, p in m.hf.named_parameters() if n.endswith(("layers.3.mlp.up_proj.weight",
+                                                                                          "embed_tokens.weight"))}
+    heldout = corpus.contexts(m, split="heldout", ctx_len=16)[:64]
+    kls = []
+    for kl_steps in (0, 30):
+        cfg = _kl_config(kl_steps=kl_steps, kl_seqs=4)
+        r = train(cfg, ModelSource.from_config(m, corpus.default_texts, cfg), tmp_path / f"kl{kl_steps}")
+        kls.append(gw.evaluate(tmp_path / f"kl{kl_steps}", m, heldout, tokens=64 * 14)["kl"])
+    assert kls[1] < 0.95 * kls[0], kls
+    assert r["kl_finetune"]["steps"] == 30 and r["tokens"] == 60 * 20
+    saved = gw.load_transcoders(tmp_path / "kl30")[3]
+    assert saved.cfg.metrics["kl_finetune"]["tokens"] == 30 * 4 * 15 and saved.cfg.training["kl_steps"] == 30
+    assert not (tmp_path / "kl30" / "kl_checkpoint.safetensors").exists()
+    assert all(p.grad is None for p in m.hf.parameters())
+    for n, p in m.hf.named_parameters():
+        if n in before:
+            assert torch.equal(p, before[n]), n
+
+
+@pytest.mark.model
+def test_kl_finetune_resume_after_kill_equals_uninterrupted(tmp_path):
+    """kill -9 during the KL fine-tune (after a checkpoint), then resume: bit for bit the uninterrupted run (each run
+    in a fresh single-threaded process)."""
+    env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+
+    def start(out, pause):
+        return subprocess.Popen([sys.executable, "-c", KL_SCRIPT.format(pause=pause, out=str(out))], env=env)
+
+    out = tmp_path / "killed"
+    assert start(tmp_path / "straight", 0).wait() == 0
+    assert 0 < _kill_after_a_checkpoint(start(out, 0.1), out, 0.3, wait_s=240, name="kl_checkpoint.safetensors") < 12
+    assert start(out, 0).wait() == 0
+    a, b = gw.load_transcoders(out), gw.load_transcoders(tmp_path / "straight")
+    for layer in (2, 3):
+        for name, value in b[layer].state_dict().items():
+            assert torch.equal(a[layer].state_dict()[name], value), (layer, name)  # bit for bit
+    assert a[2].cfg.metrics["kl_finetune"]["steps"] == 12
+    assert not (out / "kl_checkpoint.safetensors").exists()
+
+
+def test_kl_finetune_bad_settings_are_clear_errors(tmp_path):
+    with pytest.raises(GlassworkError, match="not kind 'sae'"):
+        TrainConfig(kind="sae", hooks=["h"], kl_steps=5)
+    with pytest.raises(GlassworkError, match="kl_seqs"):
+        TrainConfig(kind="transcoder", layers=[0], kl_steps=5, kl_seqs=0)
+    with pytest.raises(GlassworkError, match="kl_lr"):
+        TrainConfig(kind="transcoder", layers=[0], kl_steps=5, kl_lr=float("nan"))
+    x = _data()  # activations given as tensors: no model to run the fine-tune through
+    with pytest.raises(GlassworkError, match="needs activations read from the model"):
+        train(TrainConfig(**TRANSCODER, k=4, d_sae=32, tokens=64 * 2, batch_size=64, kl_steps=3),
+              TensorSource({"blocks.0.ln2.hook_normalized": x, "blocks.0.hook_mlp_out": x}, 64), tmp_path / "t")
+    assert not (tmp_path / "t").exists()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .dictionaries import CrossLayerTranscoder, SparseCoder
 from .dictionaries.saving import is_set, load, load_set
+from .dictionaries.splice import Splice
 from .hooks import intervene
 from .io import GlassworkError
 from .progress import progress
@@ -51,101 +52,6 @@ def _as_dicts(dictionaries) -> dict:
     return dict(dictionaries)
 
 
-def _clt_layer_codes(clt: CrossLayerTranscoder, x: torch.Tensor, i: int) -> torch.Tensor:
-    """Codes of layer i's features from that layer's MLP input x [..., d_in]: [..., F]."""
-    pre = x @ clt.W_enc[i] + clt.b_enc[i]
-    act = clt.cfg.activation
-    if act == "relu":
-        return pre.relu()
-    if act == "topk":
-        v, idx = pre.topk(clt.cfg.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, idx, v.relu())
-    return pre * (pre > clt.threshold[i])
-
-
-class _Splice:
-    """Builds the intervene() edits that put the dictionaries in the forward pass, and records what they saw."""
-
-    def __init__(self, dicts: dict, zero: bool = False, observe: bool = False):
-        # observe: compute and record each reconstruction but pass the real activation on (the clean forward)
-        self.dicts, self.zero, self.observe = dicts, zero, observe
-        self.records: dict[str, list] = {n: [] for n in dicts}  # (target, recon, codes) per batch
-        self.record = False
-
-    def edits(self) -> dict:
-        edits, saved = {}, {}
-        for name, d in self.dicts.items():
-            cfg = d.cfg
-            if cfg.kind == "clt":
-                edits.update(self._clt_edits(name, d, saved))
-                continue
-
-            def keep(act, key=cfg.hook_in):
-                saved[key] = act
-                return act
-
-            def put(act, d=d, name=name):
-                x = saved[d.cfg.hook_in] if d.cfg.kind == "transcoder" else act
-                if self.zero:
-                    new = torch.zeros_like(act)
-                else:
-                    codes = d.encode(x.float())
-                    new = (d.decode(codes) + d.skip_term(x.float())).to(act.dtype)
-                    if self.record:
-                        self.records[name].append((act[:, 1:].flatten(0, 1), new[:, 1:].flatten(0, 1),
-                                                   codes[:, 1:].flatten(0, 1)))
-                if self.observe:
-                    return act
-                new[:, :1] = act[:, :1]  # BOS stays clean
-                return new
-
-            if cfg.kind == "transcoder":
-                edits[cfg.hook_in] = keep
-            if cfg.hook_out in edits:
-                raise GlassworkError(f"two dictionaries write to {cfg.hook_out}: splice them one at a time")
-            edits[cfg.hook_out] = put
-        return edits
-
-    def _clt_edits(self, name: str, clt: CrossLayerTranscoder, saved: dict) -> dict:
-        edits, L = {}, clt.cfg.n_layers
-        state = {"out": [None] * L, "codes": [None] * L, "targets": [None] * L}
-
-        for i in range(L):
-            def read(act, i=i):
-                if i == 0:
-                    state["out"] = [None] * L
-                codes = _clt_layer_codes(clt, act.float(), i)
-                state["codes"][i] = codes
-                w = clt.W_dec[i]  # [F, n_i, d_out]
-                contrib = torch.einsum("...f,fnd->...nd", codes, w)
-                for j in range(w.shape[1]):
-                    prev = state["out"][i + j]
-                    state["out"][i + j] = contrib[..., j, :] if prev is None else prev + contrib[..., j, :]
-                if clt.W_skip is not None:  # layer i's own linear skip, from its input
-                    state["out"][i] = state["out"][i] + act.float() @ clt.W_skip[i]
-                return act
-
-            def write(act, i=i):
-                if self.zero:
-                    new = torch.zeros_like(act)
-                else:
-                    new = (state["out"][i] + clt.b_dec[i]).to(act.dtype)
-                    state["targets"][i] = (act, new)
-                    if self.record and i == L - 1:
-                        t = torch.stack([a for a, _ in state["targets"]], -2)[:, 1:].flatten(0, 1)
-                        r = torch.stack([b for _, b in state["targets"]], -2)[:, 1:].flatten(0, 1)
-                        c = torch.stack(state["codes"], -2)[:, 1:].flatten(0, 1)
-                        self.records[name].append((t, r, c))
-                if self.observe:
-                    return act
-                new[:, :1] = act[:, :1]
-                return new
-
-            hin, hout = clt.cfg.hook_in[i], clt.cfg.hook_out[i]
-            edits[hin], edits[hout] = read, write
-        return edits
-
-
 @torch.no_grad()
 def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, batch_seqs: int = 8,
              dense_fraction: float = 0.1, fire_counts: bool = False) -> dict:
@@ -160,7 +66,7 @@ def evaluate(dictionaries, model, texts, tokens: int = 16_384, ctx: int = 128, b
         if d.cfg.model and d.cfg.model != model.name:
             raise GlassworkError(f"dictionary '{name}' was trained on model '{d.cfg.model}', not '{model.name}'")
     chunks = iter(texts) if torch.is_tensor(texts) else token_rows(model, iter(texts), ctx)
-    splice, zero, observe = _Splice(dicts), _Splice(dicts, zero=True), _Splice(dicts, observe=True)
+    splice, zero, observe = Splice(dicts), Splice(dicts, zero=True), Splice(dicts, observe=True)
     splice.record = observe.record = True
     sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0}
     n_tok, n_batches = 0, 0

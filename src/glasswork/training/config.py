@@ -114,6 +114,17 @@ class TrainConfig:
     repeat: int = 1
     """Reading from the model: train on each block of --mix batches this many times (reshuffled): more steps per
     model forward, on the same tokens."""
+    kl_steps: int = 0
+    """Transcoders read from the model: after the --tokens of reconstruction, this many steps fine-tune every layer's
+    transcoder at once, all spliced into the model, on KL(model || spliced model) of the next-token distributions
+    plus --kl-mse x the layers' mean FVU: the errors that change the output cost most (a short end-to-end fine-tune,
+    Karvonen 2025). A step costs a model forward and backward (~6x a reconstruction step's time a token)."""
+    kl_seqs: int = 4
+    """With --kl-steps: sequences of --ctx tokens a fine-tune step reads (global, over all ranks)."""
+    kl_lr: float = 3e-3
+    """With --kl-steps: the fine-tune's peak learning rate, relative to each parameter's RMS (decays linearly to 0)."""
+    kl_mse: float = 1.0
+    """With --kl-steps: weight of the layers' mean FVU (on the spliced model's own MLP outputs) beside the KL."""
 
     def __post_init__(self):
         import torch
@@ -180,6 +191,15 @@ class TrainConfig:
         if self.resample_every and (self.kind == "clt" or self.arch not in ("topk", "batchtopk")):
             raise GlassworkError(f"train config: resample_every is for TopK / BatchTopK SAEs and transcoders (kind "
                                  f"'{self.kind}', arch '{self.arch}')")
+        if self.kl_steps < 0 or self.kl_seqs < 1:
+            raise GlassworkError(f"train config: kl_steps must be >= 0 and kl_seqs >= 1 (got {self.kl_steps}, "
+                                 f"{self.kl_seqs})")
+        if self.kl_steps and self.kind != "transcoder":
+            raise GlassworkError(f"train config: kl_steps fine-tunes transcoders spliced into the model, not kind "
+                                 f"'{self.kind}'")
+        for name in ("kl_lr", "kl_mse"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise GlassworkError(f"train config: {name} must be a finite number >= 0 (got {getattr(self, name)})")
         self.matryoshka = list(self.matryoshka)
         matryoshka_prefixes(self.matryoshka, self.d_sae or None)  # against each dictionary's d_sae in make_units
         self.betas = tuple(self.betas)

@@ -26,6 +26,7 @@ class Adam:
         self.groups, self.betas, self.eps = [list(g) for g in groups], betas, eps
         self.params = [p for g in self.groups for p in g]
         self.lr, self.t = 0.0, 0
+        self.lr_scales: list[float] | None = None  # per parameter: its step is lr * scale (None: lr for all)
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
 
@@ -53,9 +54,12 @@ class Adam:
             scale = (torch.tensor((norm + 1e-6) / max_norm, dtype=torch.float32, device=grads[0].device)
                      if 0 < max_norm < norm + 1e-6 else None)
             views = [[_row_major(t, p) for t in (p, g, self.m[i], self.v[i])] for p, g, i in zip(params, grads, idx)]
-            p_, g_, m_, v_ = (list(column) for column in zip(*views))
-            torch._fused_adam_(p_, g_, m_, v_, [], [step] * len(p_), lr=self.lr, beta1=b1, beta2=b2, weight_decay=0.0,
-                               eps=self.eps, amsgrad=False, maximize=False, grad_scale=scale, found_inf=None)
+            calls = [(views, self.lr)] if self.lr_scales is None else \
+                [([view], self.lr * self.lr_scales[i]) for view, i in zip(views, idx)]
+            for part, lr in calls:
+                p_, g_, m_, v_ = (list(column) for column in zip(*part))
+                torch._fused_adam_(p_, g_, m_, v_, [], [step] * len(p_), lr=lr, beta1=b1, beta2=b2, weight_decay=0.0,
+                                   eps=self.eps, amsgrad=False, maximize=False, grad_scale=scale, found_inf=None)
         return norms
 
     @torch.no_grad()

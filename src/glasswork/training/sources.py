@@ -76,7 +76,7 @@ class ModelSource:
         self.model, self.texts, self.hooks, self.ctx, self.device = model, texts, list(hooks), ctx, device
         self.mix, self.seed, self.repeat, self.shuffle = mix, seed, repeat, shuffle
         self.precision = resolve(precision, device)  # "fp32" | "bf16"
-        self._shuffled: torch.Tensor | None = None  # [n, ctx]: every sequence of the texts (with shuffle; made once)
+        self._shuffled: torch.Tensor | None = None  # [n, ctx]: every sequence of the texts (sequences(); made once)
         self.seqs = max(1, round(batch_size / (ctx - 1)))
         self.batch_size = self.seqs * (ctx - 1)
         self.dims = {h: self.model.d_model for h in self.hooks}  # every hook point is in the residual's width
@@ -98,14 +98,19 @@ class ModelSource:
         if not self.shuffle:
             yield from token_rows(self.model, self._texts(), self.ctx)
             return
+        every = self.sequences()
+        for epoch in itertools.count():
+            seed = (self.seed * 1_000_003 + epoch) * 7_919 + 1
+            yield from every[torch.randperm(len(every), generator=torch.Generator().manual_seed(seed))]
+
+    def sequences(self) -> torch.Tensor:
+        """Every sequence of the texts, [n, ctx] token ids (tokenized on first use, then held)."""
         if self._shuffled is None:
             rows = list(token_rows(self.model, self._texts(), self.ctx))
             if not rows:
-                raise GlassworkError(f"model source: the texts hold no sequence of {self.ctx} tokens to shuffle")
+                raise GlassworkError(f"model source: the texts hold no sequence of {self.ctx} tokens")
             self._shuffled = torch.stack(rows)
-        for epoch in itertools.count():
-            seed = (self.seed * 1_000_003 + epoch) * 7_919 + 1
-            yield from self._shuffled[torch.randperm(len(self._shuffled), generator=torch.Generator().manual_seed(seed))]
+        return self._shuffled
 
     def _block(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """{hook: [n_seqs * (ctx - 1), d]} for sequences ids [n_seqs, ctx], run `seqs` at a time (bounded memory)."""

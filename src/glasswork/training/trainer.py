@@ -447,7 +447,7 @@ class Trainer:
             if len(dicts) == 1 and tc.kind != "transcoder":
                 save(next(iter(dicts.values())), self.out)
             else:
-                save_set(dicts, self.out, kind=tc.kind)
+                save_set(dicts, self.out, kind=tc.kind, **({"kl_steps_done": 0} if tc.kl_steps else {}))
             (self.out / CHECKPOINT).unlink(missing_ok=True)
         dist.barrier()
         return {"out": str(self.out), "steps": self.step, "tokens": self.step * tc.batch_size, "seconds": round(seconds, 1),
@@ -488,5 +488,12 @@ def train(tc: TrainConfig, source, out: str | Path, resume: bool = False) -> dic
 
     from ..io import output_lock
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
+    from . import kl_finetune
+    if tc.kl_steps and not callable(getattr(source, "sequences", None)):
+        raise GlassworkError("train config: kl_steps fine-tunes with the model in the loop: it needs activations read "
+                             "from the model (a ModelSource; `glasswork train` without --store)")
     with output_lock(out) if main else nullcontext():
-        return Trainer(tc, source, out, resume).run()
+        if resume and kl_finetune.pending(out, tc):  # the reconstruction finished before the kill
+            return kl_finetune.finetune(tc, source, out, None)
+        result = Trainer(tc, source, out, resume).run()
+        return kl_finetune.finetune(tc, source, out, result) if tc.kl_steps else result
