@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import glasswork as gw
-from glasswork.training import ModelSource, TrainConfig, train
+from glasswork.training import ModelSource, TrainConfig, finished, train
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 
@@ -120,6 +120,9 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "skip-shuffle-decay50-noaux-b508-s1": {**SKIP_SD, "batch_size": 508, "seed": 1},
     "skip-shuffle-decay50-noaux-b508-lr4": {**SKIP_SD, "batch_size": 508, "lr": 4e-3},
     "skip-shuffle-decay50-noaux-b1016-lr4": {**SKIP_SD, "batch_size": 1016, "mix": 8, "lr": 4e-3},  # mix: same 64 seqs
+    # the last quarter of the budget fine-tunes on the spliced model's KL (--kl-step-seconds sets its steps)
+    "skip-shuffle-decay50-noaux-b508-kl25": {**SKIP_SD, "batch_size": 508, "kl_seqs": 4},
+    "skip-shuffle-decay50-noaux-b508-kl25-s1": {**SKIP_SD, "batch_size": 508, "kl_seqs": 4, "seed": 1},
     "clt": CLT,
     "clt-shuffle-decay50-noaux": {**CLT, **SD},
     "clt-skip-shuffle-decay50-noaux": {**CLT, **SD, "skip": True, "skip_fit": True},  # a fitted skip per layer
@@ -249,6 +252,8 @@ def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: flo
     return max(probe.batch_size, int(seconds / per_step) * probe.batch_size)
 
 
+KL_SHARE = {"skip-shuffle-decay50-noaux-b508-kl25": 0.25, "skip-shuffle-decay50-noaux-b508-kl25-s1": 0.25}  # recipes that end with a KL fine-tune: its share of the time
+
 PEER_RECIPES = {  # sparsify's recipes: its defaults (32 sequences a step, no skip), and at the demo's batch with a skip
     "sparsify": [], "sparsify-skip-b2": ["--skip", "--batch-size", "2"]}
 
@@ -287,10 +292,13 @@ def budget_part(a, model, train_docs) -> dict:
             else:
                 tc = recipe_config(kind, a, model)
                 folder = Path(a.out_dir) / name
-                if not ((folder / "set.json").exists() or (folder / "config.json").exists()):  # else: reused
-                    tc.tokens = (max(tc.batch_size, round(minutes * a.tokens_per_minute) // tc.batch_size
+                share = KL_SHARE.get(kind, 0.0)  # of the budget's time, spent on KL fine-tune steps
+                if share:
+                    tc.kl_steps = max(1, round(minutes * 60 * share / a.kl_step_seconds))
+                if not finished(folder, tc):  # else: reused
+                    tc.tokens = (max(tc.batch_size, round(minutes * (1 - share) * a.tokens_per_minute) // tc.batch_size
                                      * tc.batch_size) if a.tokens_per_minute else
-                                 calibrate_tokens(kind, tc, model, train_docs, minutes * 60, a.threads))
+                                 calibrate_tokens(kind, tc, model, train_docs, minutes * 60 * (1 - share), a.threads))
                 r = run_train(kind, tc, model, train_docs, folder, a.threads)
                 dicts, train_s, tokens = _as_transcoders(r["dicts"], a.device), r["seconds"], r["tokens"]
                 precision = next(iter(r["dicts"].values())).cfg.training.get("precision_used", "?")
@@ -332,13 +340,13 @@ def run_sparsify(a, folder: Path, seconds: float, extra: list[str]) -> None:
 def run_train(kind: str, tc: TrainConfig, model, train_docs, folder: Path, threads: int) -> dict:
     src = LoadAwareSource.from_config(model, _texts(train_docs, tc), tc, threads=threads)
     tc.batch_size = src.batch_size
-    if (folder / "set.json").exists() or (folder / "config.json").exists():  # trained before: reuse
+    if finished(folder, tc):  # trained before: reuse
         from glasswork.dictionaries.saving import load, load_set
         trained = load(folder) if (folder / "config.json").exists() else load_set(folder)
         trained = trained if isinstance(trained, dict) else {"clt": trained}
         meta = next(iter(trained.values())).cfg.training
         return {"dicts": trained, "seconds": meta.get("seconds"), "tokens": next(iter(trained.values())).cfg.tokens_seen}
-    return train(tc, src, folder, resume=(folder / "checkpoint.safetensors").exists())
+    return train(tc, src, folder, resume=True)  # continues a killed run (its checkpoint, or its KL fine-tune)
 
 
 def budget_table(results: dict, a) -> str:
@@ -365,7 +373,9 @@ def budget_table(results: dict, a) -> str:
              f"`clt-skip-...`: and a fitted skip per layer; a CLT's FVU and dead are per layer, as for the per-layer "
              f"rows, since 2026-12-05); `sparsify` = "
              f"EleutherAI sparsify 1.3.3 (`benchmarks/peer_sparsify.py`, its defaults), same hooks and budget; "
-             f"`sparsify-skip-b2` = the same with its skip on and 2 sequences a step (the demo's batch).\n",
+             f"`sparsify-skip-b2` = the same with its skip on and 2 sequences a step (the demo's batch); `-kl25`: the "
+             f"last quarter of the budget's time on KL fine-tune steps (`--kl-steps`, {a.kl_step_seconds:g} s a step), "
+             f"the first three quarters' tokens on reconstruction.\n",
              "| recipe | budget min | train precision | train s | tokens | mean FVU | max layer FVU | layers dead > 10% (8k / 32k) | "
              "max layer dead (32k) | KL (range) | CE-loss score | replacement (min) | completeness | median nodes |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -445,6 +455,9 @@ def main():
     p.add_argument("--only", default="sae,tc,clt", help="sae, tc, clt, or budget (the replacement model at CPU budgets)")
     p.add_argument("--kinds", default="before,skip", help="budget: recipes (the keys of RECIPES and PEER_RECIPES)")
     p.add_argument("--budgets", default="10", help="budget: minutes of training, comma-separated")
+    p.add_argument("--kl-step-seconds", type=float, default=3.0,
+                   help="budget: seconds one KL fine-tune step of 4 sequences takes here (KL recipes get their share "
+                        "of the minutes / this many steps; 3.0 measured on the 2-core AMX Xeon, 2026-12-05)")
     p.add_argument("--tokens-per-minute", type=float, default=0,
                    help="budget: a budget's tokens are minutes x this rate (measured on the CPU the budget is for: "
                         "`--calibrate`), not a timed probe on this machine: a GPU then trains what the CPU would")

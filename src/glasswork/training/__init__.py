@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {"ModelSource": ".sources", "StoreSource": ".sources", "TensorSource": ".sources",
-          "TrainConfig": ".config", "Trainer": ".trainer", "fold_scale": ".trainer", "train": ".trainer"}
+          "TrainConfig": ".config", "Trainer": ".trainer", "fold_scale": ".trainer", "train": ".trainer",
+          "finished": ".trainer"}
 __all__ = sorted(_WHERE)
 
 

@@ -479,6 +479,14 @@ def fold_scale(d, s_in: list[float], s_out: list[float]):
     return f
 
 
+def finished(out: str | Path, tc: TrainConfig) -> bool:
+    """Whether `out` holds the finished result of training tc (a dictionary or a set, its KL fine-tune done); if not,
+    train(tc, source, out, resume=True) starts it or continues it from where a kill left it."""
+    from . import kl_finetune
+    out = Path(out)
+    return ((out / "config.json").exists() or is_set(out)) and not kl_finetune.pending(out, tc)
+
+
 def train(tc: TrainConfig, source, out: str | Path, resume: bool = False) -> dict:
     """Train the dictionaries tc describes on batches from `source`; write them to `out` (a folder for one
     dictionary, a set folder for several or for transcoders). Returns a summary with metrics and the dictionaries.
