@@ -188,6 +188,33 @@ def _cfg(**kw):
     return TrainConfig(**{**base, **kw})
 
 
+def test_adam_with_per_parameter_learning_rates_equals_torch_optim_float64():
+    """Adam.lr_scales (the KL fine-tune's step sizes relative to each weight's RMS) equals torch.optim.Adam with one
+    parameter group per parameter at lr x scale, over several steps, a transposed parameter among them."""
+    from glasswork.training.optim import Adam
+    def make():
+        g = torch.Generator().manual_seed(3)
+        return [torch.nn.Parameter(torch.randn(6, 4, generator=g, dtype=torch.float64).T.contiguous().T),
+                torch.nn.Parameter(torch.randn(4, generator=g, dtype=torch.float64)),
+                torch.nn.Parameter(torch.randn(3, 2, generator=g, dtype=torch.float64))]
+    mine, ref = make(), make()
+    scales = [1.0, 0.05, 3.0]
+    opt = Adam([mine[:2], mine[2:]])
+    opt.lr_scales = scales
+    ref_opt = torch.optim.Adam([{"params": [p], "lr": 1e-2 * s} for p, s in zip(ref, scales)], eps=1e-8)
+    grads = torch.Generator().manual_seed(4)
+    for step in range(4):
+        for pm, pr in zip(mine, ref):
+            g = torch.randn(pm.shape, generator=grads, dtype=torch.float64)
+            pm.grad, pr.grad = g.clone(), g.clone()
+        opt.lr = 1e-2
+        opt.step(0.0)
+        ref_opt.step()
+        for pm, pr in zip(mine, ref):
+            torch.testing.assert_close(pm, pr, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(mine[1], make()[1])  # it moved
+
+
 def test_adam_with_per_group_clipping_equals_torch_optim_float64():
     """The fused, per-dictionary-clipped Adam equals torch.optim.Adam after clip_grad_norm_ on each group, over
     several steps: a group that is clipped, one that is not, a parameter stored transposed (an encoder's layout)
