@@ -252,7 +252,7 @@ def calibrate_tokens(kind: str, tc: TrainConfig, model, train_docs, seconds: flo
     return max(probe.batch_size, int(seconds / per_step) * probe.batch_size)
 
 
-KL_SHARE = {"skip-shuffle-decay50-noaux-b508-kl25": 0.25, "skip-shuffle-decay50-noaux-b508-kl25-s1": 0.25}  # recipes that end with a KL fine-tune: its share of the time
+KL_SHARE = {kind: 0.25 for kind in RECIPES if "-kl25" in kind}  # recipes that end with a KL fine-tune: its share of the time
 
 PEER_RECIPES = {  # sparsify's recipes: its defaults (32 sequences a step, no skip), and at the demo's batch with a skip
     "sparsify": [], "sparsify-skip-b2": ["--skip", "--batch-size", "2"]}

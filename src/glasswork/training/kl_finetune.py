@@ -110,9 +110,7 @@ def finetune(tc: TrainConfig, source, out: str | Path, result: dict | None) -> d
                                         "settings": {key: getattr(tc, key) for key in SETTINGS}})
 
     every = source.sequences()
-    rank, world = dist.rank(), dist.world()
-    if tc.kl_seqs % world:
-        raise GlassworkError(f"kl_seqs {tc.kl_seqs} must divide evenly over {world} ranks")
+    rank, world = dist.rank(), dist.world()  # kl_seqs divides over the ranks: checked by train() up front
     splice = Splice(dicts)
     splice.record = True
     t0, last_ckpt = time.time(), time.time()
@@ -128,7 +126,7 @@ def finetune(tc: TrainConfig, source, out: str | Path, result: dict | None) -> d
             opt.lr = tc.kl_lr * (1 - step / tc.kl_steps)
             opt.step(0.0)
             opt.zero_grad()
-            history = (history + [[stats["kl"], stats["fvu"]]])[-tc.kl_steps:]
+            history.append([stats["kl"], stats["fvu"]])
             step += 1
             bar.advance(per_step)
             due = (step % tc.checkpoint_every == 0) if tc.checkpoint_every else time.time() - last_ckpt > 120
@@ -147,11 +145,11 @@ def finetune(tc: TrainConfig, source, out: str | Path, result: dict | None) -> d
     for d in dicts.values():
         d.cfg.metrics = {**(d.cfg.metrics or {}), "kl_finetune": summary}
         d.cfg.training = {**d.cfg.training, "seconds": round(d.cfg.training.get("seconds", 0.0) + seconds, 1)}
+    dicts = {n: d.cpu() for n, d in dicts.items()}
     if dist.is_main():
-        save_set({n: d.cpu() for n, d in dicts.items()}, out, kind=tc.kind, kl_steps_done=tc.kl_steps)
+        save_set(dicts, out, kind=tc.kind, kl_steps_done=tc.kl_steps)
         ckpt.unlink(missing_ok=True)
     dist.barrier()
     base = result or {"out": str(out), "steps": tc.steps, "tokens": tc.steps * tc.batch_size, "skipped_batches": 0,
                       "seconds": first.get("seconds", 0.0), "dictionaries": {n: d.cfg.metrics for n, d in dicts.items()}}
-    return {**base, "seconds": round(base["seconds"] + seconds, 1), "kl_finetune": summary,
-            "dicts": {n: d.cpu() for n, d in dicts.items()}}
+    return {**base, "seconds": round(base["seconds"] + seconds, 1), "kl_finetune": summary, "dicts": dicts}

@@ -23,6 +23,7 @@ from ..io import GlassworkError
 from ..precision import autocast, resolve
 from ..progress import progress
 from . import distributed as dist
+from . import kl_finetune
 from .init import fit_code_scale, fit_linear, geometric_median, reseed_latents, seed_latents_on_tokens
 from .config import TrainConfig
 from .checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
@@ -482,7 +483,6 @@ def fold_scale(d, s_in: list[float], s_out: list[float]):
 def finished(out: str | Path, tc: TrainConfig) -> bool:
     """Whether `out` holds the finished result of training tc (a dictionary or a set, its KL fine-tune done); if not,
     train(tc, source, out, resume=True) starts it or continues it from where a kill left it."""
-    from . import kl_finetune
     out = Path(out)
     return ((out / "config.json").exists() or is_set(out)) and not kl_finetune.pending(out, tc)
 
@@ -496,10 +496,13 @@ def train(tc: TrainConfig, source, out: str | Path, resume: bool = False) -> dic
 
     from ..io import output_lock
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
-    from . import kl_finetune
-    if tc.kl_steps and not callable(getattr(source, "sequences", None)):
-        raise GlassworkError("train config: kl_steps fine-tunes with the model in the loop: it needs activations read "
-                             "from the model (a ModelSource; `glasswork train` without --store)")
+    if tc.kl_steps:  # checked before the reconstruction, not after it
+        if not callable(getattr(source, "sequences", None)):
+            raise GlassworkError("train config: kl_steps fine-tunes with the model in the loop: it needs activations "
+                                 "read from the model (a ModelSource; `glasswork train` without --store)")
+        dist.init(tc.device)
+        if tc.kl_seqs % dist.world():
+            raise GlassworkError(f"kl_seqs {tc.kl_seqs} must divide evenly over {dist.world()} ranks")
     with output_lock(out) if main else nullcontext():
         if resume and kl_finetune.pending(out, tc):  # the reconstruction finished before the kill
             return kl_finetune.finetune(tc, source, out, None)
