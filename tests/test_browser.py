@@ -322,12 +322,14 @@ def test_large_graph_interactions_answer_within_a_second(server, page):
     page.fill("#search", "L2")
     page.wait_for_function("document.getElementById('search-count').textContent.endsWith('found')")
     timings["search"] = time.perf_counter() - t0
-    before = page.inner_text("#counts")
     t0 = time.perf_counter()
-    page.evaluate("""() => { const s = document.getElementById('node-threshold'); s.value = 0.5;
-                             s.dispatchEvent(new Event('input')); }""")
-    page.wait_for_function(f"document.getElementById('counts').textContent !== {json.dumps(before)}")
+    # the view at 0.5 can read the same as at 0.8 on this graph: wait for its answer to be drawn, not for new text
+    with page.expect_response(lambda r: "/view?" in r.url and "node_threshold=0.5" in r.url):
+        page.evaluate("""() => { const s = document.getElementById('node-threshold'); s.value = 0.5;
+                                 s.dispatchEvent(new Event('input')); }""")
+    page.wait_for_function("!document.getElementById('counts').textContent.startsWith('loading')")
     timings["slider"] = time.perf_counter() - t0 - 0.25  # the page waits 250 ms for the slider to rest
+    assert "of 10000 nodes" in page.inner_text("#counts")
     print("10k-node graph in the browser:", {k: round(v, 3) for k, v in timings.items()})
     assert all(v < 1.0 for v in timings.values()), timings
     (root / "graphs" / "big.safetensors").unlink()
