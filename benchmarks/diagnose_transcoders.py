@@ -11,10 +11,16 @@ once from random 128-token contexts of each split and cached in $GLASSWORK_HOME/
   python benchmarks/diagnose_transcoders.py stats [--train-tokens 32768 --eval-tokens 16384]
   python benchmarks/diagnose_transcoders.py ablate --layers 3,15,25 [--steps 394]
   python benchmarks/diagnose_transcoders.py layer-kl --dictionary DIR [--eval-tokens 1524]
+  python benchmarks/diagnose_transcoders.py error-entry --dictionary DIR [--prompts 24]
 
 3. `layer-kl`: which layers' transcoders cost the most KL: each spliced alone, and all but that one spliced, against
    all of them at once (KL(clean || spliced) per token on the first held-out contexts, BOS and last position left
    out, as `evals.evaluate` does).
+4. `error-entry`: where the error nodes' influence enters the attribution graphs of the held-out prompts
+   (benchmarks/data/heldout_prompts.txt, unpruned, budget 4,096 as quality.py): the replacement score is the token
+   nodes' share of the influence that ends at token or error nodes, and each row of the graph (a logit, or a feature
+   of some layer) passes its influence on to its inputs in proportion to |edge|. Per row group, the influence that
+   ends there at error nodes and at token nodes; per error-node group (layers x position), its influence.
 """
 from __future__ import annotations
 
@@ -206,10 +212,53 @@ def layer_kl(model, folder: str, tokens: int) -> list[dict]:
     return out
 
 
+def error_entry(model, folder: str, n_prompts: int) -> dict:
+    import sys
+    from collections import Counter
+    from glasswork.circuits import attribute
+    from glasswork.circuits.graph import ERROR, LOGIT, TOKEN
+    from glasswork.evals import _as_dicts
+    sys.path.insert(0, str(Path(__file__).parent))
+    from quality import _as_transcoders, heldout_prompts
+    dicts = _as_transcoders(_as_dicts(folder))
+    ends_error, ends_token, by_source, replacement = Counter(), Counter(), Counter(), []
+
+    def group(layer: int, pos: int, last: int) -> str:
+        where = "first" if pos == 1 else ("last" if pos == last else "other")
+        return f"layers {layer // 10 * 10}-{layer // 10 * 10 + 9}, {where} position"
+
+    prompts = heldout_prompts()[:n_prompts]
+    for prompt in prompts:
+        g = attribute(model, dicts, prompt, max_features=4096, show_progress=False)
+        infl, kind, rows = g.node_influence(), g.node_kind, g.row_nodes
+        a = g.adjacency.float().abs()  # [rows, nodes]
+        share = 1 / a.sum(1).clamp_min(1e-10)
+        weight = (infl + g._logit_vector())[rows]  # what each row passes on to its inputs
+        err_in = a[:, kind == ERROR].sum(1) * share * weight
+        tok_in = a[:, kind == TOKEN].sum(1) * share * weight
+        total = float(err_in.sum() + tok_in.sum())
+        last = len(g.input_ids) - 1
+        for r, node in enumerate(rows.tolist()):
+            key = "logit rows" if kind[node] == LOGIT else "feature rows, " + group(int(g.node_layer[node]),
+                                                                                  int(g.node_pos[node]), last)
+            ends_error[key] += float(err_in[r]) / total / len(prompts)
+            ends_token[key] += float(tok_in[r]) / total / len(prompts)
+        for i in torch.nonzero(kind == ERROR).flatten().tolist():
+            by_source[group(int(g.node_layer[i]), int(g.node_pos[i]), last)] += float(infl[i]) / total / len(prompts)
+        replacement.append(float(tok_in.sum()) / total)
+    out = {"replacement_mean": sum(replacement) / len(replacement),
+           "enters_at": {k: {"error": round(ends_error[k], 4), "token": round(ends_token[k], 4)}
+                         for k in sorted(ends_error)},
+           "error_nodes": {k: round(v, 4) for k, v in sorted(by_source.items(), key=lambda kv: -kv[1])}}
+    print(json.dumps(out, indent=1))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=["stats", "ablate", "throughput", "layer-kl"])
-    ap.add_argument("--dictionary", default="", help="layer-kl: a folder of transcoders")
+    ap.add_argument("part", choices=["stats", "ablate", "throughput", "layer-kl", "error-entry"])
+    ap.add_argument("--dictionary", default="", help="layer-kl, error-entry: a folder of transcoders")
+    ap.add_argument("--prompts", type=int, default=24, help="error-entry: the first N held-out prompts")
     ap.add_argument("--train-tokens", type=int, default=32768)
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--layers", default="3,15,25")
@@ -218,10 +267,15 @@ def main() -> None:
     ap.add_argument("--json-out", default="")
     ap.add_argument("--sequential", action="store_true", help="batches of consecutive tokens, as the demo reads")
     args = ap.parse_args()
-    if args.part == "layer-kl" and not args.dictionary:  # before the model loads
-        ap.error("layer-kl needs --dictionary DIR (a folder of transcoders)")
+    if args.part in ("layer-kl", "error-entry") and not args.dictionary:  # before the model loads
+        ap.error(f"{args.part} needs --dictionary DIR (a folder of transcoders)")
     torch.manual_seed(0)
     model = gw.load_model()
+    if args.part == "error-entry":
+        rows = error_entry(model, args.dictionary, args.prompts)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(rows, indent=1))
+        return
     if args.part == "layer-kl":
         rows = layer_kl(model, args.dictionary, args.eval_tokens if args.eval_tokens != 16384 else 1524)
         if args.json_out:
