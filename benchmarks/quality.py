@@ -123,6 +123,10 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     # the last quarter of the budget fine-tunes on the spliced model's KL (--kl-step-seconds sets its steps)
     "skip-shuffle-decay50-noaux-b508-kl25": {**SKIP_SD, "batch_size": 508, "kl_seqs": 4},
     "skip-shuffle-decay50-noaux-b508-kl25-s1": {**SKIP_SD, "batch_size": 508, "kl_seqs": 4, "seed": 1},
+    # the latents seeded on tokens spread k-means++-style over the input directions (--init-pick spread)
+    "skip-shuffle-decay50-noaux-b508-kl25-spread": {**SKIP_SD, "batch_size": 508, "kl_seqs": 4, "init_pick": "spread"},
+    "skip-shuffle-decay50-noaux-b508-kl25-spread-s1": {**SKIP_SD, "batch_size": 508, "kl_seqs": 4, "init_pick": "spread",
+                                                       "seed": 1},
     "clt": CLT,
     "clt-shuffle-decay50-noaux": {**CLT, **SD},
     "clt-skip-shuffle-decay50-noaux": {**CLT, **SD, "skip": True, "skip_fit": True},  # a fitted skip per layer

@@ -16,6 +16,7 @@ the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmark
   .venv/bin/python benchmarks/single_layer_probes.py narrow   # fewer latents where most never fire (layers 0, 2, 29)
   .venv/bin/python benchmarks/single_layer_probes.py auxk     # AuxK with fewer dead candidates a token (layers 2, 9, 28, 29)
   .venv/bin/python benchmarks/single_layer_probes.py batchtopk  # BatchTopK vs TopK at k 16 (layers 3, 15, 25)
+  .venv/bin/python benchmarks/single_layer_probes.py spread   # seeds drawn k-means++-style vs uniformly (layers 2, 29, 3, 15)
 
 BASE follows the demo's recipe, so its skip fit is damped (skip_ridge 0.1) since 2026-12-04 20:30 UTC; the probes
 recorded before that ran with 1e-6.
@@ -148,6 +149,23 @@ def auxk(model) -> None:
         print(json.dumps(row), flush=True)
 
 
+def spread(model) -> None:
+    """Which tokens seed the latents (--init-pick): drawn uniformly from the init sample (the demo's) or spread
+    k-means++-style over the input directions, at the 8-minute budget's 1,182 steps (3 passes over 100k tokens), two
+    seeds each; the layers where most latents never fire (2, 29) and two where FVU is high (3, 15)."""
+    for layer in (2, 29, 3, 15):
+        ev = activations(model, "heldout", 16384, 1, layers=(layer,) if layer in (2, 29) else (3, 15, 25))
+        big = activations(model, "train", 100_000, 12, layers=(layer,))
+        x, y = mlp_hooks(layer)
+        row: dict = {"layer": layer}
+        for name, kw in [("random", {}), ("spread", {"init_pick": "spread"}), ("random s1", {"seed": 1}),
+                         ("spread s1", {"init_pick": "spread", "seed": 1})]:
+            t0 = time.time()
+            d = trained(replace(DEMO, tokens=254 * 1182, **kw), big[x], big[y])
+            row[name] = {**heldout_scores(d, ev[x], ev[y]), "seconds": round(time.time() - t0, 1)}
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     part = sys.argv[1] if len(sys.argv) > 1 else "data"
     torch.set_num_threads(2)
@@ -156,6 +174,8 @@ def main() -> None:
         return order(model)
     if part == "auxk":
         return auxk(model)
+    if part == "spread":
+        return spread(model)
     ev = activations(model, "heldout", 16384, 1, layers=(0, 2, 29) if part == "narrow" else (3, 15, 25))
     if part == "data":  # layer 3: distinct tokens vs steps
         x, y = mlp_hooks(3)

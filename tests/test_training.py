@@ -372,9 +372,11 @@ def _load_trained(out, extra):
                                     "init_tokens": 320, "skip": True, "skip_fit": True},
                                    {**TRANSCODER, "skip_fit": True, "init": "data", "init_tokens": 320,
                                     "resample_every": 2, "dead_tokens": 64},
-                                   {"k_start": 12, "k_anneal": 0.5}],
+                                   {"k_start": 12, "k_anneal": 0.5},
+                                   {**TRANSCODER, "skip_fit": True, "init": "data", "init_pick": "spread",
+                                    "init_tokens": 320}],
                          ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip", "clt", "clt-skip-fit", "resample",
-                              "k-anneal"])
+                              "k-anneal", "spread-seeds"])
 def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     """Every run in a fresh single-threaded process, so all three use the same kernels and reduction order."""
     env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
@@ -1102,7 +1104,7 @@ def test_train_options_are_the_config_fields_and_the_config_is_not_changed(tmp_p
 
 
 @pytest.mark.parametrize("base,change", [({}, {"decay_start": 0.5}), ({}, {"aux_coeff": 0.0}), ({}, {"k_start": 8}),
-                                         ({"k_start": 8}, {"k_anneal": 0.3})])
+                                         ({"k_start": 8}, {"k_anneal": 0.3}), ({}, {"init_pick": "spread"})])
 def test_resume_refuses_another_schedule_or_auxk(tmp_path, base, change):
     """The lr's decay start, AuxK's weight and the k schedule change what the remaining steps do: a resume that asks
     for others is refused, naming the option; the same settings resume. Without k annealing (k_start 0), k_anneal
@@ -1224,3 +1226,31 @@ def test_kl_finetune_bad_settings_are_clear_errors(tmp_path):
         train(TrainConfig(**TRANSCODER, k=4, d_sae=32, tokens=64 * 2, batch_size=64, kl_steps=3),
               TensorSource({"blocks.0.ln2.hook_normalized": x, "blocks.0.hook_mlp_out": x}, 64), tmp_path / "t")
     assert not (tmp_path / "t").exists()
+
+
+def test_spread_seeds_cover_every_cluster_where_uniform_seeds_pile_into_the_big_one():
+    """spread_tokens draws k-means++-style: on 5 tight clusters of directions, one holding 96% of the tokens, 5 seeds
+    drawn one at a time land one per cluster (a drawn cluster's other tokens have distance ~0); uniform draws put
+    most into the big cluster. Indices are distinct and the draw is a function of the generator; in blocks, every
+    block after the first still avoids the clusters already drawn."""
+    from glasswork.training.init import spread_tokens
+    g = torch.Generator().manual_seed(3)
+    centres = torch.nn.functional.normalize(torch.randn(5, 32, generator=g), dim=-1)
+    sizes = [960, 10, 10, 10, 10]
+    u = torch.cat([c + 1e-3 * torch.randn(n, 32, generator=g) for c, n in zip(centres, sizes)]) * 7.0
+    cluster = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    for seed in range(5):
+        picks = spread_tokens(u, 5, torch.Generator().manual_seed(seed), block=1)
+        assert sorted(cluster[picks].tolist()) == [0, 1, 2, 3, 4]
+    uniform = torch.randperm(len(u), generator=torch.Generator().manual_seed(0))[:5]
+    assert int((cluster[uniform] == 0).sum()) >= 4
+    blocks = spread_tokens(u, 1000, torch.Generator().manual_seed(1), block=200)
+    assert len(set(blocks.tolist())) == 1000
+    assert torch.equal(blocks, spread_tokens(u, 1000, torch.Generator().manual_seed(1), block=200))
+    first = spread_tokens(u, 2, torch.Generator().manual_seed(0), block=1)  # after one draw, its cluster is ~never drawn
+    assert cluster[first[0]] != cluster[first[1]]
+
+
+def test_init_pick_must_be_random_or_spread():
+    with pytest.raises(GlassworkError, match="init_pick must be random or spread"):
+        TrainConfig(kind="transcoder", layers=[0], init="data", init_pick="kmeans")

@@ -85,6 +85,10 @@ class TrainConfig:
     """With --skip-fit: keep the fitted skip fixed."""
     init: str = "random"
     """random | data: seed each latent on a token of the init sample (a CLT: on its own layer's output)."""
+    init_pick: str = "random"
+    """With --init data, which tokens of the init sample seed the latents: random (drawn uniformly) | spread (drawn
+    k-means++-style, each in proportion to its input direction's squared distance from the seeds drawn before, so
+    seeds cover the directions the inputs take instead of piling up where most tokens sit)."""
     init_tokens: int = 0
     """Tokens read before training for scales, b_dec, the skip fit and data init (0: one batch; 8192 when fitting)."""
     init_outlier: float = 10.0
@@ -171,6 +175,8 @@ class TrainConfig:
             raise GlassworkError(f"train config: init_scale must be auto, on or off (got '{self.init_scale}')")
         if self.init not in ("random", "data"):
             raise GlassworkError(f"train config: init must be random or data (got '{self.init}')")
+        if self.init_pick not in ("random", "spread"):
+            raise GlassworkError(f"train config: init_pick must be random or spread (got '{self.init_pick}')")
         if (self.skip_fit or self.freeze_skip) and not self.skip:
             raise GlassworkError("train config: skip_fit / freeze_skip need skip=True (a transcoder or CLT with a skip)")
         if self.skip and self.kind == "sae":

@@ -55,17 +55,38 @@ def _write_seeds(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, 
 
 @torch.no_grad()
 def seed_latents_on_tokens(W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, x: torch.Tensor,
-                           residual: torch.Tensor, generator: torch.Generator) -> None:
-    """Latent i starts as token t_i of the sample (_write_seeds, t_i drawn without replacement): every latent fires at
-    first, on inputs like its own token.
+                           residual: torch.Tensor, generator: torch.Generator, spread: bool = False) -> None:
+    """Latent i starts as token t_i of the sample (_write_seeds, t_i drawn without replacement; spread: by
+    spread_tokens): every latent fires at first, on inputs like its own token.
 
     W_enc [d_in, F], b_enc [F], W_dec [F, d_out] are written in place; x [n, d_in], residual [n, d_out], n >= F."""
     n, F = x.shape[0], W_dec.shape[0]
     if n < F:
         raise GlassworkError(f"init 'data': {n} sample tokens for {F} latents; it needs at least one token per latent")
-    pick = torch.randperm(n, generator=generator)[:F]
     mu = x.mean(0)
+    pick = spread_tokens(x - mu, F, generator) if spread else torch.randperm(n, generator=generator)[:F]
     _write_seeds(W_enc, b_enc, W_dec, torch.arange(F), (x[pick] - mu).float(), residual[pick].float(), mu.float())
+
+
+@torch.no_grad()
+def spread_tokens(u: torch.Tensor, m: int, generator: torch.Generator, block: int = 64) -> torch.Tensor:
+    """m distinct row indices of u [n, d], drawn k-means++-style in blocks: each block without replacement with
+    probability proportional to the squared distance of each row's direction to the nearest direction drawn before
+    (the first block uniformly). Blocks keep it to m / block matrix products instead of m matrix-vector ones."""
+    n = u.shape[0]
+    v = u.float() / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [n, d]
+    dist2 = torch.full((n,), 4.0, dtype=torch.float64)  # squared distance between unit vectors, at most 4
+    free = torch.ones(n, dtype=torch.bool)
+    out = []
+    for start in range(0, m, block):
+        # a floor keeps every undrawn row drawable: duplicates of a drawn row have distance 0
+        weight = torch.where(free, dist2.clamp_min(1e-12), 0.0)
+        idx = torch.multinomial(weight, min(block, m - start), replacement=False, generator=generator)
+        free[idx] = False
+        out.append(idx)
+        nearest = (v @ v[idx].T).amax(1).double()  # [n] cosine to the nearest of this block
+        dist2 = torch.minimum(dist2, (2 - 2 * nearest).clamp_min(0))
+    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -219,13 +219,15 @@ class Trainer:
                 for i, w_dec in enumerate(d.W_dec):
                     w_dec[:, 1:].zero_()  # cross-layer writes start at zero and are learned
                     residual = y[:, i] - d.b_dec[i] - (x[:, i] @ d.W_skip[i] if d.W_skip is not None else 0.0)
-                    seed_latents_on_tokens(d.W_enc[i], d.b_enc[i], w_dec[:, 0], x[:, i], residual, gen)
+                    seed_latents_on_tokens(d.W_enc[i], d.b_enc[i], w_dec[:, 0], x[:, i], residual, gen,
+                                           spread=tc.init_pick == "spread")
                     if scale_codes:
                         codes = _training_codes(d, x[:, i] @ d.W_enc[i] + d.b_enc[i], tc.k_at(0), i)
                         fit_code_scale(d.W_enc[i], d.b_enc[i], codes @ w_dec[:, 0], residual)
             elif tc.init == "data":
                 residual = y - d.skip_term(x) - d.b_dec
-                seed_latents_on_tokens(d.W_enc, d.b_enc, d.W_dec, x - d.b_dec if d.cfg.b_dec_in else x, residual, gen)
+                seed_latents_on_tokens(d.W_enc, d.b_enc, d.W_dec, x - d.b_dec if d.cfg.b_dec_in else x, residual, gen,
+                                       spread=tc.init_pick == "spread")
                 if scale_codes:
                     fit_code_scale(d.W_enc, d.b_enc, _training_codes(d, d.pre_acts(x), tc.k_at(0)) @ d.W_dec, residual)
 
@@ -234,13 +236,14 @@ class Trainer:
         # checkpoints from before these options trained without them
         # (skip_ridge: 1e-6 where a skip was fitted; elsewhere it did nothing, so any value resumes)
         old = meta["train_config"]
-        saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_tokens": 0, "mix": 1,
+        saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_pick": "random",
+                 "init_tokens": 0, "mix": 1,
                  "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False, "k_start": 0, "k_anneal": 0.5,
                  "skip_ridge": 1e-6 if old.get("skip_fit") else self.tc.skip_ridge, **old}
         if not saved["k_start"] and not self.tc.k_start:  # k_anneal only says how fast k_start falls
             saved["k_anneal"] = self.tc.k_anneal
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
-                    "matryoshka", "skip_fit", "freeze_skip", "init", "init_tokens", "mix", "repeat", "resample_every",
+                    "matryoshka", "skip_fit", "freeze_skip", "init", "init_pick", "init_tokens", "mix", "repeat", "resample_every",
                     "resample_until", "shuffle", "skip_ridge", "decay_start", "aux_coeff", "k_start", "k_anneal"):
             mine = asdict(self.tc)[key]
             if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
