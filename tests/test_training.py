@@ -1104,7 +1104,8 @@ def test_train_options_are_the_config_fields_and_the_config_is_not_changed(tmp_p
 
 
 @pytest.mark.parametrize("base,change", [({}, {"decay_start": 0.5}), ({}, {"aux_coeff": 0.0}), ({}, {"k_start": 8}),
-                                         ({"k_start": 8}, {"k_anneal": 0.3}), ({}, {"init_pick": "spread"})])
+                                         ({"k_start": 8}, {"k_anneal": 0.3}),
+                                         ({"init": "data", "init_tokens": 128}, {"init_pick": "spread"})])
 def test_resume_refuses_another_schedule_or_auxk(tmp_path, base, change):
     """The lr's decay start, AuxK's weight and the k schedule change what the remaining steps do: a resume that asks
     for others is refused, naming the option; the same settings resume. Without k annealing (k_start 0), k_anneal
@@ -1117,8 +1118,9 @@ def test_resume_refuses_another_schedule_or_auxk(tmp_path, base, change):
     with pytest.raises(GlassworkError, match=f"made with {name}="):
         Trainer(_cfg(tokens=64 * 30, **{**base, **change}), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
     Trainer(_cfg(tokens=64 * 30, **base), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
-    if not base:
+    if not base:  # without k annealing / seeding on tokens, these change nothing: another value resumes
         Trainer(_cfg(tokens=64 * 30, k_anneal=0.3), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
+        Trainer(_cfg(tokens=64 * 30, init_pick="spread"), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
 
 
 @pytest.mark.parametrize("skip_fit", [False, True])
