@@ -237,7 +237,8 @@ class Trainer:
         # (skip_ridge: 1e-6 where a skip was fitted; elsewhere it did nothing, so any value resumes)
         old = meta["train_config"]
         saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_pick": "random",
-                 "init_tokens": 0, "mix": 1, "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False, "k_start": 0, "k_anneal": 0.5,
+                 "init_tokens": 0, "mix": 1, "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False,
+                 "k_start": 0, "k_anneal": 0.5,
                  "skip_ridge": 1e-6 if old.get("skip_fit") else self.tc.skip_ridge, **old}
         if not saved["k_start"] and not self.tc.k_start:  # k_anneal only says how fast k_start falls
             saved["k_anneal"] = self.tc.k_anneal
@@ -245,7 +246,8 @@ class Trainer:
             saved["init_pick"] = self.tc.init_pick
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
                     "matryoshka", "skip_fit", "freeze_skip", "init", "init_pick", "init_tokens", "mix", "repeat",
-                    "resample_every", "resample_until", "shuffle", "skip_ridge", "decay_start", "aux_coeff", "k_start", "k_anneal"):
+                    "resample_every", "resample_until", "shuffle", "skip_ridge", "decay_start", "aux_coeff", "k_start",
+                    "k_anneal"):
             mine = asdict(self.tc)[key]
             if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
                 raise GlassworkError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run asks for "
