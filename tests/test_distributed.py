@@ -77,6 +77,7 @@ gbd = gd.all_reduce_(bd_in.grad) + bd_out.grad  # the encoder side arrives in pa
 parts = {{"loss": loss.detach().reshape(1), "gWe": We.grad, "gbe": be.grad, "gWd": Wd.grad, "gbd": gbd, "idx": idx}}
 from safetensors.torch import save_file
 save_file({{k_: v.contiguous() for k_, v in parts.items()}}, {out!r} + f"/rank{{r}}.safetensors")
+gd.finish()  # a gloo rank exiting with its group alive can abort the launch
 """
 
 

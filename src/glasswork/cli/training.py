@@ -85,6 +85,7 @@ def train_cmd(**options):
         result["seconds_total"] = round(time.time() - t0, 1)
         if dist.is_main():
             emit(result, as_json)
+        dist.finish()
     run_verb(go)
 
 
