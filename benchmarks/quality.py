@@ -127,6 +127,11 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "skip-shuffle-decay50-noaux-b508-kl25-spread": {**SKIP_SD, "batch_size": 508, "kl_seqs": 4, "init_pick": "spread"},
     "skip-shuffle-decay50-noaux-b508-kl25-spread-s1": {**SKIP_SD, "batch_size": 508, "kl_seqs": 4, "init_pick": "spread",
                                                        "seed": 1},
+    # silent latents' encoder biases raised until they fire (--revive-rate)
+    "skip-shuffle-decay50-noaux-b508-kl25-spread-revive": {**SKIP_SD, "batch_size": 508, "kl_seqs": 4,
+                                                           "init_pick": "spread", "revive_rate": 0.03},
+    "skip-shuffle-decay50-noaux-b508-kl25-spread-revive-s1": {**SKIP_SD, "batch_size": 508, "kl_seqs": 4,
+                                                              "init_pick": "spread", "revive_rate": 0.03, "seed": 1},
     "clt": CLT,
     "clt-shuffle-decay50-noaux": {**CLT, **SD},
     "clt-skip-shuffle-decay50-noaux": {**CLT, **SD, "skip": True, "skip_fit": True},  # a fitted skip per layer

@@ -17,6 +17,7 @@ the held-out split (seed 1). Activations are cached in $GLASSWORK_HOME/benchmark
   .venv/bin/python benchmarks/single_layer_probes.py auxk     # AuxK with fewer dead candidates a token (layers 2, 9, 28, 29)
   .venv/bin/python benchmarks/single_layer_probes.py batchtopk  # BatchTopK vs TopK at k 16 (layers 3, 15, 25)
   .venv/bin/python benchmarks/single_layer_probes.py spread   # seeds drawn k-means++-style vs uniformly (layers 2, 29, 3, 15)
+  .venv/bin/python benchmarks/single_layer_probes.py revive   # silent latents' biases raised (--revive-rate; layers 29, 2, 3, 15)
 
 BASE follows the demo's recipe, so its skip fit is damped (skip_ridge 0.1) since 2026-12-04 20:30 UTC; the probes
 recorded before that ran with 1e-6.
@@ -166,6 +167,24 @@ def spread(model) -> None:
         print(json.dumps(row), flush=True)
 
 
+def revive(model) -> None:
+    """Silent latents' encoder biases raised by --revive-rate x the batch's entry bar until they fire, on the demo's
+    recipe with spread seeds, at the 8-minute budget's 1,182 steps (3 passes over 100k tokens): the layers where most
+    latents never fire (29, 2) and two where FVU is high (3, 15)."""
+    for layer in (29, 2, 3, 15):
+        ev = activations(model, "heldout", 16384, 1, layers=(layer,) if layer in (2, 29) else (3, 15, 25))
+        big = activations(model, "train", 100_000, 12, layers=(layer,))
+        x, y = mlp_hooks(layer)
+        row: dict = {"layer": layer}
+        for name, kw in [("spread", {}), ("revive 0.01", {"revive_rate": 0.01}), ("revive 0.03", {"revive_rate": 0.03}),
+                         ("revive 0.1", {"revive_rate": 0.1})]:
+            t0 = time.time()
+            d = trained(replace(DEMO, tokens=254 * 1182, init_pick="spread", **kw), big[x], big[y])
+            row[name] = {**heldout_scores(d, ev[x], ev[y]), "dead_train": round(d.cfg.metrics["dead_fraction"], 3),
+                         "seconds": round(time.time() - t0, 1)}
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     part = sys.argv[1] if len(sys.argv) > 1 else "data"
     torch.set_num_threads(2)
@@ -176,6 +195,8 @@ def main() -> None:
         return auxk(model)
     if part == "spread":
         return spread(model)
+    if part == "revive":
+        return revive(model)
     ev = activations(model, "heldout", 16384, 1, layers=(0, 2, 29) if part == "narrow" else (3, 15, 25))
     if part == "data":  # layer 3: distinct tokens vs steps
         x, y = mlp_hooks(3)

@@ -374,9 +374,11 @@ def _load_trained(out, extra):
                                     "resample_every": 2, "dead_tokens": 64},
                                    {"k_start": 12, "k_anneal": 0.5},
                                    {**TRANSCODER, "skip_fit": True, "init": "data", "init_pick": "spread",
-                                    "init_tokens": 320}],
+                                    "init_tokens": 320},
+                                   {**TRANSCODER, "skip_fit": True, "init": "data", "init_tokens": 320,
+                                    "revive_rate": 0.05, "revive_tokens": 64}],
                          ids=["plain", "matryoshka", "skip-fit-data-init", "frozen-skip", "clt", "clt-skip-fit", "resample",
-                              "k-anneal", "spread-seeds"])
+                              "k-anneal", "spread-seeds", "revive"])
 def test_resume_after_kill_equals_uninterrupted(tmp_path, extra):
     """Every run in a fresh single-threaded process, so all three use the same kernels and reduction order."""
     env = {**os.environ, "GLASSWORK_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
@@ -809,6 +811,54 @@ def test_resampling_revives_latents_that_cannot_fire(tmp_path, resample_every):
         assert not fired[:32].any()
 
 
+def test_revive_rate_brings_back_latents_that_cannot_fire(tmp_path):
+    """Half the latents start with a bias that keeps them out of every top k. Without --revive-rate they never fire;
+    with it they fire on held-out inputs, and the dictionary reconstructs them better (it has twice the latents)."""
+    from glasswork.evals import fvu
+    from glasswork.training.trainer import Trainer
+    x = _data(n=4096)
+    result = {}
+    for rate in (0.0, 0.3):
+        tc = _cfg(tokens=64 * 40, revive_rate=rate, revive_tokens=128, checkpoint_every=10 ** 6)
+        trainer = Trainer(tc, TensorSource({"h": x[:3072]}, 64), tmp_path / str(rate))
+        with torch.no_grad():
+            trainer.units[0].dictionary.b_enc[:32] = -2.0  # the others' entry bar is ~0.2 here
+        trained = trainer.run()["dicts"]["h"]
+        with torch.no_grad():
+            fired = (trained.encode(x[3072:]) != 0).any(0)
+            result[rate] = (fired[:32].float().mean(), trained.cfg.metrics["dead_fraction"],
+                            fvu(x[3072:], trained(x[3072:])))
+    assert result[0.0][0] == 0 and result[0.0][1] >= 0.5
+    assert result[0.3][0] > 0.9 and result[0.3][1] < 0.1
+    assert result[0.3][2] < result[0.0][2] - 0.01
+
+
+def test_raised_bias_is_the_rate_times_the_entry_bar(tmp_path):
+    """The rise itself: only latents silent for revive_window tokens move, each by rate x the batch's entry bar (the
+    median over tokens of the smallest positive value kept in the top k); a latent one token short stays put."""
+    from glasswork.training.losses import _entry_bar
+    from glasswork.training.trainer import Trainer
+    values = torch.tensor([[3.0, 1.0, 0.0], [5.0, 2.0, 4.0], [0.0, 0.0, 0.0], [7.0, 6.0, 9.0]])
+    assert _entry_bar(values) == 2.0  # smallest positive per token: 1, 2, (none), 6 -> median of 1, 2, 6
+    assert _entry_bar(torch.zeros(2, 3)) == 0.0
+    tc = _cfg(revive_rate=0.25, revive_tokens=100)
+    trainer = Trainer(tc, TensorSource({"h": _data()}, 64), tmp_path / "o")
+    d = trainer.units[0].dictionary
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        d.b_enc.copy_(torch.randn(64, generator=g))
+    before = d.b_enc.detach().clone()
+    since = torch.zeros(64, dtype=torch.long)
+    since[[3, 7, 40]] = 100
+    since[[5]] = 99
+    trainer.since_fired[0] = since
+    trainer._raise_silent_biases(0, d, torch.tensor([0.8]))
+    expected = before.clone()
+    expected[[3, 7, 40]] += 0.25 * 0.8
+    assert torch.equal(d.b_enc.detach(), expected)
+    assert tc.revive_window == 100 and _cfg(revive_rate=0.1).revive_window == 8 * 64
+
+
 def test_code_scale_is_the_least_squares_scale():
     from glasswork.training.init import fit_code_scale
     g = torch.Generator().manual_seed(5)
@@ -1105,7 +1155,9 @@ def test_train_options_are_the_config_fields_and_the_config_is_not_changed(tmp_p
 
 @pytest.mark.parametrize("base,change", [({}, {"decay_start": 0.5}), ({}, {"aux_coeff": 0.0}), ({}, {"k_start": 8}),
                                          ({"k_start": 8}, {"k_anneal": 0.3}),
-                                         ({"init": "data", "init_tokens": 128}, {"init_pick": "spread"})])
+                                         ({"init": "data", "init_tokens": 128}, {"init_pick": "spread"}),
+                                         ({}, {"revive_rate": 0.01}),
+                                         ({"revive_rate": 0.01}, {"revive_tokens": 256})])
 def test_resume_refuses_another_schedule_or_auxk(tmp_path, base, change):
     """The lr's decay start, AuxK's weight and the k schedule change what the remaining steps do: a resume that asks
     for others is refused, naming the option; the same settings resume. Without k annealing (k_start 0), k_anneal
@@ -1121,6 +1173,7 @@ def test_resume_refuses_another_schedule_or_auxk(tmp_path, base, change):
     if not base:  # without k annealing / seeding on tokens, these change nothing: another value resumes
         Trainer(_cfg(tokens=64 * 30, k_anneal=0.3), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
         Trainer(_cfg(tokens=64 * 30, init_pick="spread"), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
+        Trainer(_cfg(tokens=64 * 30, revive_tokens=256), TensorSource(acts, 64, seed=1), tmp_path / "o", resume=True)
 
 
 @pytest.mark.parametrize("skip_fit", [False, True])
@@ -1251,6 +1304,15 @@ def test_spread_seeds_cover_every_cluster_where_uniform_seeds_pile_into_the_big_
     assert torch.equal(blocks, spread_tokens(u, 1000, torch.Generator().manual_seed(1), block=200))
     first = spread_tokens(u, 2, torch.Generator().manual_seed(0), block=1)  # after one draw, its cluster is ~never drawn
     assert cluster[first[0]] != cluster[first[1]]
+
+
+@pytest.mark.parametrize("bad, message", [({"revive_rate": -0.1}, "revive_rate must be a finite number >= 0"),
+                                          ({"revive_rate": float("nan")}, "revive_rate must be a finite number"),
+                                          ({"revive_tokens": -1}, "revive_tokens must be at least 0"),
+                                          ({"revive_rate": 0.01, "arch": "relu"}, "revive_rate is for TopK")])
+def test_revive_settings_are_checked(bad, message):
+    with pytest.raises(GlassworkError, match=message):
+        TrainConfig(**{**dict(kind="transcoder", layers=[0]), **bad})
 
 
 def test_init_pick_must_be_random_or_spread():

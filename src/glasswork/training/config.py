@@ -69,6 +69,12 @@ class TrainConfig:
     of the current batch, drawn by squared reconstruction error (TopK / BatchTopK SAEs and transcoders)."""
     resample_until: float = 0.8
     """Fraction of training after which latents are no longer re-seeded (they need steps to settle)."""
+    revive_rate: float = 0.0
+    """TopK / BatchTopK: after each step, every latent silent for --revive-tokens tokens has its encoder bias raised
+    by this fraction of the median |encoder bias| of the others, until it fires (0: off). It reaches the top k on the
+    inputs it matches best, and from there the gradient decides: a load-balancing bias for the silent ones only."""
+    revive_tokens: int = 0
+    """With --revive-rate: tokens without firing after which a latent's bias starts to rise (0: 8 batches)."""
     dense_fraction: float = 0.1
     """A latent is dense when it fires on more than this fraction of tokens."""
     normalize: bool = True
@@ -145,7 +151,7 @@ class TrainConfig:
             raise GlassworkError(f"train config: tokens and batch_size must be at least 1 (got {self.tokens}, "
                                  f"{self.batch_size})")
         for name, low in (("k", 1), ("expansion", 1), ("d_sae", 0), ("window", 0), ("warmup_steps", 0), ("aux_k", 0),
-                          ("dead_tokens", 0), ("resample_every", 0), ("checkpoint_every", 0), ("ctx", 8), ("mix", 1),
+                          ("dead_tokens", 0), ("resample_every", 0), ("revive_tokens", 0), ("checkpoint_every", 0), ("ctx", 8), ("mix", 1),
                           ("repeat", 1)):
             if getattr(self, name) < low:
                 raise GlassworkError(f"train config: {name} must be at least {low} (got {getattr(self, name)})")
@@ -156,7 +162,7 @@ class TrainConfig:
                                  f"batchtopk (got k_start={self.k_start}, arch '{self.arch}')")
         if not 0 <= self.k_anneal <= 1:
             raise GlassworkError(f"train config: k_anneal must be in [0, 1] (got {self.k_anneal})")
-        for name in ("lr", "decay_start", "resample_until", "init_outlier", "skip_ridge", "grad_clip", "l1_coeff",
+        for name in ("lr", "decay_start", "resample_until", "revive_rate", "init_outlier", "skip_ridge", "grad_clip", "l1_coeff",
                      "l0_coeff", "bandwidth", "aux_coeff", "dense_fraction"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -197,6 +203,9 @@ class TrainConfig:
         if self.resample_every and (self.kind == "clt" or self.arch not in ("topk", "batchtopk")):
             raise GlassworkError(f"train config: resample_every is for TopK / BatchTopK SAEs and transcoders (kind "
                                  f"'{self.kind}', arch '{self.arch}')")
+        if self.revive_rate and self.arch not in ("topk", "batchtopk"):
+            raise GlassworkError(f"train config: revive_rate is for TopK / BatchTopK dictionaries (arch '{self.arch}' "
+                                 f"has no competition for the top k to lose)")
         if self.kl_steps < 0 or self.kl_seqs < 1:
             raise GlassworkError(f"train config: kl_steps must be >= 0 and kl_seqs >= 1 (got {self.kl_steps}, "
                                  f"{self.kl_seqs})")
@@ -216,6 +225,11 @@ class TrainConfig:
     def dead_window(self) -> int:
         """Tokens without firing after which a latent counts as dead (and AuxK trains it)."""
         return self.dead_tokens or min(10_000_000, self.tokens // 5)
+
+    @property
+    def revive_window(self) -> int:
+        """Tokens without firing after which --revive-rate raises a latent's encoder bias."""
+        return self.revive_tokens or 8 * self.batch_size
 
     @property
     def steps(self) -> int:

@@ -55,6 +55,14 @@ def matryoshka_prefixes(sizes: list[int], d_sae: int | None) -> list[int]:
     return sizes if sizes[-1] == d_sae else sizes + [d_sae]
 
 
+def _entry_bar(values: torch.Tensor) -> torch.Tensor:
+    """The median over tokens of the smallest positive value kept in a token's top k: about what a latent's
+    pre-activation must reach to fire (values [batch, k] after ReLU; tokens with none positive left out; 0 if none)."""
+    smallest = values.detach().float().masked_fill(values <= 0, float("inf")).min(-1).values
+    smallest = smallest[smallest.isfinite()]
+    return smallest.median() if smallest.numel() else torch.zeros((), device=values.device)
+
+
 def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc, k: int | None = None) -> tuple[torch.Tensor, dict]:
     """One SAE/transcoder step. x [batch, d_in] input, y [batch, d_out] target (y is x for an SAE); k: the step's
     active latents per token (topk, batchtopk; None: the dictionary's own k).
@@ -76,6 +84,7 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc, k: int 
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[indices[values > 0]] = True
         l0 = (values > 0).sum(-1).float().mean()
+        bar = _entry_bar(values)
     else:
         pre = (x - shift if shift is not None else x) @ coder.W_enc + coder.b_enc  # [batch, d_sae]
         if cfg.activation == "relu":
@@ -89,6 +98,7 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc, k: int 
             active = codes[codes > 0]
             if active.numel():
                 coder.threshold_estimate.append(active.min().detach())
+            bar = active.detach().min().float() if active.numel() else torch.zeros((), device=x.device)
         nz = codes > 0
         recon = codes @ coder.W_dec + coder.b_dec + skip
         fired = nz.any(0)
@@ -105,7 +115,10 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc, k: int 
     loss = nested / (x.shape[0] * max(1, len(prefixes))) + extra  # squared error: sum over d, mean over tokens, prefixes
     if use_aux:
         loss = loss + tc.aux_coeff * _aux_k((y - recon).detach(), aux_values, aux_indices, coder.W_dec)
-    return loss, {"fvu": _at_least_fp32(sq_err.detach()) / total_variance(y), "l0": l0.detach(), "fired": fired}
+    stats = {"fvu": _at_least_fp32(sq_err.detach()) / total_variance(y), "l0": l0.detach(), "fired": fired}
+    if cfg.activation in ("topk", "batchtopk"):
+        stats["bar"] = bar
+    return loss, stats
 
 
 def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc,
@@ -120,6 +133,7 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc,
     extra = torch.zeros((), device=x.device)
     recon = clt.b_dec.expand(x.shape[0], -1, -1)
     fired = torch.zeros(L, cfg.d_sae, dtype=torch.bool, device=x.device)
+    bar = torch.zeros(L, device=x.device)  # topk: each layer's median smallest kept value
     l0 = torch.zeros((), device=x.device)
     outs = [[] for _ in range(L)]
     W_enc, b_enc = clt.W_enc.unbind(0), clt.b_enc.unbind(0)  # one backward for all layers (indexing: L zero-fills)
@@ -130,6 +144,7 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc,
             dec = sparse_decode(values, indices, w.reshape(w.shape[0], -1)).view(x.shape[0], w.shape[1], -1)
             fired[i, indices[values > 0]] = True
             l0 = l0 + (values > 0).sum(-1).float().mean()
+            bar[i] = _entry_bar(values)
         else:
             pre = x[:, i] @ W_enc[i] + b_enc[i]
             if cfg.activation == "relu":
@@ -149,4 +164,5 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc,
     recon = recon + torch.stack([torch.stack(o).sum(0) for o in outs], 1) + clt.skip_term(x)
     sq_err = (recon - y).pow(2).sum()
     nmse = _at_least_fp32(sq_err.detach()) / total_variance(y)
-    return sq_err / x.shape[0] + extra, {"fvu": nmse, "l0": (l0 / L).detach(), "fired": fired.flatten()}
+    return sq_err / x.shape[0] + extra, {"fvu": nmse, "l0": (l0 / L).detach(), "fired": fired.flatten(),
+                                         "bar": bar.repeat_interleave(cfg.d_sae)}

@@ -238,16 +238,18 @@ class Trainer:
         old = meta["train_config"]
         saved = {"matryoshka": [], "skip_fit": False, "freeze_skip": False, "init": "random", "init_pick": "random",
                  "init_tokens": 0, "mix": 1, "repeat": 1, "resample_every": 0, "resample_until": 0.8, "shuffle": False,
-                 "k_start": 0, "k_anneal": 0.5,
+                 "k_start": 0, "k_anneal": 0.5, "revive_rate": 0.0, "revive_tokens": 0,
                  "skip_ridge": 1e-6 if old.get("skip_fit") else self.tc.skip_ridge, **old}
         if not saved["k_start"] and not self.tc.k_start:  # k_anneal only says how fast k_start falls
             saved["k_anneal"] = self.tc.k_anneal
         if saved["init"] != "data" and self.tc.init != "data":  # init_pick only says which tokens seed latents
             saved["init_pick"] = self.tc.init_pick
+        if not saved["revive_rate"] and not self.tc.revive_rate:  # revive_tokens only says when the rise starts
+            saved["revive_tokens"] = self.tc.revive_tokens
         for key in ("kind", "arch", "hooks", "layers", "k", "expansion", "d_sae", "batch_size", "tokens", "seed", "skip",
                     "matryoshka", "skip_fit", "freeze_skip", "init", "init_pick", "init_tokens", "mix", "repeat",
                     "resample_every", "resample_until", "shuffle", "skip_ridge", "decay_start", "aux_coeff", "k_start",
-                    "k_anneal"):
+                    "k_anneal", "revive_rate", "revive_tokens"):
             mine = asdict(self.tc)[key]
             if saved.get(key) != (list(mine) if isinstance(mine, tuple) else mine):
                 raise GlassworkError(f"{path}: checkpoint was made with {key}={saved.get(key)!r}, this run asks for "
@@ -349,6 +351,9 @@ class Trainer:
                     flat /= flat.norm(dim=-1, keepdim=True).clamp_min(1e-8)
             fired = dist.all_reduce_(stats[u.name]["fired"].long().cpu(), "max").bool()
             self.since_fired[i] = torch.where(fired, 0, self.since_fired[i] + n_tokens)
+            if self.tc.revive_rate:
+                bar = dist.all_reduce_(stats[u.name]["bar"].float().cpu().reshape(-1), "sum") / self.world
+                self._raise_silent_biases(i, d, bar)
             self.fire_count[i] += fired  # batches in which it fired: a lower bound on its token frequency
             r = self.recent[u.name]
             r.append([float(dist.all_reduce_(stats[u.name]["fvu"].detach().float().cpu().reshape(1), "sum") / self.world),
@@ -359,6 +364,15 @@ class Trainer:
                 th[-1] = float(dist.all_reduce_(th[-1].float().cpu().reshape(1), "sum") / self.world)
             del th[:-100]  # the threshold settles late: estimate it from the last 100 batches
         self.window_tokens += n_tokens
+
+    @torch.no_grad()
+    def _raise_silent_biases(self, i: int, d, bar: torch.Tensor) -> None:
+        """--revive-rate: latents silent for revive_window tokens get their encoder bias raised by revive_rate x bar,
+        the batch's median smallest value kept in a token's top k (a CLT: its layer's), i.e. what a latent must beat
+        to fire. since_fired and bar are the same on every rank, so all ranks agree."""
+        silent = (self.since_fired[i] >= self.tc.revive_window).to(d.b_enc.device)
+        if bool(silent.any()):
+            d.b_enc.view(-1)[silent] += self.tc.revive_rate * bar.to(d.b_enc.device).expand(silent.shape)[silent]
 
     @torch.no_grad()
     def _reseed_dead(self, batch: dict[str, torch.Tensor]) -> None:
