@@ -50,6 +50,7 @@ class DemoConfig:
     tc_decay_start: float = 0.5  # the lr decays over the second half: lower FVU and KL at the same tokens
     tc_aux_coeff: float = 0.0  # no AuxK: it revives nothing in so few steps and took a third of each step
     tc_init_pick: str = "spread"  # seeds spread over the input directions: fewer dead latents, lower FVU and KL
+    tc_revive_rate: float = 0.03  # silent latents' biases raised until they fire: no layer >10% never firing, same FVU
     index_contexts: int = 512
     index_ctx: int = 64
     tc_index_contexts: int = 256  # the 30 transcoder layers are indexed in one pass over these contexts
@@ -200,7 +201,8 @@ def transcoders_stage(run: DemoRun) -> dict:
     tc = TrainConfig(kind="transcoder", arch="topk", layers=list(range(model.n_layers)), d_sae=cfg.tc_d, k=cfg.tc_k,
                      tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=3e-3, warmup_steps=10,
                      decay_start=cfg.tc_decay_start, aux_coeff=cfg.tc_aux_coeff, b_dec_init="mean", skip=cfg.tc_skip,
-                     skip_fit=cfg.tc_skip, init="data", init_pick=cfg.tc_init_pick, mix=cfg.tc_mix,
+                     skip_fit=cfg.tc_skip, init="data", init_pick=cfg.tc_init_pick, revive_rate=cfg.tc_revive_rate,
+                     mix=cfg.tc_mix,
                      shuffle=cfg.tc_shuffle, kl_steps=cfg.tc_kl_steps, model=model.name)
     source = ModelSource.from_config(model, corpus.default_texts, tc)
     res = _train(tc, source, tc_dir)
