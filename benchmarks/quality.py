@@ -135,6 +135,7 @@ RECIPES = {  # what each kind trains with; "before" is the demo's recipe until 2
     "clt": CLT,
     "clt-shuffle-decay50-noaux": {**CLT, **SD},
     "clt-skip-shuffle-decay50-noaux": {**CLT, **SD, "skip": True, "skip_fit": True},  # a fitted skip per layer
+    "clt-skip-shuffle-decay50-noaux-revive": {**CLT, **SD, "skip": True, "skip_fit": True, "revive_rate": 0.03},
 }
 
 
