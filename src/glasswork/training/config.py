@@ -71,8 +71,9 @@ class TrainConfig:
     """Fraction of training after which latents are no longer re-seeded (they need steps to settle)."""
     revive_rate: float = 0.0
     """TopK / BatchTopK: after each step, every latent silent for --revive-tokens tokens has its encoder bias raised
-    by this fraction of the median |encoder bias| of the others, until it fires (0: off). It reaches the top k on the
-    inputs it matches best, and from there the gradient decides: a load-balancing bias for the silent ones only."""
+    by this fraction of the batch's entry bar (the median over tokens of the smallest value kept in a token's top k),
+    until it fires (0: off). It reaches the top k on the inputs it matches best, and from there the gradient decides:
+    a load-balancing bias for the silent ones only."""
     revive_tokens: int = 0
     """With --revive-rate: tokens without firing after which a latent's bias starts to rise (0: 8 batches)."""
     dense_fraction: float = 0.1
