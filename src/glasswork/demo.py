@@ -202,8 +202,7 @@ def transcoders_stage(run: DemoRun) -> dict:
                      tokens=cfg.tc_tokens, batch_size=cfg.tc_batch, ctx=cfg.ctx_len, lr=3e-3, warmup_steps=10,
                      decay_start=cfg.tc_decay_start, aux_coeff=cfg.tc_aux_coeff, b_dec_init="mean", skip=cfg.tc_skip,
                      skip_fit=cfg.tc_skip, init="data", init_pick=cfg.tc_init_pick, revive_rate=cfg.tc_revive_rate,
-                     mix=cfg.tc_mix,
-                     shuffle=cfg.tc_shuffle, kl_steps=cfg.tc_kl_steps, model=model.name)
+                     mix=cfg.tc_mix, shuffle=cfg.tc_shuffle, kl_steps=cfg.tc_kl_steps, model=model.name)
     source = ModelSource.from_config(model, corpus.default_texts, tc)
     res = _train(tc, source, tc_dir)
     tcs = load_transcoders(tc_dir)

@@ -152,8 +152,8 @@ class TrainConfig:
             raise GlassworkError(f"train config: tokens and batch_size must be at least 1 (got {self.tokens}, "
                                  f"{self.batch_size})")
         for name, low in (("k", 1), ("expansion", 1), ("d_sae", 0), ("window", 0), ("warmup_steps", 0), ("aux_k", 0),
-                          ("dead_tokens", 0), ("resample_every", 0), ("revive_tokens", 0), ("checkpoint_every", 0), ("ctx", 8), ("mix", 1),
-                          ("repeat", 1)):
+                          ("dead_tokens", 0), ("resample_every", 0), ("revive_tokens", 0), ("checkpoint_every", 0),
+                          ("ctx", 8), ("mix", 1), ("repeat", 1)):
             if getattr(self, name) < low:
                 raise GlassworkError(f"train config: {name} must be at least {low} (got {getattr(self, name)})")
         if not 0 <= self.seed < 2**32:
@@ -163,8 +163,8 @@ class TrainConfig:
                                  f"batchtopk (got k_start={self.k_start}, arch '{self.arch}')")
         if not 0 <= self.k_anneal <= 1:
             raise GlassworkError(f"train config: k_anneal must be in [0, 1] (got {self.k_anneal})")
-        for name in ("lr", "decay_start", "resample_until", "revive_rate", "init_outlier", "skip_ridge", "grad_clip", "l1_coeff",
-                     "l0_coeff", "bandwidth", "aux_coeff", "dense_fraction"):
+        for name in ("lr", "decay_start", "resample_until", "revive_rate", "init_outlier", "skip_ridge", "grad_clip",
+                     "l1_coeff", "l0_coeff", "bandwidth", "aux_coeff", "dense_fraction"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise GlassworkError(f"train config: {name} must be a finite number >= 0 (got {value})")

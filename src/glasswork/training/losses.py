@@ -66,8 +66,8 @@ def _entry_bar(values: torch.Tensor) -> torch.Tensor:
 def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc, k: int | None = None) -> tuple[torch.Tensor, dict]:
     """One SAE/transcoder step. x [batch, d_in] input, y [batch, d_out] target (y is x for an SAE); k: the step's
     active latents per token (topk, batchtopk; None: the dictionary's own k).
-    tc: TrainConfig (l1_coeff, l0_coeff, aux_k, aux_coeff, bandwidth, matryoshka). Extra state: coder.dead
-    (bool [d_sae]).
+    tc: TrainConfig (l1_coeff, l0_coeff, aux_k, aux_coeff, bandwidth, matryoshka, revive_rate). Extra state:
+    coder.dead (bool [d_sae]).
     Matryoshka: the codes are computed once; the loss is the mean over prefixes m_g of the squared error of the
     reconstruction from latents < m_g alone (plus the activation's own penalty / AuxK, from the full reconstruction)."""
     cfg = coder.cfg
@@ -84,7 +84,7 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc, k: int 
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[indices[values > 0]] = True
         l0 = (values > 0).sum(-1).float().mean()
-        bar = _entry_bar(values)
+        bar = _entry_bar(values) if tc.revive_rate else None
     else:
         pre = (x - shift if shift is not None else x) @ coder.W_enc + coder.b_enc  # [batch, d_sae]
         if cfg.activation == "relu":
@@ -96,9 +96,10 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc, k: int 
         else:  # batchtopk: the top k * batch over the whole batch; track the threshold for inference
             codes = batch_topk(pre, k)
             active = codes[codes > 0]
+            lowest = active.min().detach() if active.numel() else torch.zeros((), device=x.device)
             if active.numel():
-                coder.threshold_estimate.append(active.min().detach())
-            bar = active.detach().min().float() if active.numel() else torch.zeros((), device=x.device)
+                coder.threshold_estimate.append(lowest)
+            bar = lowest.float()  # the batch's own entry bar: one threshold for all its tokens
         nz = codes > 0
         recon = codes @ coder.W_dec + coder.b_dec + skip
         fired = nz.any(0)
@@ -116,7 +117,7 @@ def coder_loss(coder: SparseCoder, x: torch.Tensor, y: torch.Tensor, tc, k: int 
     if use_aux:
         loss = loss + tc.aux_coeff * _aux_k((y - recon).detach(), aux_values, aux_indices, coder.W_dec)
     stats = {"fvu": _at_least_fp32(sq_err.detach()) / total_variance(y), "l0": l0.detach(), "fired": fired}
-    if cfg.activation in ("topk", "batchtopk"):
+    if tc.revive_rate:  # topk / batchtopk only (TrainConfig checks)
         stats["bar"] = bar
     return loss, stats
 
@@ -133,7 +134,7 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc,
     extra = torch.zeros((), device=x.device)
     recon = clt.b_dec.expand(x.shape[0], -1, -1)
     fired = torch.zeros(L, cfg.d_sae, dtype=torch.bool, device=x.device)
-    bar = torch.zeros(L, device=x.device)  # topk: each layer's median smallest kept value
+    bar = torch.zeros(L, device=x.device)  # --revive-rate: each layer's entry bar
     l0 = torch.zeros((), device=x.device)
     outs = [[] for _ in range(L)]
     W_enc, b_enc = clt.W_enc.unbind(0), clt.b_enc.unbind(0)  # one backward for all layers (indexing: L zero-fills)
@@ -144,7 +145,8 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc,
             dec = sparse_decode(values, indices, w.reshape(w.shape[0], -1)).view(x.shape[0], w.shape[1], -1)
             fired[i, indices[values > 0]] = True
             l0 = l0 + (values > 0).sum(-1).float().mean()
-            bar[i] = _entry_bar(values)
+            if tc.revive_rate:
+                bar[i] = _entry_bar(values)
         else:
             pre = x[:, i] @ W_enc[i] + b_enc[i]
             if cfg.activation == "relu":
@@ -164,5 +166,4 @@ def clt_loss(clt: CrossLayerTranscoder, x: torch.Tensor, y: torch.Tensor, tc,
     recon = recon + torch.stack([torch.stack(o).sum(0) for o in outs], 1) + clt.skip_term(x)
     sq_err = (recon - y).pow(2).sum()
     nmse = _at_least_fp32(sq_err.detach()) / total_variance(y)
-    return sq_err / x.shape[0] + extra, {"fvu": nmse, "l0": (l0 / L).detach(), "fired": fired.flatten(),
-                                         "bar": bar.repeat_interleave(cfg.d_sae)}
+    return sq_err / x.shape[0] + extra, {"fvu": nmse, "l0": (l0 / L).detach(), "fired": fired.flatten(), "bar": bar}

@@ -368,11 +368,12 @@ class Trainer:
     @torch.no_grad()
     def _raise_silent_biases(self, i: int, d, bar: torch.Tensor) -> None:
         """--revive-rate: latents silent for revive_window tokens get their encoder bias raised by revive_rate x bar,
-        the batch's median smallest value kept in a token's top k (a CLT: its layer's), i.e. what a latent must beat
-        to fire. since_fired and bar are the same on every rank, so all ranks agree."""
-        silent = (self.since_fired[i] >= self.tc.revive_window).to(d.b_enc.device)
+        the batch's entry bar ([1], or [L] for a CLT: losses._entry_bar), what a latent must beat to fire.
+        since_fired and bar are the same on every rank, so all ranks agree."""
+        biases = d.b_enc.view(bar.numel(), -1)  # [1, F], or a CLT's [L, F]: one bar per row
+        silent = (self.since_fired[i] >= self.tc.revive_window).to(biases.device).view_as(biases)
         if bool(silent.any()):
-            d.b_enc.view(-1)[silent] += self.tc.revive_rate * bar.to(d.b_enc.device).expand(silent.shape)[silent]
+            biases += self.tc.revive_rate * bar.to(biases.device)[:, None] * silent
 
     @torch.no_grad()
     def _reseed_dead(self, batch: dict[str, torch.Tensor]) -> None:
